@@ -1,0 +1,88 @@
+"""`echovideo` command line. The one module allowed to tie the model, parallel and Ray wings together."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from echovideo.errors import EchoVideoInputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="render one clip on one device")
+    p.add_argument("--prompt", required=True, help="what the person does")
+    p.add_argument("--image", required=True, help="identity photo (one clearly visible face)")
+    p.add_argument("--out", required=True, help="output .mp4 path")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ckpt", help="released checkpoint folder (ckpts/ with transformer/, vae/, ...)")
+    src.add_argument("--preset", choices=["tiny"], help="small random weights, built offline and cached")
+    p.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
+    p.add_argument("--width", type=int, default=640, help="multiple of 16 (default 640)")
+    p.add_argument("--frames", type=int, default=49, help="4k+1 (default 49, the trained length)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=float, default=6.0, help="CFG scale G (default 6.0)")
+    p.add_argument("--no-dynamic-cfg", action="store_true", help="constant CFG instead of the released schedule")
+    p.add_argument("--negative-prompt", default="", help='negative prompt (default "")')
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fps", type=int, default=16, help="export frame rate (default 16)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU/NPU, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], npu[:N]")
+    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="dpm (released) or ddim")
+    p.add_argument("--save-latents", help="also write the final latents (safetensors, key 'latents')")
+    p.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from echovideo.pipeline import EchoVideoPipeline
+    from echovideo.images import load_identity_image
+    from echovideo.presets.tiny import tiny_checkpoint
+    from echovideo.sampling import GenerationOptions
+    from echovideo.video_io import atomic_output, write_mp4
+
+    if not args.out.lower().endswith(".mp4"):
+        raise EchoVideoInputError("--out", f"{args.out!r} does not end in .mp4", "name the output e.g. clip.mp4")
+    if not args.prompt.strip():
+        raise EchoVideoInputError("--prompt", "the prompt is empty", "describe what the person does")
+    options = GenerationOptions(
+        height=args.height, width=args.width, frames=args.frames, steps=args.steps, guidance=args.guidance,
+        dynamic_cfg=not args.no_dynamic_cfg, negative_prompt=args.negative_prompt, seed=args.seed, fps=args.fps,
+    ).validate()
+    image = load_identity_image(args.image)  # before loading any model: bad input fails in a second
+    if args.ckpt is None and args.preset is None:
+        raise EchoVideoInputError("--ckpt", "no model given", "pass --ckpt ckpts/ (released weights) or --preset tiny")
+    root = Path(args.ckpt) if args.ckpt else tiny_checkpoint()
+    pipe = EchoVideoPipeline.from_pretrained(root, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    result = pipe(args.prompt, image, options)
+    write_mp4(result.frames, args.out, fps=result.fps)
+    if args.save_latents:
+        with atomic_output(args.save_latents, ".safetensors") as tmp:
+            save_file({"latents": result.latents.contiguous()}, str(tmp))
+    print(f"wrote {args.out} ({result.frames.shape[0]} frames, {args.width}x{args.height}, {args.fps} fps)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echovideo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except EchoVideoInputError as exc:
+        print(f"echovideo: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

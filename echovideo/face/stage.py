@@ -1,0 +1,58 @@
+"""The identity stage: photo -> (aligned parsed 512x512 face, raw ArcFace embedding).
+
+Detection, embedding and parsing differ between the released models and the tiny preset's stand-in;
+the recipe around them (largest face, similarity alignment, parsing mask) is shared and lives here.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from echovideo.errors import NoFaceFoundError
+from echovideo.face.geometry import align_face, apply_parsing_mask
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    bbox: np.ndarray  # (4,) x1, y1, x2, y2
+    keypoints: np.ndarray  # (5, 2) eyes, nose, mouth corners
+    embedding: np.ndarray | None = None  # raw ArcFace embedding when the detector computes it
+
+
+@dataclass(frozen=True)
+class FaceIdentity:
+    aligned_face: np.ndarray  # (512, 512, 3) uint8 RGB, parsing-masked: feeds SigLIP and the VAE
+    embedding: np.ndarray  # (D,) float32 raw (not L2-normalised) ArcFace embedding
+
+
+def largest(faces: list[DetectedFace]) -> DetectedFace:
+    """The released recipe keeps the face with the largest bounding box."""
+    return max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+
+
+class FaceStage(ABC):
+    """Built once per pipeline (face models are expensive to load), applied to every identity photo."""
+
+    @abstractmethod
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """All faces in an RGB uint8 image."""
+
+    @abstractmethod
+    def embed(self, image: np.ndarray, face: DetectedFace, aligned: np.ndarray) -> np.ndarray:
+        """Raw identity embedding of a detected face."""
+
+    @abstractmethod
+    def parse(self, aligned: np.ndarray) -> np.ndarray:
+        """Per-pixel BiSeNet-style labels (512x512 int) of an aligned face."""
+
+    def analyze(self, image: np.ndarray) -> FaceIdentity:
+        faces = self.detect(image)
+        if not faces:
+            raise NoFaceFoundError("image", "no face found in the identity photo",
+                                   "use a photo with a clearly visible, roughly frontal face")
+        face = largest(faces)
+        aligned = align_face(image, face.keypoints)
+        embedding = face.embedding if face.embedding is not None else self.embed(image, face, aligned)
+        parsed = apply_parsing_mask(aligned, self.parse(aligned))
+        return FaceIdentity(aligned_face=parsed, embedding=np.asarray(embedding, dtype=np.float32))

@@ -1,0 +1,92 @@
+"""Load the checkpoint folder (released layout) into pipeline components, each with its library's loader."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from safetensors.torch import load_file
+from transformers import SiglipVisionConfig, SiglipVisionModel, T5EncoderModel, T5Tokenizer
+
+from echovideo.errors import CheckpointError
+from echovideo.face import FaceStage, load_face_stage
+from echovideo.models import EchoVideoTransformer3DModel
+
+PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "clip_visual_encoder", "face_encoder")
+SCHEDULERS = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
+
+
+def siglip_processor(folder: Path):
+    """SigLIP's image processor; the PIL implementation when torchvision is absent (transformers 5)."""
+    try:
+        from transformers import SiglipImageProcessorPil as processor_class  # transformers >= 5
+    except ImportError:
+        from transformers import SiglipImageProcessor as processor_class
+    return processor_class.from_pretrained(str(folder))
+
+
+def load_siglip_vision(folder: Path) -> SiglipVisionModel:
+    """Only the vision tower of a (full, as released) SigLIP checkpoint, strictly.
+
+    `SiglipVisionModel.from_pretrained` on the full model would load fine but print ~200 "unexpected"
+    text-tower keys, which hides real problems; filtering by prefix keeps the load strict and quiet.
+    """
+    config = json.loads((folder / "config.json").read_text())
+    model = SiglipVisionModel(SiglipVisionConfig(**config.get("vision_config", config)))
+    prefix = "vision_model."
+    keep_prefix = any(k.startswith(prefix) for k in model.state_dict())  # differs across transformers versions
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update({(k if keep_prefix else k[len(prefix):]): v
+                      for k, v in load_file(str(file)).items() if k.startswith(prefix)})
+    if not state:
+        raise CheckpointError(str(folder), "no vision_model.* tensors in *.safetensors",
+                              "copy google/siglip-base-patch16-224 (safetensors) into clip_visual_encoder/")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(str(folder), f"SigLIP vision tower mismatch: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}", "use the released SigLIP folder unchanged")
+    return model
+
+
+@dataclass
+class Components:
+    transformer: EchoVideoTransformer3DModel
+    vae: AutoencoderKLCogVideoX
+    text_encoder: T5EncoderModel
+    tokenizer: T5Tokenizer
+    scheduler: CogVideoXDPMScheduler | CogVideoXDDIMScheduler
+    vision_model: SiglipVisionModel
+    image_processor: object
+    face_stage: FaceStage
+
+
+def check_checkpoint_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise CheckpointError("--ckpt", f"{root} is not a folder", "pass the released ckpts/ folder or --preset tiny")
+    missing = [p for p in PARTS if not (root / p).is_dir()]
+    if missing:
+        raise CheckpointError("--ckpt", f"{root} is missing {missing}",
+                              "copy the complete released checkpoint (see README: Real weights)")
+
+
+def load_components(root: Path, device: torch.device, dtype: torch.dtype, scheduler: str = "dpm") -> Components:
+    """Everything on `device` in `dtype` except T5, which stays on the CPU between encodings."""
+    root = Path(root)
+    check_checkpoint_folder(root)
+    if scheduler not in SCHEDULERS:
+        raise CheckpointError("scheduler", f"unknown scheduler {scheduler!r}", f"use one of {sorted(SCHEDULERS)}")
+    vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), use_safetensors=True, torch_dtype=dtype).to(device)
+    vae.enable_tiling()
+    text_encoder = T5EncoderModel.from_pretrained(str(root / "text_encoder"), use_safetensors=True, dtype=dtype)
+    return Components(
+        transformer=EchoVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype).to(device).eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=T5Tokenizer.from_pretrained(str(root / "tokenizer")),
+        scheduler=SCHEDULERS[scheduler].from_pretrained(str(root / "scheduler")),
+        vision_model=load_siglip_vision(root / "clip_visual_encoder").to(device, dtype).eval(),
+        image_processor=siglip_processor(root / "clip_visual_encoder"),
+        face_stage=load_face_stage(root / "face_encoder", device),
+    )

@@ -1,0 +1,3 @@
+from echovideo.models.transformer import EchoVideoTransformer3DModel
+
+__all__ = ["EchoVideoTransformer3DModel"]

@@ -1,0 +1,154 @@
+"""EchoVideoPipeline: photo + prompt -> video on one device, following the released sampling recipe.
+
+Model / pipeline / scheduler split as in diffusers. What the released script recomputes, this pipeline
+computes once: face models are built once per pipeline, identity features and prompt encodings once per
+video (callers may cache them across videos), IITF once per video instead of every step.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import CogVideoXDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from echovideo.devices import resolve_device, resolve_dtype
+from echovideo.encoders import FaceImageEncoder, PromptEncoder
+from echovideo.face.geometry import face_latent_image
+from echovideo.images import load_identity_image
+from echovideo.loading import Components, load_components
+from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IdentityFeatures:
+    """Everything the pipeline needs from one identity photo (reusable across prompts)."""
+
+    aligned_face: np.ndarray  # (512, 512, 3) uint8, parsed
+    id_embeds: torch.Tensor  # (2, Da): [negative zeros ; raw ArcFace]
+    id_vit_tokens: torch.Tensor  # (2, 196, Dv): [SigLIP(black) ; SigLIP(face)]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    latents: torch.Tensor  # (1, F_lat, 16, H/8, W/8) final latents, fp32, CPU
+    fps: int
+
+
+class EchoVideoPipeline:
+    def __init__(self, components: Components, device: torch.device, dtype: torch.dtype) -> None:
+        self.components = components
+        self.transformer = components.transformer
+        self.vae = components.vae
+        self.scheduler = components.scheduler
+        self.face_stage = components.face_stage
+        self.prompt_encoder = PromptEncoder(components.tokenizer, components.text_encoder)
+        self.face_encoder = FaceImageEncoder(components.image_processor, components.vision_model)
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def from_pretrained(
+        cls, root: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str = "dpm"
+    ) -> "EchoVideoPipeline":
+        """Load a checkpoint folder in the released layout (the tiny preset writes the same layout)."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        return cls(load_components(Path(root), torch_device, torch_dtype, scheduler), torch_device, torch_dtype)
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_identity(self, image: str | Path | np.ndarray) -> IdentityFeatures:
+        pixels = load_identity_image(image) if not isinstance(image, np.ndarray) else image
+        identity = self.face_stage.analyze(pixels)
+        black = np.zeros_like(identity.aligned_face)
+        vit = self.face_encoder.encode([black, identity.aligned_face], self.device, self.dtype)
+        arcface = torch.from_numpy(identity.embedding)[None].to(self.device, self.dtype)
+        return IdentityFeatures(identity.aligned_face, torch.cat([torch.zeros_like(arcface), arcface]), vit)
+
+    def encode_prompts(self, prompt: str, negative_prompt: str) -> torch.Tensor:
+        """(2, 226, D): [negative ; prompt] T5 tokens."""
+        return self.prompt_encoder.encode([negative_prompt, prompt], self.device, self.dtype)
+
+    def fuse(self, identity: IdentityFeatures, text_embeds: torch.Tensor, use_cfg: bool) -> torch.Tensor:
+        """IITF once per video: (2 or 1, 226, D), unconditional first."""
+        with torch.no_grad():
+            fused = self.transformer.fuse_identity_text(text_embeds, identity.id_embeds, identity.id_vit_tokens)
+        return fused if use_cfg else fused[1:]
+
+    @torch.no_grad()
+    def face_latents(self, identity: IdentityFeatures, opts: GenerationOptions, generator: torch.Generator):
+        """Shallow face latent: VAE(padded, resized face) * scaling as latent frame 0, zeros elsewhere."""
+        image = torch.from_numpy(face_latent_image(identity.aligned_face, opts.height, opts.width))
+        image = image.permute(2, 0, 1)[None, :, None].to(self.device, self.vae.dtype)  # (1, 3, 1, H, W)
+        latent = self.vae.encode(image).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        latent = latent.permute(0, 2, 1, 3, 4).float()  # (1, 1, C, h, w)
+        padding = latent.new_zeros((1, opts.latent_frames - 1) + latent.shape[2:])
+        return torch.cat([latent, padding], dim=1)
+
+    # ------------------------------------------------------------------ sampling
+    def initial_noise(self, opts: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
+        shape = (1, opts.latent_frames, self.vae.config.latent_channels, opts.height // 8, opts.width // 8)
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        return noise * self.scheduler.init_noise_sigma
+
+    def predict(self, latents, face_latents, t, fused_text, rotary) -> torch.Tensor:
+        """One DiT forward over both CFG halves; returns fp32 predictions (B, F, C, h, w)."""
+        batch = fused_text.shape[0]
+        model_in = torch.cat([latents, face_latents], dim=2).expand(batch, -1, -1, -1, -1).to(self.dtype)
+        return self.transformer(model_in, t.expand(batch), fused_text=fused_text, image_rotary_emb=rotary).float()
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (1, F, C, h, w) -> uint8 frames (F, H, W, 3) with the tiled VAE."""
+        with torch.no_grad():
+            z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
+            video = self.vae.decode(z).sample[0]  # (3, F, H, W) in [-1, 1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    def __call__(
+        self,
+        prompt: str,
+        image: str | Path | np.ndarray,
+        options: GenerationOptions | None = None,
+        identity: IdentityFeatures | None = None,
+        text_embeds: torch.Tensor | None = None,
+        progress: bool = True,
+        decode: bool = True,
+    ) -> GenerationResult:
+        opts = (options or GenerationOptions()).validate()
+        identity = identity if identity is not None else self.encode_identity(image)
+        text_embeds = text_embeds if text_embeds is not None else self.encode_prompts(prompt, opts.negative_prompt)
+        fused_text = self.fuse(identity, text_embeds, opts.use_cfg)
+
+        generator = torch.Generator("cpu").manual_seed(opts.seed)  # order: noise, face latent, scheduler
+        latents = self.initial_noise(opts, generator)
+        face_latents = self.face_latents(identity, opts, generator)
+        rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
+
+        self.scheduler.set_timesteps(opts.steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        host_timesteps = [int(t) for t in timesteps.cpu()]
+        scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
+                  else [opts.guidance] * opts.steps)
+        old_pred = None
+        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
+            with torch.no_grad():
+                pred = self.predict(latents, face_latents, t, fused_text, rotary)
+            if opts.use_cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + scales[i] * (cond - uncond)
+            latents, old_pred = self.step(pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents, generator)
+        frames = self.decode(latents) if decode else np.zeros((0,), np.uint8)
+        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps)
+
+    def step(self, pred, old_pred, t, prev_t, latents, generator):
+        """One scheduler step; the DPM scheduler draws generator noise, DDIM does not."""
+        if isinstance(self.scheduler, CogVideoXDPMScheduler):  # multistep and stochastic
+            return self.scheduler.step(pred, old_pred, t, prev_t, latents, generator=generator, return_dict=False)
+        return self.scheduler.step(pred, t, latents, generator=generator, return_dict=False)[0], None

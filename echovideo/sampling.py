@@ -1,0 +1,64 @@
+"""Sampling options and the released guidance schedule."""
+
+import logging
+import math
+from dataclasses import dataclass
+
+from echovideo.errors import EchoVideoInputError
+
+logger = logging.getLogger(__name__)
+TRAINED_FRAMES = 49
+
+
+def dynamic_cfg_scales(guidance: float, timesteps: list[int], num_steps: int) -> list[float]:
+    """The released dynamic CFG: g = 1 + G*(1 - cos(pi*((N - t)/N)**5))/2 with t the timestep VALUE.
+
+    Using the value (999, 979, ...) rather than the step index is what the released code does (as in
+    diffusers' CogVideoX pipeline); it gives quasi-random scales in [1, 1+G]. Computed up front on the
+    host so the denoising loop never synchronises with the device to read `t`.
+    """
+    return [1 + guidance * (1 - math.cos(math.pi * ((num_steps - t) / num_steps) ** 5.0)) / 2 for t in timesteps]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    height: int = 480
+    width: int = 640
+    frames: int = 49
+    steps: int = 50
+    guidance: float = 6.0
+    dynamic_cfg: bool = True
+    negative_prompt: str = ""
+    seed: int = 42
+    fps: int = 16
+
+    def validate(self) -> "GenerationOptions":
+        """Raise EchoVideoInputError naming the first bad field; warn for frames beyond training length."""
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 16 or value % 16:
+                raise EchoVideoInputError(f"--{name}", f"{value!r} is not a positive multiple of 16",
+                                          f"use e.g. {max(16, round(value / 16) * 16) if isinstance(value, int) else 480}")
+        if not isinstance(self.frames, int) or self.frames < 1 or (self.frames - 1) % 4:
+            nearest = max(1, 4 * round((self.frames - 1) / 4) + 1) if isinstance(self.frames, int) else 49
+            raise EchoVideoInputError("--frames", f"{self.frames!r} is not of the form 4k+1", f"use e.g. {nearest}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise EchoVideoInputError("--steps", f"{self.steps!r} must be at least 1", "use e.g. 50")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise EchoVideoInputError("--guidance", f"{self.guidance!r} must be a finite number >= 0", "use e.g. 6.0")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise EchoVideoInputError("--seed", f"{self.seed!r} must be an integer in [0, 2**63)", "use e.g. 42")
+        if not isinstance(self.fps, int) or not 1 <= self.fps <= 240:
+            raise EchoVideoInputError("--fps", f"{self.fps!r} must be in 1..240", "use 16 (released)")
+        if self.frames > TRAINED_FRAMES:
+            logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that",
+                           self.frames, TRAINED_FRAMES)
+        return self
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.frames - 1) // 4 + 1
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.guidance > 1.0

@@ -1,0 +1,47 @@
+"""H.264 mp4 export through imageio-ffmpeg (the ffmpeg binary ships inside the wheel).
+
+Written to a temp file in the destination folder, fsynced and renamed: a reader never sees half a
+video, and an interrupted run leaves no partial mp4 under the final name.
+"""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import imageio_ffmpeg
+import numpy as np
+
+
+@contextmanager
+def atomic_output(path: str | Path, suffix: str) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync and rename it into place, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> Path:
+    """Encode (F, H, W, 3) uint8 frames as H.264 yuv420p (plays everywhere)."""
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    count, height, width, _ = frames.shape
+    with atomic_output(path, ".mp4") as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
+            macro_block_size=1, output_params=["-crf", str(crf), "-movflags", "+faststart"],
+        )
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+    return Path(path)
