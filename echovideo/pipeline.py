@@ -104,10 +104,15 @@ class EchoVideoPipeline:
         return self.transformer(model_in, t.expand(batch), fused_text=fused_text, image_rotary_emb=rotary).float()
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents (1, F, C, h, w) -> uint8 frames (F, H, W, 3) with the tiled VAE."""
+        """Latents (1, F, C, h, w) -> uint8 frames (4(F-1)+1, H, W, 3) with the tiled VAE.
+
+        The CogVideoX VAE yields 4(F-1)+1 frames for an odd latent count F (49 frames: F = 13) but 4F
+        for an even one; the surplus trailing frames are dropped so every 4k+1 request gets 4k+1 frames.
+        """
+        frames = 4 * (latents.shape[1] - 1) + 1
         with torch.no_grad():
             z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
-            video = self.vae.decode(z).sample[0]  # (3, F, H, W) in [-1, 1]
+            video = self.vae.decode(z).sample[0, :, :frames]  # (3, F, H, W) in [-1, 1]
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 

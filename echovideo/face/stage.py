@@ -49,7 +49,7 @@ class FaceStage(ABC):
     def analyze(self, image: np.ndarray) -> FaceIdentity:
         faces = self.detect(image)
         if not faces:
-            raise NoFaceFoundError("image", "no face found in the identity photo",
+            raise NoFaceFoundError("--image", "no face found in the identity photo",
                                    "use a photo with a clearly visible, roughly frontal face")
         face = largest(faces)
         aligned = align_face(image, face.keypoints)
