@@ -10,58 +10,81 @@ from echovideo.errors import EchoVideoInputError
 EXIT_BAD_INPUT = 2
 
 
+GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps")
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="render one clip on one device")
     p.add_argument("--prompt", required=True, help="what the person does")
     p.add_argument("--image", required=True, help="identity photo (one clearly visible face)")
     p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--config", help="preset file (configs/presets/*.yaml): model and generation defaults")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--ckpt", help="released checkpoint folder (ckpts/ with transformer/, vae/, ...)")
     src.add_argument("--preset", choices=["tiny"], help="small random weights, built offline and cached")
-    p.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
-    p.add_argument("--width", type=int, default=640, help="multiple of 16 (default 640)")
-    p.add_argument("--frames", type=int, default=49, help="4k+1 (default 49, the trained length)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--guidance", type=float, default=6.0, help="CFG scale G (default 6.0)")
+    # Defaults are None so that a flag given on the command line wins over the --config file.
+    p.add_argument("--height", type=int, help="multiple of 16 (default 480)")
+    p.add_argument("--width", type=int, help="multiple of 16 (default 640)")
+    p.add_argument("--frames", type=int, help="4k+1 (default 49, the trained length)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=float, help="CFG scale G (default 6.0)")
     p.add_argument("--no-dynamic-cfg", action="store_true", help="constant CFG instead of the released schedule")
-    p.add_argument("--negative-prompt", default="", help='negative prompt (default "")')
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--fps", type=int, default=16, help="export frame rate (default 16)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU/NPU, fp32 on CPU), fp32, bf16, fp16")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], npu[:N]")
-    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="dpm (released) or ddim")
+    p.add_argument("--negative-prompt", help='negative prompt (default "")')
+    p.add_argument("--seed", type=int, help="default 42")
+    p.add_argument("--fps", type=int, help="export frame rate (default 16)")
+    p.add_argument("--dtype", help="auto (bf16 on GPU/NPU, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--device", help="auto, cpu, cuda[:N], npu[:N]")
+    p.add_argument("--scheduler", choices=["dpm", "ddim"], help="dpm (released, default) or ddim")
     p.add_argument("--save-latents", help="also write the final latents (safetensors, key 'latents')")
     p.set_defaults(handler=_generate)
+
+
+def _resolve(args: argparse.Namespace):
+    """Merge built-in defaults <- --config file <- command-line flags into (model spec, options)."""
+    from dataclasses import replace
+
+    from echovideo.run_config import ModelSpec, RunConfig, load_run_config
+    from echovideo.sampling import GenerationOptions
+
+    config = load_run_config(args.config) if args.config else RunConfig()
+    values = dict(config.generation)
+    values.update({k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k) is not None})
+    if args.no_dynamic_cfg:
+        values["dynamic_cfg"] = False
+    options = GenerationOptions(**values).validate()
+    model = config.model
+    if args.ckpt or args.preset:
+        model = replace(model, checkpoint=args.ckpt, preset=args.preset)
+    flags = {k: getattr(args, k) for k in ("dtype", "device", "scheduler") if getattr(args, k) is not None}
+    return replace(model, **flags) if flags else model, options
 
 
 def _generate(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from echovideo.pipeline import EchoVideoPipeline
     from echovideo.images import load_identity_image
+    from echovideo.pipeline import EchoVideoPipeline
     from echovideo.presets.tiny import tiny_checkpoint
-    from echovideo.sampling import GenerationOptions
     from echovideo.video_io import atomic_output, write_mp4
 
     if not args.out.lower().endswith(".mp4"):
         raise EchoVideoInputError("--out", f"{args.out!r} does not end in .mp4", "name the output e.g. clip.mp4")
     if not args.prompt.strip():
         raise EchoVideoInputError("--prompt", "the prompt is empty", "describe what the person does")
-    options = GenerationOptions(
-        height=args.height, width=args.width, frames=args.frames, steps=args.steps, guidance=args.guidance,
-        dynamic_cfg=not args.no_dynamic_cfg, negative_prompt=args.negative_prompt, seed=args.seed, fps=args.fps,
-    ).validate()
+    model, options = _resolve(args)
     image = load_identity_image(args.image)  # before loading any model: bad input fails in a second
-    if args.ckpt is None and args.preset is None:
+    if model.checkpoint is None and model.preset is None:
         raise EchoVideoInputError("--ckpt", "no model given", "pass --ckpt ckpts/ (released weights) or --preset tiny")
-    root = Path(args.ckpt) if args.ckpt else tiny_checkpoint()
-    pipe = EchoVideoPipeline.from_pretrained(root, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    if model.preset not in (None, "tiny"):
+        raise EchoVideoInputError("model.preset", f"unknown preset {model.preset!r}", "use tiny or a checkpoint")
+    root = Path(model.checkpoint) if model.checkpoint else tiny_checkpoint()
+    pipe = EchoVideoPipeline.from_pretrained(root, device=model.device, dtype=model.dtype, scheduler=model.scheduler)
     result = pipe(args.prompt, image, options)
     write_mp4(result.frames, args.out, fps=result.fps)
     if args.save_latents:
         with atomic_output(args.save_latents, ".safetensors") as tmp:
             save_file({"latents": result.latents.contiguous()}, str(tmp))
-    print(f"wrote {args.out} ({result.frames.shape[0]} frames, {args.width}x{args.height}, {args.fps} fps)")
+    print(f"wrote {args.out} ({result.frames.shape[0]} frames, {options.width}x{options.height}, {options.fps} fps)")
     return 0
 
 

@@ -36,7 +36,7 @@ class GenerationOptions:
         """Raise EchoVideoInputError naming the first bad field; warn for frames beyond training length."""
         for name in ("height", "width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 16 or value % 16:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value % 16:
                 raise EchoVideoInputError(f"--{name}", f"{value!r} is not a positive multiple of 16",
                                           f"use e.g. {max(16, round(value / 16) * 16) if isinstance(value, int) else 480}")
         if not isinstance(self.frames, int) or self.frames < 1 or (self.frames - 1) % 4:
@@ -44,12 +44,17 @@ class GenerationOptions:
             raise EchoVideoInputError("--frames", f"{self.frames!r} is not of the form 4k+1", f"use e.g. {nearest}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise EchoVideoInputError("--steps", f"{self.steps!r} must be at least 1", "use e.g. 50")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
+                or not math.isfinite(self.guidance) or self.guidance < 0:
             raise EchoVideoInputError("--guidance", f"{self.guidance!r} must be a finite number >= 0", "use e.g. 6.0")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise EchoVideoInputError("--seed", f"{self.seed!r} must be an integer in [0, 2**63)", "use e.g. 42")
         if not isinstance(self.fps, int) or not 1 <= self.fps <= 240:
             raise EchoVideoInputError("--fps", f"{self.fps!r} must be in 1..240", "use 16 (released)")
+        if not isinstance(self.dynamic_cfg, bool):
+            raise EchoVideoInputError("dynamic_cfg", f"{self.dynamic_cfg!r} is not true/false", "use true or false")
+        if not isinstance(self.negative_prompt, str):
+            raise EchoVideoInputError("--negative-prompt", f"{self.negative_prompt!r} is not text", "quote it")
         if self.frames > TRAINED_FRAMES:
             logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that",
                            self.frames, TRAINED_FRAMES)
