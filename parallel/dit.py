@@ -1,0 +1,54 @@
+"""SequenceParallelDiT: the EchoVideo DiT forward over a ParallelMesh, returning the full prediction.
+
+Patch embedding, adaLN, FFN and the output head are token-wise, so each rank runs them on its own
+slice of the flattened video tokens; only attention communicates. The token count is padded to a
+multiple of u*r (pads are trimmed and never used as keys), so every resolution works at any degree.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from echovideo.models.transformer import DiTTokens, EchoVideoTransformer3DModel
+from parallel.attention import USPAttnProcessor
+from parallel.comm import all_gather_cat
+from parallel.kernels import AttentionKernel, kernel_for
+from parallel.mesh import ParallelMesh
+
+
+def local_slice(x: torch.Tensor, dim: int, rank: int, ranks: int) -> torch.Tensor:
+    """Pad `dim` up to a multiple of `ranks` and return this rank's contiguous chunk."""
+    chunk = math.ceil(x.shape[dim] / ranks)
+    pad = chunk * ranks - x.shape[dim]
+    if pad:
+        widths = [0, 0] * (x.dim() - 1 - dim) + [0, pad]
+        x = F.pad(x, widths)
+    return x.narrow(dim, rank * chunk, chunk)
+
+
+class SequenceParallelDiT:
+    def __init__(self, model: EchoVideoTransformer3DModel, mesh: ParallelMesh,
+                 kernel: AttentionKernel | None = None) -> None:
+        self.model = model
+        self.mesh = mesh
+        self.processor = USPAttnProcessor(mesh, kernel or kernel_for(next(model.parameters()).device))
+        model.set_attn_processor(self.processor)
+
+    @torch.no_grad()
+    def __call__(self, latents, timestep, fused_text, image_rotary_emb):
+        """Same inputs and output as `model(...)` (batch 2 = [uncond; cond] under CFG), on every rank."""
+        mesh, cfg = self.mesh, self.mesh.config.cfg
+        if cfg > 1:  # each CFG group runs one branch at batch 1
+            pick = slice(mesh.cfg_rank, mesh.cfg_rank + 1)
+            latents, timestep, fused_text = latents[pick], timestep[pick], fused_text[pick]
+        _, frames, _, height, width = latents.shape
+        tokens = self.model.embed(latents, fused_text, timestep)
+        count, ranks, rank = tokens.video.shape[1], mesh.config.sequence, mesh.sequence_rank
+        video = local_slice(tokens.video, 1, rank, ranks)
+        rotary = tuple(local_slice(table, 0, rank, ranks) for table in image_rotary_emb)
+        self.processor.valid_video_tokens = count
+        patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary)
+        patches = all_gather_cat(patches, mesh.sequence_group, ranks, dim=1, kind="gather")[:, :count]
+        out = self.model.unpatchify(patches, frames, height, width)
+        return all_gather_cat(out, mesh.cfg_group, cfg, dim=0, kind="cfg")
