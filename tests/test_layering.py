@@ -1,0 +1,29 @@
+"""Layering is one-way: the model never imports parallel/ray_jobs/ray; parallel never imports Ray."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"echovideo": {"parallel", "ray_jobs", "ray"}, "parallel": {"ray_jobs", "ray"}}
+ALLOWED_EVERYWHERE = {ROOT / "echovideo" / "cli.py"}  # the one module that ties the wings together
+
+
+def imported_top_levels(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_top_levels(path) & FORBIDDEN[package])
+        for path in (ROOT / package).rglob("*.py") if path not in ALLOWED_EVERYWHERE
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
