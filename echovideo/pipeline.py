@@ -34,6 +34,16 @@ class IdentityFeatures:
     id_vit_tokens: torch.Tensor  # (2, 196, Dv): [SigLIP(black) ; SigLIP(face)]
 
 
+@dataclass
+class SamplingState:
+    """What the denoising loop needs; a parallel group computes it once and shares it."""
+
+    latents: torch.Tensor  # (1, F_lat, C, h, w) fp32
+    face_latents: torch.Tensor  # (1, F_lat, C, h, w) fp32, face on frame 0
+    fused_text: torch.Tensor  # (2 or 1, 226, D) IITF output, unconditional first
+    generator: torch.Generator  # CPU, already past the noise and face-latent draws
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
@@ -97,11 +107,9 @@ class EchoVideoPipeline:
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         return noise * self.scheduler.init_noise_sigma
 
-    def predict(self, latents, face_latents, t, fused_text, rotary) -> torch.Tensor:
-        """One DiT forward over both CFG halves; returns fp32 predictions (B, F, C, h, w)."""
-        batch = fused_text.shape[0]
-        model_in = torch.cat([latents, face_latents], dim=2).expand(batch, -1, -1, -1, -1).to(self.dtype)
-        return self.transformer(model_in, t.expand(batch), fused_text=fused_text, image_rotary_emb=rotary).float()
+    def predict(self, model_in: torch.Tensor, t: torch.Tensor, fused_text: torch.Tensor, rotary) -> torch.Tensor:
+        """One DiT forward on this device (a parallel engine replaces it with the same signature)."""
+        return self.transformer(model_in, t, fused_text=fused_text, image_rotary_emb=rotary)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (1, F, C, h, w) -> uint8 frames (4(F-1)+1, H, W, 3) with the tiled VAE.
@@ -116,6 +124,47 @@ class EchoVideoPipeline:
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
+    def prepare(
+        self,
+        prompt: str,
+        image: str | Path | np.ndarray,
+        opts: GenerationOptions,
+        identity: IdentityFeatures | None = None,
+        text_embeds: torch.Tensor | None = None,
+    ) -> SamplingState:
+        """Conditioning and initial latents; consumes the generator in the released order."""
+        identity = identity if identity is not None else self.encode_identity(image)
+        text_embeds = text_embeds if text_embeds is not None else self.encode_prompts(prompt, opts.negative_prompt)
+        generator = torch.Generator("cpu").manual_seed(opts.seed)  # order: noise, face latent, scheduler
+        latents = self.initial_noise(opts, generator)
+        return SamplingState(
+            latents=latents,
+            face_latents=self.face_latents(identity, opts, generator),
+            fused_text=self.fuse(identity, text_embeds, opts.use_cfg),
+            generator=generator,
+        )
+
+    def denoise(self, state: SamplingState, opts: GenerationOptions, predict=None, progress: bool = True):
+        """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents."""
+        predict = predict or self.predict
+        rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
+        self.scheduler.set_timesteps(opts.steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        host_timesteps = [int(t) for t in timesteps.cpu()]
+        scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
+                  else [opts.guidance] * opts.steps)
+        latents, batch, old_pred = state.latents, state.fused_text.shape[0], None
+        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
+            model_in = torch.cat([latents, state.face_latents], dim=2).expand(batch, -1, -1, -1, -1).to(self.dtype)
+            with torch.no_grad():
+                pred = predict(model_in, t.expand(batch), state.fused_text, rotary).float()
+            if opts.use_cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + scales[i] * (cond - uncond)
+            latents, old_pred = self.step(pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
+                                          state.generator)
+        return latents
+
     def __call__(
         self,
         prompt: str,
@@ -127,28 +176,7 @@ class EchoVideoPipeline:
         decode: bool = True,
     ) -> GenerationResult:
         opts = (options or GenerationOptions()).validate()
-        identity = identity if identity is not None else self.encode_identity(image)
-        text_embeds = text_embeds if text_embeds is not None else self.encode_prompts(prompt, opts.negative_prompt)
-        fused_text = self.fuse(identity, text_embeds, opts.use_cfg)
-
-        generator = torch.Generator("cpu").manual_seed(opts.seed)  # order: noise, face latent, scheduler
-        latents = self.initial_noise(opts, generator)
-        face_latents = self.face_latents(identity, opts, generator)
-        rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
-
-        self.scheduler.set_timesteps(opts.steps, device=self.device)
-        timesteps = self.scheduler.timesteps
-        host_timesteps = [int(t) for t in timesteps.cpu()]
-        scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
-                  else [opts.guidance] * opts.steps)
-        old_pred = None
-        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
-            with torch.no_grad():
-                pred = self.predict(latents, face_latents, t, fused_text, rotary)
-            if opts.use_cfg:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + scales[i] * (cond - uncond)
-            latents, old_pred = self.step(pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents, generator)
+        latents = self.denoise(self.prepare(prompt, image, opts, identity, text_embeds), opts, progress=progress)
         frames = self.decode(latents) if decode else np.zeros((0,), np.uint8)
         return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps)
 
