@@ -102,14 +102,13 @@ class EchoVideoPipeline:
         return torch.cat([latent, padding], dim=1)
 
     # ------------------------------------------------------------------ sampling
-    def initial_noise(self, opts: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
-        shape = (1, opts.latent_frames, self.vae.config.latent_channels, opts.height // 8, opts.width // 8)
-        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-        return noise * self.scheduler.init_noise_sigma
+    def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
+        """(1, F_lat, C, h, w) of the noise and face latents."""
+        return (1, opts.latent_frames, self.vae.config.latent_channels, opts.height // 8, opts.width // 8)
 
-    def predict(self, model_in: torch.Tensor, t: torch.Tensor, fused_text: torch.Tensor, rotary) -> torch.Tensor:
-        """One DiT forward on this device (a parallel engine replaces it with the same signature)."""
-        return self.transformer(model_in, t, fused_text=fused_text, image_rotary_emb=rotary)
+    def initial_noise(self, opts: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
+        noise = randn_tensor(self.latent_shape(opts), generator=generator, device=self.device, dtype=torch.float32)
+        return noise * self.scheduler.init_noise_sigma
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (1, F, C, h, w) -> uint8 frames (4(F-1)+1, H, W, 3) with the tiled VAE.
@@ -145,8 +144,12 @@ class EchoVideoPipeline:
         )
 
     def denoise(self, state: SamplingState, opts: GenerationOptions, predict=None, progress: bool = True):
-        """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents."""
-        predict = predict or self.predict
+        """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents.
+
+        `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default,
+        a sequence-parallel engine with the same signature under parallelism.
+        """
+        predict = predict or self.transformer
         rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
         self.scheduler.set_timesteps(opts.steps, device=self.device)
         timesteps = self.scheduler.timesteps

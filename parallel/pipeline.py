@@ -34,7 +34,7 @@ class ParallelEchoVideoPipeline:
         if self.mesh.rank == 0:
             state = pipe.prepare(prompt, image, opts)
         else:  # same shapes, filled by the broadcast
-            latent_shape = (1, opts.latent_frames, pipe.vae.config.latent_channels, opts.height // 8, opts.width // 8)
+            latent_shape = pipe.latent_shape(opts)
             config = pipe.transformer.config
             state = SamplingState(
                 latents=torch.empty(latent_shape, device=pipe.device),
