@@ -20,6 +20,11 @@ def dynamic_cfg_scales(guidance: float, timesteps: list[int], num_steps: int) ->
     return [1 + guidance * (1 - math.cos(math.pi * ((num_steps - t) / num_steps) ** 5.0)) / 2 for t in timesteps]
 
 
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool (YAML's `true` must not become 1 step)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     height: int = 480
@@ -36,20 +41,20 @@ class GenerationOptions:
         """Raise EchoVideoInputError naming the first bad field; warn for frames beyond training length."""
         for name in ("height", "width"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value % 16:
+            if not _is_int(value) or value < 16 or value % 16:
                 raise EchoVideoInputError(f"--{name}", f"{value!r} is not a positive multiple of 16",
-                                          f"use e.g. {max(16, round(value / 16) * 16) if isinstance(value, int) else 480}")
-        if not isinstance(self.frames, int) or self.frames < 1 or (self.frames - 1) % 4:
-            nearest = max(1, 4 * round((self.frames - 1) / 4) + 1) if isinstance(self.frames, int) else 49
+                                          f"use e.g. {max(16, round(value / 16) * 16) if _is_int(value) else 480}")
+        if not _is_int(self.frames) or self.frames < 1 or (self.frames - 1) % 4:
+            nearest = max(1, 4 * round((self.frames - 1) / 4) + 1) if _is_int(self.frames) else 49
             raise EchoVideoInputError("--frames", f"{self.frames!r} is not of the form 4k+1", f"use e.g. {nearest}")
-        if not isinstance(self.steps, int) or self.steps < 1:
+        if not _is_int(self.steps) or self.steps < 1:
             raise EchoVideoInputError("--steps", f"{self.steps!r} must be at least 1", "use e.g. 50")
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
                 or not math.isfinite(self.guidance) or self.guidance < 0:
             raise EchoVideoInputError("--guidance", f"{self.guidance!r} must be a finite number >= 0", "use e.g. 6.0")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise EchoVideoInputError("--seed", f"{self.seed!r} must be an integer in [0, 2**63)", "use e.g. 42")
-        if not isinstance(self.fps, int) or not 1 <= self.fps <= 240:
+        if not _is_int(self.fps) or not 1 <= self.fps <= 240:
             raise EchoVideoInputError("--fps", f"{self.fps!r} must be in 1..240", "use 16 (released)")
         if not isinstance(self.dynamic_cfg, bool):
             raise EchoVideoInputError("dynamic_cfg", f"{self.dynamic_cfg!r} is not true/false", "use true or false")

@@ -23,6 +23,8 @@ def test_released_dynamic_cfg_scales():
     ("--width", dict(width=0), "multiple of 16"),
     ("--frames", dict(frames=50), r"4k\+1"),
     ("--steps", dict(steps=0), "at least 1"),
+    ("--steps", dict(steps=True), "at least 1"),  # YAML `true` is not 1 step
+    ("--frames", dict(frames=True), r"4k\+1"),
     ("--guidance", dict(guidance=float("nan")), "finite"),
     ("--guidance", dict(guidance=-1.0), "finite"),
     ("--seed", dict(seed=-3), "seed"),
