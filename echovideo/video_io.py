@@ -13,6 +13,10 @@ from typing import Iterator
 import imageio_ffmpeg
 import numpy as np
 
+# mkstemp creates files 0600; finished outputs get the permissions a plain open() would give them.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_output(path: str | Path, suffix: str) -> Iterator[Path]:
@@ -26,6 +30,7 @@ def atomic_output(path: str | Path, suffix: str) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

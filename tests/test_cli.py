@@ -38,6 +38,9 @@ def test_generate_writes_a_readable_h264_mp4_and_latents(tiny_env, tiny_pipe, fa
                          decode=False, progress=False).latents
     assert torch.equal(saved, expected)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file the user writes, not 0600
 
 
 def _broken_ckpt(tiny_root, tmp_path):
