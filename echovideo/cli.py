@@ -5,9 +5,10 @@ import logging
 import sys
 from pathlib import Path
 
-from echovideo.errors import EchoVideoInputError
+from echovideo.errors import EchoVideoInputError, ParallelGroupError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps")
@@ -36,6 +37,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda[:N], npu[:N]")
     p.add_argument("--scheduler", choices=["dpm", "ddim"], help="dpm (released, default) or ddim")
     p.add_argument("--save-latents", help="also write the final latents (safetensors, key 'latents')")
+    par = p.add_argument_group("parallel (launch with torchrun --nproc-per-node ULYSSES*RING*CFG)")
+    par.add_argument("--ulysses", type=int, default=1, help="Ulysses degree (divides the attention heads)")
+    par.add_argument("--ring", type=int, default=1, help="ring-attention degree (any)")
+    par.add_argument("--cfg-parallel", action="store_true", help="run the two CFG branches on two rank groups")
+    par.add_argument("--kernel", default="auto", help="attention kernel: auto, sdpa-cpu, sdpa-cuda, flash-attn, "
+                                                      "xfuser, npu-fusion, math")
+    par.add_argument("--timeout", type=float, default=600.0,
+                     help="seconds a rank waits for its peers before failing (a dead or hung rank)")
     p.set_defaults(handler=_generate)
 
 
@@ -59,11 +68,48 @@ def _resolve(args: argparse.Namespace):
     return replace(model, **flags) if flags else model, options
 
 
+def _load(args: argparse.Namespace, model, root: Path):
+    """The single-device pipeline, or under torchrun the parallel one (rank 0 first in the return)."""
+    from echovideo.pipeline import EchoVideoPipeline
+
+    if not _wants_parallel(args):
+        return EchoVideoPipeline.from_pretrained(root, device=model.device, dtype=model.dtype,
+                                                 scheduler=model.scheduler), 0
+    from datetime import timedelta
+
+    from echovideo.devices import resolve_device
+    from parallel import ParallelConfig
+    from parallel.launch import init_from_torchrun, launched_by_torchrun
+    from parallel.pipeline import ParallelEchoVideoPipeline
+
+    if not launched_by_torchrun():
+        raise EchoVideoInputError("--ulysses/--ring/--cfg-parallel", "parallel degrees need one process per rank",
+                                  "launch with torchrun --nproc-per-node ULYSSES*RING*CFG -m echovideo generate ...")
+    config = ParallelConfig(ulysses=args.ulysses, ring=args.ring, cfg=2 if args.cfg_parallel else 1)
+    device = init_from_torchrun(resolve_device(model.device).type, timedelta(seconds=args.timeout))
+    pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model.dtype,
+                                                     scheduler=model.scheduler, kernel=args.kernel,
+                                                     timeout=timedelta(seconds=args.timeout))
+    return pipe, pipe.mesh.rank
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _wants_parallel(args: argparse.Namespace) -> bool:
+    from parallel.launch import launched_by_torchrun
+
+    return args.ulysses != 1 or args.ring != 1 or args.cfg_parallel or launched_by_torchrun()
+
+
 def _generate(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from echovideo.images import load_identity_image
-    from echovideo.pipeline import EchoVideoPipeline
     from echovideo.presets.tiny import tiny_checkpoint
     from echovideo.video_io import atomic_output, write_mp4
 
@@ -78,8 +124,13 @@ def _generate(args: argparse.Namespace) -> int:
     if model.preset not in (None, "tiny"):
         raise EchoVideoInputError("model.preset", f"unknown preset {model.preset!r}", "use tiny or a checkpoint")
     root = Path(model.checkpoint) if model.checkpoint else tiny_checkpoint()
-    pipe = EchoVideoPipeline.from_pretrained(root, device=model.device, dtype=model.dtype, scheduler=model.scheduler)
-    result = pipe(args.prompt, image, options)
+    pipe, rank = _load(args, model, root)
+    try:
+        result = pipe(args.prompt, image, options)
+    finally:
+        _leave_group()
+    if rank != 0:  # rank 0 alone writes
+        return 0
     write_mp4(result.frames, args.out, fps=result.fps)
     if args.save_latents:
         with atomic_output(args.save_latents, ".safetensors") as tmp:
@@ -118,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except EchoVideoInputError as exc:
         print(f"echovideo: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ParallelGroupError as exc:
+        print(f"echovideo: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

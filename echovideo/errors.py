@@ -23,3 +23,7 @@ class CheckpointError(EchoVideoInputError):
 
 class NoFaceFoundError(EchoVideoInputError):
     """The identity photo holds no detectable face."""
+
+
+class ParallelGroupError(RuntimeError):
+    """A parallel group cannot go on: a peer rank died, stopped answering past the timeout, or failed."""

@@ -52,14 +52,16 @@ def load_siglip_vision(folder: Path) -> SiglipVisionModel:
 
 @dataclass
 class Components:
+    """The conditioning models are None when loaded for a rank that only denoises and decodes."""
+
     transformer: EchoVideoTransformer3DModel
     vae: AutoencoderKLCogVideoX
-    text_encoder: T5EncoderModel
-    tokenizer: T5Tokenizer
     scheduler: CogVideoXDPMScheduler | CogVideoXDDIMScheduler
-    vision_model: SiglipVisionModel
-    image_processor: object
-    face_stage: FaceStage
+    text_encoder: T5EncoderModel | None = None
+    tokenizer: T5Tokenizer | None = None
+    vision_model: SiglipVisionModel | None = None
+    image_processor: object = None
+    face_stage: FaceStage | None = None
 
 
 def check_checkpoint_folder(root: Path) -> None:
@@ -71,22 +73,29 @@ def check_checkpoint_folder(root: Path) -> None:
                               "copy the complete released checkpoint (see README: Real weights)")
 
 
-def load_components(root: Path, device: torch.device, dtype: torch.dtype, scheduler: str = "dpm") -> Components:
-    """Everything on `device` in `dtype` except T5, which stays on the CPU between encodings."""
+def load_components(root: Path, device: torch.device, dtype: torch.dtype, scheduler: str = "dpm",
+                    conditioning: bool = True) -> Components:
+    """Everything on `device` in `dtype` except T5, which stays on the CPU between encodings.
+
+    `conditioning=False` skips T5, SigLIP and the face stage: the ranks of a parallel group other than
+    rank 0 receive the conditioning and need only the DiT, the VAE and the scheduler.
+    """
     root = Path(root)
     check_checkpoint_folder(root)
     if scheduler not in SCHEDULERS:
         raise CheckpointError("scheduler", f"unknown scheduler {scheduler!r}", f"use one of {sorted(SCHEDULERS)}")
     vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), use_safetensors=True, torch_dtype=dtype).to(device)
     vae.enable_tiling()
-    text_encoder = T5EncoderModel.from_pretrained(str(root / "text_encoder"), use_safetensors=True, dtype=dtype)
-    return Components(
+    components = Components(
         transformer=EchoVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype).to(device).eval(),
         vae=vae.eval(),
-        text_encoder=text_encoder,
-        tokenizer=T5Tokenizer.from_pretrained(str(root / "tokenizer")),
         scheduler=SCHEDULERS[scheduler].from_pretrained(str(root / "scheduler")),
-        vision_model=load_siglip_vision(root / "clip_visual_encoder").to(device, dtype).eval(),
-        image_processor=siglip_processor(root / "clip_visual_encoder"),
-        face_stage=load_face_stage(root / "face_encoder", device),
     )
+    if conditioning:
+        components.text_encoder = T5EncoderModel.from_pretrained(str(root / "text_encoder"), use_safetensors=True,
+                                                                 dtype=dtype)
+        components.tokenizer = T5Tokenizer.from_pretrained(str(root / "tokenizer"))
+        components.vision_model = load_siglip_vision(root / "clip_visual_encoder").to(device, dtype).eval()
+        components.image_processor = siglip_processor(root / "clip_visual_encoder")
+        components.face_stage = load_face_stage(root / "face_encoder", device)
+    return components

@@ -58,19 +58,26 @@ class EchoVideoPipeline:
         self.vae = components.vae
         self.scheduler = components.scheduler
         self.face_stage = components.face_stage
-        self.prompt_encoder = PromptEncoder(components.tokenizer, components.text_encoder)
-        self.face_encoder = FaceImageEncoder(components.image_processor, components.vision_model)
+        self.has_conditioning = components.text_encoder is not None
+        if self.has_conditioning:
+            self.prompt_encoder = PromptEncoder(components.tokenizer, components.text_encoder)
+            self.face_encoder = FaceImageEncoder(components.image_processor, components.vision_model)
         self.device = device
         self.dtype = dtype
 
     @classmethod
     def from_pretrained(
-        cls, root: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str = "dpm"
+        cls, root: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str = "dpm",
+        conditioning: bool = True,
     ) -> "EchoVideoPipeline":
-        """Load a checkpoint folder in the released layout (the tiny preset writes the same layout)."""
+        """Load a checkpoint folder in the released layout (the tiny preset writes the same layout).
+
+        `conditioning=False`: DiT, VAE and scheduler only, for parallel ranks that receive the conditioning.
+        """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        return cls(load_components(Path(root), torch_device, torch_dtype, scheduler), torch_device, torch_dtype)
+        components = load_components(Path(root), torch_device, torch_dtype, scheduler, conditioning)
+        return cls(components, torch_device, torch_dtype)
 
     # ------------------------------------------------------------------ conditioning
     def encode_identity(self, image: str | Path | np.ndarray) -> IdentityFeatures:
@@ -110,17 +117,22 @@ class EchoVideoPipeline:
         noise = randn_tensor(self.latent_shape(opts), generator=generator, device=self.device, dtype=torch.float32)
         return noise * self.scheduler.init_noise_sigma
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode(self, latents: torch.Tensor, vae_decode=None) -> np.ndarray | None:
         """Latents (1, F, C, h, w) -> uint8 frames (4(F-1)+1, H, W, 3) with the tiled VAE.
 
+        `vae_decode(z)` maps VAE latents to pixels (diffusers' decode by default; a parallel decode
+        returns None on the ranks that do not assemble the video, and so does this method there).
         The CogVideoX VAE yields 4(F-1)+1 frames for an odd latent count F (49 frames: F = 13) but 4F
         for an even one; the surplus trailing frames are dropped so every 4k+1 request gets 4k+1 frames.
         """
         frames = 4 * (latents.shape[1] - 1) + 1
+        vae_decode = vae_decode or (lambda z: self.vae.decode(z).sample)
         with torch.no_grad():
             z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
-            video = self.vae.decode(z).sample[0, :, :frames]  # (3, F, H, W) in [-1, 1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            video = vae_decode(z)
+        if video is None:
+            return None
+        video = ((video[0, :, :frames].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, F, H, W)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
     def prepare(
@@ -132,6 +144,8 @@ class EchoVideoPipeline:
         text_embeds: torch.Tensor | None = None,
     ) -> SamplingState:
         """Conditioning and initial latents; consumes the generator in the released order."""
+        if not self.has_conditioning:
+            raise RuntimeError("this pipeline was loaded with conditioning=False (a parallel rank other than 0)")
         identity = identity if identity is not None else self.encode_identity(image)
         text_embeds = text_embeds if text_embeds is not None else self.encode_prompts(prompt, opts.negative_prompt)
         generator = torch.Generator("cpu").manual_seed(opts.seed)  # order: noise, face latent, scheduler

@@ -34,6 +34,15 @@ class SequenceParallelDiT:
         self.mesh = mesh
         self.processor = USPAttnProcessor(mesh, kernel or kernel_for(next(model.parameters()).device))
         model.set_attn_processor(self.processor)
+        self._rotary: tuple[tuple, tuple] | None = None  # (key of the full table, this rank's slices)
+
+    def local_rotary(self, table: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """This rank's rows of the RoPE table, sliced once per video rather than once per step."""
+        key = tuple((t.data_ptr(), tuple(t.shape)) for t in table)
+        if self._rotary is None or self._rotary[0] != key:
+            mesh = self.mesh
+            self._rotary = key, tuple(local_slice(t, 0, mesh.sequence_rank, mesh.config.sequence) for t in table)
+        return self._rotary[1]
 
     @torch.no_grad()
     def __call__(self, latents, timestep, fused_text, image_rotary_emb):
@@ -46,7 +55,7 @@ class SequenceParallelDiT:
         tokens = self.model.embed(latents, fused_text, timestep)
         count, ranks, rank = tokens.video.shape[1], mesh.config.sequence, mesh.sequence_rank
         video = local_slice(tokens.video, 1, rank, ranks)
-        rotary = tuple(local_slice(table, 0, rank, ranks) for table in image_rotary_emb)
+        rotary = self.local_rotary(image_rotary_emb)
         self.processor.valid_video_tokens = count
         patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary)
         patches = all_gather_cat(patches, mesh.sequence_group, ranks, dim=1, kind="gather")[:, :count]

@@ -1,15 +1,26 @@
-"""Attention kernels that return the true log-sum-exp, chosen per device.
+"""Attention kernels that return the true log-sum-exp, chosen per device (vendor libraries imported lazily).
 
 Ring attention merges partial results by their LSE; a kernel that returns a fake LSE (yunchang's CPU
-path returns zeros) silently gives wrong output, so every kernel here returns the real one.
+path returns zeros) silently gives wrong output, so every kernel here returns the real one. All take
+and return (B, H, S, d); LSE is (B, H, Sq) fp32.
 """
 
+import importlib
 from typing import Callable
 
 import torch
 
-# (q, k, v) each (B, H, S, d) -> (out (B, H, Sq, d), lse (B, H, Sq) fp32)
+from echovideo.errors import EchoVideoInputError
+
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _optional(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise EchoVideoInputError("attention kernel", f"{module} is not importable ({exc})",
+                                  f"pip install 'echovideo[{extra}]' on a machine with the device, or use --kernel auto")
 
 
 def sdpa_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,6 +36,29 @@ def sdpa_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     return out, lse[..., : q.shape[2]].float()
 
 
+def flash_attn_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """flash-attn 2 (fp16/bf16): its public function returns the softmax LSE with return_attn_probs."""
+    flash_attn = _optional("flash_attn", "cuda")
+    out, lse, _ = flash_attn.flash_attn_func(*(x.transpose(1, 2) for x in (q, k, v)), return_attn_probs=True)
+    return out.transpose(1, 2), lse[..., : q.shape[2]].float()
+
+
+def xfuser_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flash kernel xDiT's long-context attention runs (yunchang, installed with xfuser)."""
+    _optional("xfuser", "xfuser")
+    attention = _optional("yunchang.kernels.attention", "xfuser")
+    out, lse = attention.flash_attn_forward(*(x.transpose(1, 2) for x in (q, k, v)), softmax_scale=q.shape[-1] ** -0.5)
+    return out.transpose(1, 2), lse[..., : q.shape[2]].float()
+
+
+def fusion_attention_npu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascend fused attention returns softmax max and sum (8 copies in the last dim): LSE = max + log(sum)."""
+    torch_npu = _optional("torch_npu", "npu")
+    out, softmax_max, softmax_sum = torch_npu.npu_fusion_attention(
+        q, k, v, q.shape[1], input_layout="BNSD", scale=q.shape[-1] ** -0.5, keep_prob=1.0)[:3]
+    return out, (softmax_max[..., 0] + softmax_sum[..., 0].log()).float()
+
+
 def math_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Materialises the scores: any device, small sizes only (the correctness yardstick)."""
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
@@ -32,5 +66,25 @@ def math_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
     return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype), lse
 
 
-def kernel_for(device: torch.device) -> AttentionKernel:
-    return {"cpu": sdpa_cpu, "cuda": sdpa_cuda}.get(device.type, math_reference)
+KERNELS: dict[str, tuple[str, AttentionKernel]] = {  # name -> (device type, kernel)
+    "sdpa-cpu": ("cpu", sdpa_cpu),
+    "sdpa-cuda": ("cuda", sdpa_cuda),
+    "flash-attn": ("cuda", flash_attn_cuda),
+    "xfuser": ("cuda", xfuser_cuda),
+    "npu-fusion": ("npu", fusion_attention_npu),
+    "math": ("any", math_reference),
+}
+DEFAULT_FOR_DEVICE = {"cpu": "sdpa-cpu", "cuda": "sdpa-cuda", "npu": "npu-fusion"}
+
+
+def kernel_for(device: torch.device, name: str = "auto") -> AttentionKernel:
+    """`auto` picks the device's default; a named kernel must match the device."""
+    if name == "auto":
+        name = DEFAULT_FOR_DEVICE.get(device.type, "math")
+    if name not in KERNELS:
+        raise EchoVideoInputError("--kernel", f"unknown attention kernel {name!r}", f"use auto or one of {sorted(KERNELS)}")
+    kind, kernel = KERNELS[name]
+    if kind not in ("any", device.type):
+        raise EchoVideoInputError("--kernel", f"{name} runs on {kind}, the model is on {device.type}",
+                                  f"use --kernel auto or {DEFAULT_FOR_DEVICE.get(device.type, 'math')}")
+    return kernel

@@ -11,6 +11,9 @@ import torch.distributed as dist
 
 from parallel.config import ParallelConfig
 
+# How long a rank waits in a collective for its peers: a dead or hung peer fails the group after this.
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+
 
 @dataclass
 class ParallelMesh:
@@ -30,7 +33,7 @@ class ParallelMesh:
         return self.ring_rank * self.config.ulysses + self.ulysses_rank
 
     @classmethod
-    def create(cls, config: ParallelConfig, num_heads: int, timeout: timedelta | None = None) -> "ParallelMesh":
+    def create(cls, config: ParallelConfig, num_heads: int, timeout: timedelta = DEFAULT_TIMEOUT) -> "ParallelMesh":
         """Build every subgroup on the initialised default group (all ranks must call this, in step)."""
         if not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialised: launch with torchrun or a Ray replica")
@@ -38,12 +41,11 @@ class ParallelMesh:
         u, r, c = config.ulysses, config.ring, config.cfg
         rank = dist.get_rank()
         cfg_rank, ring_rank, ulysses_rank = rank // (r * u), (rank // u) % r, rank % u
-        kwargs = {"timeout": timeout} if timeout else {}
 
         def build(rank_lists: list[list[int]]):
             mine = None
             for ranks in rank_lists:  # every rank creates every group, in the same order
-                group = dist.new_group(ranks, **kwargs)
+                group = dist.new_group(ranks, timeout=timeout)
                 if rank in ranks:
                     mine = group
             return mine

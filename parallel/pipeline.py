@@ -1,19 +1,27 @@
-"""ParallelEchoVideoPipeline: the single-device sampling loop with the DiT spread over a ParallelMesh.
+"""ParallelEchoVideoPipeline: the single-device sampling loop with the DiT and the VAE spread over a ParallelMesh.
 
-Conditioning (face stage, SigLIP, T5, IITF, face latent) runs once, on rank 0, and is broadcast with the
-generator's state, so every rank then takes identical scheduler steps with an identical generator and
-the latents stay replicated. Only rank 0 decodes and returns frames.
+Conditioning (face stage, SigLIP, T5, IITF, face latent) runs once, on rank 0 (the only rank that
+loads those models), and is broadcast with the generator's state, so every rank then takes identical
+scheduler steps with an identical generator and the latents stay replicated. The VAE tiles are
+decoded by all ranks and assembled on rank 0, the only rank that returns frames.
 """
+
+import json
+from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from echovideo.errors import EchoVideoInputError, ParallelGroupError
 from echovideo.pipeline import EchoVideoPipeline, GenerationResult, SamplingState
 from echovideo.sampling import GenerationOptions
+from parallel.config import ParallelConfig
 from parallel.dit import SequenceParallelDiT
-from parallel.kernels import AttentionKernel
-from parallel.mesh import ParallelMesh
+from parallel.kernels import AttentionKernel, kernel_for
+from parallel.mesh import DEFAULT_TIMEOUT, ParallelMesh
+from parallel.vae import parallel_decode
 
 
 def _broadcast(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -29,11 +37,34 @@ class ParallelEchoVideoPipeline:
         self.mesh = mesh
         self.engine = SequenceParallelDiT(pipe.transformer, mesh, kernel)
 
+    @classmethod
+    def from_pretrained(cls, root: str | Path, config: ParallelConfig, device: str = "auto", dtype: str = "auto",
+                        scheduler: str = "dpm", kernel: str = "auto",
+                        timeout: timedelta = DEFAULT_TIMEOUT) -> "ParallelEchoVideoPipeline":
+        """Every rank of the initialised default group calls this; only rank 0 loads the conditioning models.
+
+        The layout is checked against the checkpoint's head count before any weights are read.
+        """
+        heads = json.loads((Path(root) / "transformer" / "config.json").read_text())["num_attention_heads"]
+        config.validate(heads, dist.get_world_size())
+        pipe = EchoVideoPipeline.from_pretrained(root, device, dtype, scheduler, conditioning=dist.get_rank() == 0)
+        mesh = ParallelMesh.create(config, heads, timeout)
+        return cls(pipe, mesh, kernel_for(pipe.device, kernel))
+
     def shared_state(self, prompt: str, image, opts: GenerationOptions) -> SamplingState:
         pipe = self.pipe
+        failure = None
         if self.mesh.rank == 0:
-            state = pipe.prepare(prompt, image, opts)
-        else:  # same shapes, filled by the broadcast
+            try:
+                state = pipe.prepare(prompt, image, opts)
+            except EchoVideoInputError as exc:  # e.g. no face: tell the peers instead of leaving them waiting
+                failure = exc
+        ok = _broadcast(torch.tensor([failure is None], dtype=torch.int32), pipe.device)
+        if failure is not None:
+            raise failure
+        if not ok.item():
+            raise EchoVideoInputError("input", "rank 0 rejected this sample's input", "see rank 0's error")
+        if self.mesh.rank != 0:  # same shapes, filled by the broadcast
             latent_shape = pipe.latent_shape(opts)
             config = pipe.transformer.config
             state = SamplingState(
@@ -52,8 +83,18 @@ class ParallelEchoVideoPipeline:
 
     def __call__(self, prompt: str, image, options: GenerationOptions, progress: bool = False,
                  decode: bool = True) -> GenerationResult:
+        """Every rank calls this with the same arguments (`image` is only read on rank 0).
+
+        Rank 0's result has the frames; the others' have the (identical) latents and no frames.
+        """
         opts = options.validate()
-        state = self.shared_state(prompt, image, opts)
-        latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0)
-        frames = self.pipe.decode(latents) if decode and self.mesh.rank == 0 else np.zeros((0,), np.uint8)
-        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps)
+        try:
+            state = self.shared_state(prompt, image, opts)
+            latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0)
+            frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
+        except RuntimeError as exc:
+            raise ParallelGroupError(
+                f"rank {self.mesh.rank}: parallel generation failed: {exc}. When a peer rank died or stopped "
+                f"answering, its own log names the cause; the group cannot continue and must be restarted") from exc
+        return GenerationResult(frames=frames if frames is not None else np.zeros((0,), np.uint8),
+                                latents=latents.cpu(), fps=opts.fps)

@@ -1,16 +1,19 @@
 """Run a function on N real processes joined in a gloo group (torch.multiprocessing, file store)."""
 
+import json
 import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _entry(rank: int, world: int, init: str, fn, args) -> None:
+def _entry(rank: int, world: int, init: str, fn, args, timeout_s: float = 120) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
     try:
         fn(rank, *args)
     finally:
@@ -21,3 +24,30 @@ def run_ranks(world: int, fn, *args) -> None:
     """Raises (with the rank's traceback) if any rank raises."""
     with tempfile.TemporaryDirectory() as folder:
         mp.spawn(_entry, args=(world, f"file://{folder}/store", fn, args), nprocs=world, join=True)
+
+
+def _report(rank: int, world: int, init: str, fn, args, timeout_s: float, folder: str) -> None:
+    """Record what `fn` raised (type, message), or None, in rank.json; a rank that dies writes nothing."""
+    try:
+        _entry(rank, world, init, fn, args, timeout_s)
+        outcome = None
+    except Exception as exc:  # the test inspects it
+        outcome = [type(exc).__name__, str(exc)]
+    Path(folder, f"{rank}.json").write_text(json.dumps(outcome))
+
+
+def run_ranks_outcomes(world: int, fn, *args, timeout_s: float, wall_s: float) -> dict[int, object]:
+    """Each rank's outcome: None (returned), [type, message] (raised) or "died"; ranks are killed after wall_s."""
+    with tempfile.TemporaryDirectory() as folder:
+        context = mp.get_context("spawn")
+        procs = [context.Process(target=_report, args=(rank, world, f"file://{folder}/store", fn, args, timeout_s,
+                                                       folder)) for rank in range(world)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(wall_s)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        files = {rank: Path(folder, f"{rank}.json") for rank in range(world)}
+        return {rank: json.loads(f.read_text()) if f.exists() else "died" for rank, f in files.items()}

@@ -18,6 +18,10 @@ LAYOUTS = {
 }
 # latent (frames, height, width): 3*4*6 = 72 tokens divides 2, 3, 4, 8; 3*5*7 = 105 and 2*4*5 = 40 do not all.
 SHAPES = [(3, 8, 12), (3, 10, 14), (2, 8, 10)]
+# Every resolution of the spec (480x640, 480x848, 480x480, 848x480, 640x480) at one latent frame: the
+# spatial grids (e.g. 30 x 53 patches) that xDiT refuses or resizes, at one layout for each P = 2, 3, 4, 6, 8.
+SPEC_SHAPES = [(1, h // 8, w // 8) for h, w in ((480, 640), (480, 848), (480, 480), (848, 480), (640, 480))]
+SPEC_LAYOUTS = {2: (1, 1, 2), 3: (1, 3, 1), 4: (1, 2, 2), 6: (1, 6, 1), 8: (1, 4, 2)}
 TOLERANCE = 1e-5
 
 
@@ -25,7 +29,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def forward_errors(rank: int, layouts, kernel=None) -> list[tuple]:
+def forward_errors(rank: int, layouts, kernel=None, shapes=SHAPES) -> list[tuple]:
+    """Errors on rank 0 (every rank ends with the same gathered output; the reference runs once)."""
     from parallel import ParallelConfig, ParallelMesh, SequenceParallelDiT
 
     errors = []
@@ -33,25 +38,29 @@ def forward_errors(rank: int, layouts, kernel=None) -> list[tuple]:
         reference_model, model = tiny_model(), tiny_model()
         mesh = ParallelMesh.create(ParallelConfig(ulysses=u, ring=r, cfg=c), model.config.num_attention_heads)
         engine = SequenceParallelDiT(model, mesh, kernel=kernel)
-        for frames, height, width in SHAPES:
+        for frames, height, width in shapes:
             latents, t, text, arcface, vit = dit_inputs(model, frames=frames, height=height, width=width)
             with torch.no_grad():
                 fused = model.fuse_identity_text(text, arcface, vit)
                 rotary = model.rotary_embedding(frames, height, width)
-                expected = reference_model(latents, t, fused_text=fused, image_rotary_emb=rotary)
             got = engine(latents, t, fused, rotary)
-            errors.append(((c, u, r), (frames, height, width), relative_error(got, expected)))
+            if rank == 0:
+                with torch.no_grad():
+                    expected = reference_model(latents, t, fused_text=fused, image_rotary_emb=rotary)
+                errors.append(((c, u, r), (frames, height, width), relative_error(got, expected)))
     return errors
 
 
-def check_layouts(rank: int, layouts) -> None:
-    bad = [e for e in forward_errors(rank, layouts) if not e[2] <= TOLERANCE]
-    assert not bad, f"rank {rank}: layouts over {TOLERANCE}: {bad}"
+def check_layouts(rank: int, layouts, spec_layout) -> None:
+    errors = forward_errors(rank, layouts) + forward_errors(rank, [spec_layout], shapes=SPEC_SHAPES)
+    bad = [e for e in errors if not e[2] <= TOLERANCE]
+    assert not bad, f"layouts over {TOLERANCE}: {bad}"
+    assert len(errors) == (len(layouts) * len(SHAPES) + len(SPEC_SHAPES) if rank == 0 else 0)
 
 
-@pytest.mark.parametrize("world", sorted(LAYOUTS))
-def test_every_layout_matches_the_single_process_forward(world):
-    run_ranks(world, check_layouts, LAYOUTS[world])
+@pytest.mark.parametrize("world", sorted(SPEC_LAYOUTS))
+def test_every_layout_and_resolution_matches_the_single_process_forward(world):
+    run_ranks(world, check_layouts, LAYOUTS.get(world, []), SPEC_LAYOUTS[world])
 
 
 def zero_lse_kernel(q, k, v):
@@ -64,6 +73,7 @@ def zero_lse_kernel(q, k, v):
 
 def check_zero_lse_is_caught(rank: int) -> None:
     errors = forward_errors(rank, [(1, 1, 2)], kernel=zero_lse_kernel)
+    assert len(errors) == (len(SHAPES) if rank == 0 else 0)
     assert all(e[2] > 100 * TOLERANCE for e in errors), errors
 
 
