@@ -1,5 +1,6 @@
 """Identity-photo loading with clear errors: unreadable, not an image, empty, odd modes, huge."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +17,27 @@ def load_identity_image(path: str | Path, field: str = "--image") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EchoVideoInputError(field, f"{path} does not exist or is not a file", "pass a path to a face photo")
-    if path.stat().st_size == 0:
-        raise EchoVideoInputError(field, f"{path} is empty (0 bytes)", "pass a valid JPEG or PNG face photo")
+    return decode_identity_image(path, str(path), field)
+
+
+def decode_identity_image(source: Path | bytes, name: str, field: str = "--image") -> np.ndarray:
+    """`load_identity_image` for a path or the encoded bytes of a photo (a dataset column); `name` is for errors."""
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    if size == 0:
+        raise EchoVideoInputError(field, f"{name} is empty (0 bytes)", "pass a valid JPEG or PNG face photo")
     try:
-        with Image.open(path) as image:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise EchoVideoInputError(field, f"{path} is {image.width}x{image.height}, too large",
+                raise EchoVideoInputError(field, f"{name} is {image.width}x{image.height}, too large",
                                           "downscale it below 20000x20000")
             image.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced scale, huge photos stay cheap
             image.load()
             rgb = _to_rgb(image)
     except Image.DecompressionBombError:
-        raise EchoVideoInputError(field, f"{path} has too many pixels to decode safely",
+        raise EchoVideoInputError(field, f"{name} has too many pixels to decode safely",
                                   "downscale it below 20000x20000") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise EchoVideoInputError(field, f"{path} is not a readable image ({type(exc).__name__})",
+        raise EchoVideoInputError(field, f"{name} is not a readable image ({type(exc).__name__})",
                                   "pass a valid JPEG or PNG face photo") from None
     return np.asarray(limit_long_side(rgb), dtype=np.uint8)
 

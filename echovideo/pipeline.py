@@ -5,7 +5,9 @@ computes once: face models are built once per pipeline, identity features and pr
 video (callers may cache them across videos), IITF once per video instead of every step.
 """
 
+import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +20,13 @@ from tqdm.auto import tqdm
 from echovideo.devices import resolve_device, resolve_dtype
 from echovideo.encoders import FaceImageEncoder, PromptEncoder
 from echovideo.face.geometry import face_latent_image
-from echovideo.images import load_identity_image
+from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.loading import Components, load_components
 from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
 
 logger = logging.getLogger(__name__)
+CACHED_IDENTITIES = 64  # features of recent photos kept per pipeline (a few MB each on the device)
+CACHED_PROMPTS = 256
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class EchoVideoPipeline:
             self.face_encoder = FaceImageEncoder(components.image_processor, components.vision_model)
         self.device = device
         self.dtype = dtype
+        self.identity_cache: OrderedDict[str, IdentityFeatures] = OrderedDict()
+        self.prompt_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -80,8 +86,21 @@ class EchoVideoPipeline:
         return cls(components, torch_device, torch_dtype)
 
     # ------------------------------------------------------------------ conditioning
-    def encode_identity(self, image: str | Path | np.ndarray) -> IdentityFeatures:
-        pixels = load_identity_image(image) if not isinstance(image, np.ndarray) else image
+    def encode_identity(self, image: str | Path | bytes | np.ndarray) -> IdentityFeatures:
+        """Face stage + SigLIP for a photo (path, encoded bytes or RGB array), memoised by pixel content."""
+        if isinstance(image, bytes):
+            pixels = decode_identity_image(image, "identity image", "identity")
+        else:
+            pixels = image if isinstance(image, np.ndarray) else load_identity_image(image)
+        key = hashlib.sha256(pixels.tobytes()).hexdigest() + str(pixels.shape)
+        if key not in self.identity_cache:
+            self.identity_cache[key] = self._analyze_identity(pixels)
+            if len(self.identity_cache) > CACHED_IDENTITIES:
+                self.identity_cache.popitem(last=False)
+        self.identity_cache.move_to_end(key)
+        return self.identity_cache[key]
+
+    def _analyze_identity(self, pixels: np.ndarray) -> IdentityFeatures:
         identity = self.face_stage.analyze(pixels)
         black = np.zeros_like(identity.aligned_face)
         vit = self.face_encoder.encode([black, identity.aligned_face], self.device, self.dtype)
@@ -89,8 +108,14 @@ class EchoVideoPipeline:
         return IdentityFeatures(identity.aligned_face, torch.cat([torch.zeros_like(arcface), arcface]), vit)
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> torch.Tensor:
-        """(2, 226, D): [negative ; prompt] T5 tokens."""
-        return self.prompt_encoder.encode([negative_prompt, prompt], self.device, self.dtype)
+        """(2, 226, D): [negative ; prompt] T5 tokens, memoised (a job renders one prompt for many people)."""
+        key = (prompt, negative_prompt)
+        if key not in self.prompt_cache:
+            self.prompt_cache[key] = self.prompt_encoder.encode([negative_prompt, prompt], self.device, self.dtype)
+            if len(self.prompt_cache) > CACHED_PROMPTS:
+                self.prompt_cache.popitem(last=False)
+        self.prompt_cache.move_to_end(key)
+        return self.prompt_cache[key]
 
     def fuse(self, identity: IdentityFeatures, text_embeds: torch.Tensor, use_cfg: bool) -> torch.Tensor:
         """IITF once per video: (2 or 1, 226, D), unconditional first."""
@@ -138,7 +163,7 @@ class EchoVideoPipeline:
     def prepare(
         self,
         prompt: str,
-        image: str | Path | np.ndarray,
+        image: str | Path | bytes | np.ndarray,
         opts: GenerationOptions,
         identity: IdentityFeatures | None = None,
         text_embeds: torch.Tensor | None = None,
@@ -185,7 +210,7 @@ class EchoVideoPipeline:
     def __call__(
         self,
         prompt: str,
-        image: str | Path | np.ndarray,
+        image: str | Path | bytes | np.ndarray,
         options: GenerationOptions | None = None,
         identity: IdentityFeatures | None = None,
         text_embeds: torch.Tensor | None = None,

@@ -1,0 +1,142 @@
+"""The job file (YAML): validated against a schema with errors that name the key, overridable with `--set`."""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from echovideo.errors import EchoVideoInputError
+from echovideo.sampling import GenerationOptions
+
+# section -> key -> (accepted types, default). `None` default with no type check means "optional".
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
+    "model": {"preset": ((str,), None), "checkpoint": ((str,), None), "dtype": ((str,), "auto"),
+              "scheduler": ((str,), "dpm")},
+    "parallel": {"ulysses": ((int,), 1), "ring": ((int,), 1), "cfg": ((int,), 1), "replicas": ((int, str), "auto")},
+    "resources": {"accelerator": ((str,), "auto"), "cpus_per_rank": ((int, float), 1),
+                  "group_timeout_s": ((int, float), 300), "sample_timeout_s": ((int, float), 1800)},
+    "dataset": {"prompts": ((str,), None), "identities": ((str,), None), "mode": ((str,), "rows"),
+                "count": ((int,), None), "seed": ((int,), 0), "columns": ((dict,), {}), "limit": ((int,), None)},
+    "generation": {f.name: ((type(f.default),) if not isinstance(f.default, float) else (int, float), f.default)
+                   for f in fields(GenerationOptions) if f.name != "seed"},
+    "job": {"output": ((str,), None), "retries": ((int,), 3), "seed": ((int,), 0), "max_rebuilds": ((int,), 4)},
+}
+MODES = ("rows", "cross", "sampled")
+ACCELERATORS = ("auto", "gpu", "npu", "cpu")
+DEFAULT_COLUMNS = {"prompt": "prompt", "identity": "identity", "image": "image", "sample_id": "sample_id"}
+
+
+def _check_type(path: str, value, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise EchoVideoInputError(path, f"{value!r} is a {type(value).__name__}, expected {names}", "fix the job file")
+
+
+@dataclass
+class JobSpec:
+    model: dict
+    parallel: dict
+    resources: dict
+    dataset: dict
+    generation: dict
+    job: dict
+    source: str = ""
+
+    @property
+    def output(self) -> Path:
+        return Path(self.job["output"])
+
+    @property
+    def ranks_per_replica(self) -> int:
+        return self.parallel["ulysses"] * self.parallel["ring"] * self.parallel["cfg"]
+
+    def columns(self) -> dict:
+        return {**DEFAULT_COLUMNS, **self.dataset["columns"]}
+
+    def base_options(self) -> GenerationOptions:
+        return GenerationOptions(**self.generation)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`section.key=value` (value parsed as YAML) into the raw job mapping."""
+    if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
+        raise EchoVideoInputError("--set", f"{assignment!r} is not section.key=value", "e.g. --set parallel.replicas=2")
+    key, value = assignment.split("=", 1)
+    section, name = key.split(".", 1)
+    raw.setdefault(section, {})[name] = yaml.safe_load(value)
+
+
+def parse_job(raw: dict, source: str = "") -> JobSpec:
+    """Relative paths in the job are relative to the working directory (what `ray job submit --working-dir`
+    ships), not to the job file."""
+    if not isinstance(raw, dict):
+        raise EchoVideoInputError(source or "job", "the job file is not a YAML mapping", "see configs/jobs/demo.yaml")
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        raise EchoVideoInputError(unknown[0], "unknown section", f"use only {sorted(SCHEMA)}")
+    sections = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise EchoVideoInputError(section, f"{given!r} is not a mapping", "indent its keys under it")
+        extra = sorted(set(given) - set(keys))
+        if extra:
+            raise EchoVideoInputError(f"{section}.{extra[0]}", "unknown key", f"{section} takes {sorted(keys)}")
+        values = {}
+        for key, (types, default) in keys.items():
+            value = given.get(key, default)
+            if value is not None:
+                _check_type(f"{section}.{key}", value, types)
+            values[key] = value
+        sections[section] = values
+    spec = JobSpec(**sections, source=source)
+    _check_meaning(spec)
+    return spec
+
+
+def _check_meaning(spec: JobSpec) -> None:
+    m, p, d, r = spec.model, spec.parallel, spec.dataset, spec.resources
+    if (m["preset"] is None) == (m["checkpoint"] is None):
+        raise EchoVideoInputError("model", "give exactly one of preset or checkpoint", "e.g. preset: tiny")
+    if m["preset"] not in (None, "tiny"):
+        raise EchoVideoInputError("model.preset", f"unknown preset {m['preset']!r}", "use tiny or a checkpoint")
+    for key in ("ulysses", "ring"):
+        if p[key] < 1:
+            raise EchoVideoInputError(f"parallel.{key}", f"{p[key]} must be >= 1", "use 1 to disable")
+    if p["cfg"] not in (1, 2):
+        raise EchoVideoInputError("parallel.cfg", f"{p['cfg']} must be 1 or 2", "CFG has two branches")
+    if p["replicas"] != "auto" and (isinstance(p["replicas"], str) or p["replicas"] < 1):
+        raise EchoVideoInputError("parallel.replicas", f"{p['replicas']!r} is not auto or >= 1", "e.g. auto")
+    if r["accelerator"] not in ACCELERATORS:
+        raise EchoVideoInputError("resources.accelerator", f"{r['accelerator']!r} is unknown", f"use {ACCELERATORS}")
+    if d["prompts"] is None:
+        raise EchoVideoInputError("dataset.prompts", "missing", "a parquet, jsonl or csv path or URI")
+    if d["mode"] not in MODES:
+        raise EchoVideoInputError("dataset.mode", f"{d['mode']!r} is unknown", f"use one of {MODES}")
+    if d["mode"] in ("cross", "sampled") and d["identities"] is None:
+        raise EchoVideoInputError("dataset.identities", f"mode {d['mode']} pairs prompts with identities",
+                                  "give an identities table")
+    if d["mode"] == "sampled" and (d["count"] is None or d["count"] < 1):
+        raise EchoVideoInputError("dataset.count", "sampled mode needs a positive count", "e.g. count: 1000")
+    if spec.job["output"] is None:
+        raise EchoVideoInputError("job.output", "missing", "an output folder, e.g. out/demo")
+    if spec.job["retries"] < 1:
+        raise EchoVideoInputError("job.retries", "must be >= 1 (attempts per sample)", "e.g. 3")
+    spec.base_options().validate()
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise EchoVideoInputError("JOB", f"{path} does not exist", "pass a job file, e.g. configs/jobs/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EchoVideoInputError(str(path), f"not valid YAML ({exc})", "fix the syntax") from None
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return parse_job(raw, str(path))
