@@ -139,11 +139,51 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    for name, handler, text in (("run", _run_job, "render every sample of a job file on Ray"),
+                                ("plan", _plan_job, "validate a job file and print replicas, ranks and samples")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job", help="job file (configs/jobs/*.yaml)")
+        p.add_argument("--address", help="Ray cluster address (auto, ray://...); default: an embedded local cluster")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a job-file value, e.g. --set parallel.replicas=4 (repeatable)")
+        p.set_defaults(handler=handler)
+
+
+def _plan_job(args: argparse.Namespace) -> int:
+    from ray_jobs.dataset import count_requested
+    from ray_jobs.job import load_job
+    from ray_jobs.plan import connect, make_plan
+
+    spec = load_job(args.job, args.set)
+    count = count_requested(spec)
+    connect(args.address, spec)
+    print(make_plan(spec).describe(count))
+    return 0
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from ray_jobs.driver import EXIT_FAILED_JOB, JobFailure, run_job
+    from ray_jobs.job import load_job
+
+    spec = load_job(args.job, args.set)
+    try:
+        report = run_job(spec, args.address)
+    except JobFailure as exc:
+        print(f"echovideo: job failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED_JOB
+    s = report.summary
+    print(f"{s['ok']} ok, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} already done); "
+          f"outputs in {spec.output} (manifest.parquet, failures.parquet, summary.json, index.html)")
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echovideo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_jobs(sub)
     return parser
 
 

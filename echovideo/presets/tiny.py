@@ -63,6 +63,11 @@ def tiny_checkpoint(cache_dir: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=target.parent))
     try:
         write_tiny_checkpoint(staging)
+        missing = [part for part in ("transformer", "vae", "text_encoder", "clip_visual_encoder")
+                   if not any((staging / part).glob("*.safetensors"))]
+        if missing:  # e.g. transformers skips weights on a non-zero torch.distributed rank
+            raise RuntimeError(f"tiny checkpoint build wrote no weights for {missing}; build it before "
+                               "torch.distributed is initialised")
         os.replace(staging, target)
     except OSError:
         if not (target / "model_index.json").is_file():

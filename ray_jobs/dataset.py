@@ -1,0 +1,176 @@
+"""Stream the prompt and identity tables (parquet, jsonl, csv; local or any pyarrow filesystem URI) into samples.
+
+The driver never holds a table: rows arrive in record batches, and a sample carries its identity image's
+bytes only while it is queued or in flight.
+"""
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow.dataset as pds
+import pyarrow.fs as pfs
+
+from echovideo.errors import EchoVideoInputError
+from echovideo.sampling import GenerationOptions
+from ray_jobs.job import JobSpec
+
+FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+BATCH_ROWS = 1024
+OVERRIDABLE = {f for f in GenerationOptions.__dataclass_fields__}  # per-row columns that override the job
+
+
+@dataclass
+class Sample:
+    """One requested clip. `error` set means the row was rejected before rendering (it fails alone)."""
+
+    sample_id: str
+    prompt: str
+    identity: str  # the reference as given (path, URI) or "<bytes sha256>"
+    options: dict = field(default_factory=dict)
+    image: bytes | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def open_table(uri: str, key: str) -> pds.Dataset:
+    suffix = next((s for s in FORMATS if uri.lower().endswith(s)), None)
+    if suffix is None:
+        raise EchoVideoInputError(key, f"{uri!r} is not .parquet, .jsonl or .csv", "convert or rename the table")
+    try:
+        return pds.dataset(uri, format=FORMATS[suffix])
+    except (OSError, ValueError) as exc:
+        raise EchoVideoInputError(key, f"cannot open {uri!r} ({exc})", "check the path or URI") from None
+
+
+def iter_rows(table: pds.Dataset) -> Iterator[dict]:
+    for batch in table.to_batches(batch_size=BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+def read_bytes(reference: str) -> bytes:
+    """A local path or a pyarrow filesystem URI (s3://, gs://, hdfs://, file://)."""
+    filesystem, path = pfs.FileSystem.from_uri(reference) if "://" in reference else (pfs.LocalFileSystem(), reference)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+class IdentityReader:
+    """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.capacity = capacity
+
+    def get(self, value) -> tuple[bytes, str, str]:
+        """-> (bytes, sha256, display name); raises EchoVideoInputError naming the identity."""
+        if isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+            digest = hashlib.sha256(data).hexdigest()
+            return data, digest, f"<bytes {digest[:12]}>"
+        if not isinstance(value, str) or not value.strip():
+            raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
+        if value not in self.cache:
+            try:
+                data = read_bytes(value)
+            except (OSError, ValueError) as exc:
+                raise EchoVideoInputError("identity", f"cannot read {value!r} ({type(exc).__name__}: {exc})",
+                                          "check the path or URI") from None
+            self.cache[value] = (data, hashlib.sha256(data).hexdigest())
+            if len(self.cache) > self.capacity:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(value)
+        return (*self.cache[value], value)
+
+
+def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object]]:
+    """(prompt row, identity value) in the dataset mode's order."""
+    d, columns = spec.dataset, spec.columns()
+    prompts = open_table(d["prompts"], "dataset.prompts")
+
+    def identity_of(row: dict):  # a path/URI column, or the image bytes column
+        value = row.get(columns["identity"])
+        return value if value is not None else row.get(columns["image"])
+
+    if d["mode"] == "rows":
+        yield from ((row, identity_of(row)) for row in iter_rows(prompts))
+        return
+    identities = open_table(d["identities"], "dataset.identities")
+
+    if d["mode"] == "cross":
+        for prompt_batch in prompts.to_batches(batch_size=BATCH_ROWS):
+            for identity_row in iter_rows(identities):
+                for row in prompt_batch.to_pylist():
+                    yield row, identity_of(identity_row)
+        return
+    rng = np.random.default_rng(d["seed"])  # sampled: seeded pairs of row indices, fetched a chunk at a time
+    n_prompts, n_identities = prompts.count_rows(), identities.count_rows()
+    for start in range(0, d["count"], BATCH_ROWS):
+        size = min(BATCH_ROWS, d["count"] - start)
+        p_index, i_index = rng.integers(0, n_prompts, size), rng.integers(0, n_identities, size)
+        prompt_rows, identity_rows = prompts.take(p_index).to_pylist(), identities.take(i_index).to_pylist()
+        yield from ((p, identity_of(i)) for p, i in zip(prompt_rows, identity_rows))
+
+
+def sample_id(prompt: str, identity_hash: str, options: dict, model: str) -> str:
+    """Deterministic from the content: the same request is the same file, whatever the row order or rank."""
+    payload = json.dumps({"prompt": prompt, "identity": identity_hash, "options": options, "model": model},
+                         sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def derived_seed(job_seed: int, sid: str) -> int:
+    return int(hashlib.sha256(f"{job_seed}:{sid}".encode()).hexdigest()[:15], 16)
+
+
+def model_name(spec: JobSpec) -> str:
+    return f"preset:{spec.model['preset']}" if spec.model["preset"] else f"checkpoint:{spec.model['checkpoint']}"
+
+
+def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader) -> Sample:
+    columns = spec.columns()
+    prompt = row.get(columns["prompt"])
+    overrides = {k: row[k] for k in OVERRIDABLE if row.get(k) is not None}
+    fallback_id = hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24]
+    try:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise EchoVideoInputError("prompt", f"{prompt!r} is empty or not text", "write what the person does")
+        options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
+        GenerationOptions(**options).validate()
+        data, digest, name = reader.get(identity_value)
+        settings = {**options, **({"seed": overrides["seed"]} if "seed" in overrides else {})}
+        sid = sample_id(prompt, digest, settings, model_name(spec))
+        seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
+        GenerationOptions(**options, seed=seed).validate()
+        return Sample(sid, prompt, name, {**options, "seed": seed}, image=data)
+    except EchoVideoInputError as exc:
+        shown = identity_value if isinstance(identity_value, str) else "<bytes>"
+        return Sample(fallback_id, str(prompt)[:200], str(shown)[:300], overrides, error=str(exc))
+
+
+def iter_samples(spec: JobSpec) -> Iterator[Sample]:
+    """Every requested sample once (duplicates in the data collapse by id), in dataset order."""
+    reader, seen, limit = IdentityReader(), set(), spec.dataset["limit"]
+    for row, identity_value in _pairs(spec):
+        sample = build_sample(spec, row, identity_value, reader)
+        if sample.sample_id in seen:
+            continue
+        seen.add(sample.sample_id)
+        yield sample
+        if limit is not None and len(seen) >= limit:
+            return
+
+
+def count_requested(spec: JobSpec) -> int | None:
+    """Rows the job asks for before de-duplication (metadata for parquet; a streamed scan otherwise)."""
+    d = spec.dataset
+    if d["mode"] == "sampled":
+        total = d["count"]
+    else:
+        total = open_table(d["prompts"], "dataset.prompts").count_rows()
+        if d["mode"] == "cross":
+            total *= open_table(d["identities"], "dataset.identities").count_rows()
+    return min(total, d["limit"]) if d["limit"] is not None else total

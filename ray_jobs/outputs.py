@@ -1,0 +1,114 @@
+"""The output folder: videos, posters, a completion journal, and at the end manifest, failures, summary, gallery.
+
+Exactly-once: a worker renames the finished mp4 into place, then the driver appends the completion to
+`state/completed.jsonl` (flushed and fsynced). Resume skips ids that are recorded AND whose file exists;
+everything else is rendered again (at-least-once execution, idempotent keyed outputs).
+"""
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from echovideo.video_io import atomic_output
+
+SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(sample_id: str) -> str:
+    """A file name that stays inside its folder whatever the id holds (../, /, NUL, 300 characters)."""
+    name = SAFE.sub("_", sample_id).lstrip(".")[:100]
+    return name or "sample"
+
+
+class OutputStore:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.videos, self.posters, self.state = self.folder / "videos", self.folder / "posters", self.folder / "state"
+        for path in (self.videos, self.posters, self.state):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def video_path(self, sample_id: str) -> Path:
+        return self.videos / f"{safe_name(sample_id)}.mp4"
+
+    def poster_path(self, sample_id: str) -> Path:
+        return self.posters / f"{safe_name(sample_id)}.jpg"
+
+    def remove_orphan_temps(self) -> int:
+        """Temp files of renders that died mid-write (never under a final name)."""
+        orphans = [p for folder in (self.videos, self.posters) for p in folder.glob(".*.tmp*")]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        return len(orphans)
+
+    def _journal(self, name: str) -> list[dict]:
+        path = self.state / name
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a crash mid-append: that sample is simply redone
+                continue
+        return records
+
+    def completed(self) -> dict[str, dict]:
+        return {r["sample_id"]: r for r in self._journal("completed.jsonl") if self.video_path(r["sample_id"]).exists()}
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.state / name, "a") as handle:
+            handle.write(json.dumps(record, ensure_ascii=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def record_success(self, record: dict) -> None:
+        self._append("completed.jsonl", record)
+
+    def record_failure(self, record: dict) -> None:
+        self._append("failed.jsonl", record)
+
+    def finalize(self, summary: dict) -> dict:
+        """manifest.parquet (one row per sample, latest outcome), failures.parquet, summary.json, index.html."""
+        done = self.completed()
+        failed = {r["sample_id"]: r for r in self._journal("failed.jsonl") if r["sample_id"] not in done}
+        rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \
+               [{**r, "status": "failed", "path": None} for r in failed.values()]
+        columns = ["sample_id", "status", "prompt", "identity", "seed", "options", "path", "error", "attempts",
+                   "seconds", "replica"]
+        table = pa.table({c: [_cell(r.get(c)) for r in rows] for c in columns},
+                         schema=pa.schema([(c, pa.int64() if c in ("seed", "attempts") else
+                                            pa.float64() if c == "seconds" else pa.string()) for c in columns]))
+        self._write_parquet(table, "manifest.parquet")
+        self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
+        summary = {**summary, "ok": len(done), "failed": len(failed)}
+        with atomic_output(self.folder / "summary.json", ".json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+        self._write_gallery(list(done.values()), list(failed.values()))
+        return summary
+
+    def _write_parquet(self, table: pa.Table, name: str) -> None:
+        with atomic_output(self.folder / name, ".parquet") as tmp:
+            pq.write_table(table, str(tmp))
+
+    def _write_gallery(self, done: list[dict], failed: list[dict]) -> None:
+        cards = [f'<figure><video controls preload="none" src="videos/{safe_name(r["sample_id"])}.mp4" '
+                 f'poster="posters/{safe_name(r["sample_id"])}.jpg" width="256"></video>'
+                 f'<figcaption>{html.escape(r["prompt"][:200])}<br><small>{html.escape(r["sample_id"])} · '
+                 f'seed {r["seed"]}</small></figcaption></figure>' for r in sorted(done, key=lambda r: r["sample_id"])]
+        failures = [f'<li>{html.escape(r["sample_id"])}: {html.escape(str(r.get("error"))[:300])}</li>' for r in failed]
+        page = ("<!doctype html><meta charset=utf-8><title>echovideo gallery</title><style>body{font-family:sans-serif}"
+                "figure{display:inline-block;width:256px;margin:8px;vertical-align:top}</style>"
+                f"<h1>{len(done)} clips, {len(failed)} failed</h1>{''.join(cards)}"
+                + (f"<h2>Failures</h2><ul>{''.join(failures)}</ul>" if failures else ""))
+        with atomic_output(self.folder / "index.html", ".html") as tmp:
+            tmp.write_text(page)
+
+
+def _cell(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value

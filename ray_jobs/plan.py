@@ -1,0 +1,76 @@
+"""Where a job runs: the accelerator, the number of replicas the cluster holds, and a readable plan."""
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+from echovideo.errors import EchoVideoInputError
+from ray_jobs.job import JobSpec
+from ray_jobs.replica import rank_bundle
+
+RESOURCE = {"gpu": "GPU", "npu": "NPU", "cpu": "CPU"}
+
+
+def connect(address: str | None, spec: JobSpec) -> None:
+    """Join `address` (a cluster), or start an embedded local one: loopback only, no dashboard."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    needed = 0
+    if spec.parallel["replicas"] != "auto":  # room for the replicas asked for, even on a small machine
+        needed = spec.parallel["replicas"] * spec.ranks_per_replica * spec.resources["cpus_per_rank"]
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def choose_accelerator(spec: JobSpec) -> str:
+    wanted = spec.resources["accelerator"]
+    total = ray.cluster_resources()
+    if wanted == "auto":
+        return "gpu" if total.get("GPU", 0) >= 1 else "npu" if total.get("NPU", 0) >= 1 else "cpu"
+    if wanted != "cpu" and total.get(RESOURCE[wanted], 0) < 1:
+        raise EchoVideoInputError("resources.accelerator", f"{wanted}: the cluster has no {RESOURCE[wanted]}",
+                                  "use auto or cpu, or add such nodes")
+    return wanted
+
+
+@dataclass
+class Plan:
+    accelerator: str
+    replicas: int
+    ranks: int
+    bundle: dict
+    per_node: dict  # node id -> replicas that fit on it
+
+    def describe(self, samples: int | None) -> str:
+        layout = ", ".join(f"{k}={v}" for k, v in self.bundle.items())
+        return (f"accelerator {self.accelerator}; {self.replicas} replica(s) x {self.ranks} rank(s) "
+                f"(one STRICT_PACK placement group each, bundle per rank {{{layout}}}); "
+                f"replicas per node {sorted(self.per_node.values(), reverse=True)}; "
+                f"samples requested: {samples if samples is not None else 'unknown'}")
+
+
+def make_plan(spec: JobSpec) -> Plan:
+    """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work."""
+    accelerator = choose_accelerator(spec)
+    bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
+    ranks = spec.ranks_per_replica
+    per_node = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        per_node[node["NodeID"]] = int(min(have.get(k, 0) // (v * ranks) for k, v in bundle.items()))
+    capacity = sum(per_node.values())
+    if capacity == 0:
+        raise EchoVideoInputError("parallel", f"no node holds one replica of {ranks} ranks x {bundle}",
+                                  "lower ulysses/ring/cfg or resources.cpus_per_rank, or use bigger nodes")
+    replicas = spec.parallel["replicas"]
+    replicas = capacity if replicas == "auto" else replicas
+    if replicas > capacity:
+        raise EchoVideoInputError("parallel.replicas", f"{replicas} replicas do not fit; the cluster holds {capacity}",
+                                  f"use auto or at most {capacity}")
+    return Plan(accelerator, replicas, ranks, bundle, per_node)
