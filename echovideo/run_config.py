@@ -40,15 +40,20 @@ def _check_keys(values: Any, allowed: set[str], where: str) -> dict[str, Any]:
     return values
 
 
-def load_run_config(path: str | Path) -> RunConfig:
+def read_yaml_file(path: str | Path, field: str, example: str):
+    """A YAML file's content ({} when empty); a missing file or bad syntax is an input error naming `field`."""
     path = Path(path)
     if not path.is_file():
-        raise EchoVideoInputError("--config", f"{path} does not exist", "pass e.g. configs/presets/tiny.yaml")
+        raise EchoVideoInputError(field, f"{path} does not exist", f"pass e.g. {example}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise EchoVideoInputError("--config", f"{path} is not valid YAML ({exc.__class__.__name__})",
+        raise EchoVideoInputError(field, f"{path} is not valid YAML ({exc.__class__.__name__})",
                                   "fix the file's syntax") from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    data = read_yaml_file(path, "--config", "configs/presets/tiny.yaml")
     data = _check_keys(data, {"model", "generation"}, f"{path}")
     model = _check_keys(data.get("model"), {f.name for f in fields(ModelSpec)}, f"{path}: model")
     for key, value in model.items():

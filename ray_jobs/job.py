@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.run_config import read_yaml_file
 from echovideo.sampling import GenerationOptions
 
 # section -> key -> (accepted types, default). `None` default with no type check means "optional".
@@ -27,11 +28,7 @@ DEFAULT_COLUMNS = {"prompt": "prompt", "identity": "identity", "image": "image",
 
 
 def _check_type(path: str, value, types: tuple[type, ...]) -> None:
-    if isinstance(value, bool) and bool not in types:
-        ok = False
-    else:
-        ok = isinstance(value, types)
-    if not ok:
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # YAML true is no int
         names = " or ".join(t.__name__ for t in types)
         raise EchoVideoInputError(path, f"{value!r} is a {type(value).__name__}, expected {names}", "fix the job file")
 
@@ -130,13 +127,7 @@ def _check_meaning(spec: JobSpec) -> None:
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise EchoVideoInputError("JOB", f"{path} does not exist", "pass a job file, e.g. configs/jobs/demo.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EchoVideoInputError(str(path), f"not valid YAML ({exc})", "fix the syntax") from None
+    raw = read_yaml_file(path, "JOB", "configs/jobs/demo.yaml")
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_job(raw, str(path))
