@@ -20,6 +20,7 @@ from ray_jobs.job import JobSpec
 from ray_jobs.outputs import OutputStore
 from ray_jobs.plan import connect, make_plan
 from ray_jobs.replica import Replica, ReplicaStartError
+from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 
@@ -54,8 +55,8 @@ def _is_input_error(exc: BaseException) -> bool:
 
 
 class JobDriver:
-    def __init__(self, spec: JobSpec, progress: bool = True, on_result=None) -> None:
-        self.spec, self.progress, self.on_result = spec, progress, on_result
+    def __init__(self, spec: JobSpec, progress: bool = True, on_result=None, worker: type = RankWorker) -> None:
+        self.spec, self.progress, self.on_result, self.worker = spec, progress, on_result, worker
         self.store = OutputStore(spec.output)
         self.report = JobReport()
         self.retry: deque[Sample] = deque()
@@ -168,7 +169,7 @@ class JobDriver:
 
     def _build(self, index: int, accelerator: str) -> Replica:
         try:
-            return Replica(index, self.spec, accelerator)
+            return Replica(index, self.spec, accelerator, self.worker).start()
         except ReplicaStartError as exc:
             raise JobFailure(str(exc)) from exc
 

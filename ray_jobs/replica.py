@@ -1,8 +1,10 @@
-"""Replica: one placement group (a bundle per rank, STRICT_PACK by default) and one RankWorker actor per bundle.
+"""Replica: one placement group (a bundle per rank, STRICT_PACK by default) and one rank actor per bundle.
 
-The actors form their own torch.distributed group at rank 0's node IP and a port free there, so
-replicas sharing a node never collide. Formation is bounded by a timeout; a replica that loses a rank
-is torn down whole (a process group cannot lose a member) and rebuilt by the driver.
+Placing and starting are two steps: `Replica(...)` reserves the bundles and creates the actors (each
+sees only its own device), `start()` forms their torch.distributed group at rank 0's node IP and a port
+free there (so replicas sharing a node never collide) and loads the model. Both are bounded by the
+group timeout; a replica that loses a rank is torn down whole (a process group cannot lose a member)
+and rebuilt by the driver.
 """
 
 import ray
@@ -26,35 +28,46 @@ def rank_bundle(accelerator: str, cpus: float) -> dict:
     return bundle
 
 
+def actor_resources(accelerator: str, cpus: float) -> dict:
+    """The bundle as actor options: Ray then sets CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES per actor."""
+    options = {"num_cpus": cpus}
+    if accelerator == "gpu":
+        options["num_gpus"] = 1
+    elif accelerator == "npu":
+        options["resources"] = {"NPU": 1}
+    return options
+
+
 class Replica:
-    def __init__(self, index: int, spec: JobSpec, accelerator: str, strategy: str = "STRICT_PACK") -> None:
+    def __init__(self, index: int, spec: JobSpec, accelerator: str, worker: type = RankWorker,
+                 strategy: str = "STRICT_PACK") -> None:
         self.index, self.spec, self.accelerator = index, spec, accelerator
         world, cpus = spec.ranks_per_replica, spec.resources["cpus_per_rank"]
-        timeout = spec.resources["group_timeout_s"]
+        self.timeout = spec.resources["group_timeout_s"]
         self.group = placement_group([rank_bundle(accelerator, cpus)] * world, strategy=strategy)
         self.actors = []
         try:
-            ray.get(self.group.ready(), timeout=timeout)
+            ray.get(self.group.ready(), timeout=self.timeout)
         except ray.exceptions.GetTimeoutError:
             self.teardown()
             raise ReplicaStartError(f"replica {index}: placement group of {world} x {rank_bundle(accelerator, cpus)} "
-                                    f"not placed within {timeout} s") from None
-        actor_class = ray.remote(RankWorker)
-        for rank in range(world):
-            options = {"num_cpus": cpus, "max_restarts": 0,
-                       "scheduling_strategy": PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank)}
-            if accelerator == "gpu":
-                options["num_gpus"] = 1
-            elif accelerator == "npu":
-                options["resources"] = {"NPU": 1}
-            self.actors.append(actor_class.options(**options).remote(rank, world))
+                                    f"not placed within {self.timeout} s") from None
+        actor_class = ray.remote(worker)
+        self.actors = [actor_class.options(
+            **actor_resources(accelerator, cpus), max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
+        ).remote(rank, world) for rank in range(world)]
+
+    def start(self) -> "Replica":
+        """Form the replica's process group and load the pipeline on every rank."""
         try:
-            address = ray.get(self.actors[0].rendezvous.remote(), timeout=timeout)
-            ray.get([a.setup.remote(spec.model, spec.parallel, accelerator, address, timeout) for a in self.actors],
-                    timeout=2 * timeout)
+            address = self.rendezvous()
+            ray.get([a.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, address, self.timeout)
+                     for a in self.actors], timeout=2 * self.timeout)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
             self.teardown()
-            raise ReplicaStartError(f"replica {index}: group did not form: {exc}") from exc
+            raise ReplicaStartError(f"replica {self.index}: group did not form: {exc}") from exc
+        return self
 
     def submit(self, sample, video: str, poster: str) -> ray.ObjectRef:
         """Start rendering on every rank; the returned reference is rank 0's (a failing peer fails rank 0)."""
@@ -63,7 +76,10 @@ class Replica:
         return refs[0]
 
     def visible_devices(self) -> list[dict]:
-        return ray.get([a.visible_devices.remote() for a in self.actors])
+        return ray.get([a.visible_devices.remote() for a in self.actors], timeout=self.timeout)
+
+    def rendezvous(self) -> tuple[str, int]:
+        return ray.get(self.actors[0].rendezvous.remote(), timeout=self.timeout)
 
     def teardown(self) -> None:
         for actor in self.actors:

@@ -1,0 +1,105 @@
+"""Placement and device visibility on a simulated multi-node cluster (logical GPUs and NPUs, real raylets).
+
+Replicas are placed but not started: what is checked is where Ray puts the ranks and which device each
+rank is given, which needs no accelerator and no model.
+"""
+
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from echovideo.errors import EchoVideoInputError
+from ray_jobs.job import parse_job
+from ray_jobs.plan import make_plan
+from ray_jobs.replica import Replica, ReplicaStartError
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no accelerators, GPU nodes with 4 and 2 GPUs, an Ascend node with 2 NPUs."""
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=4, num_gpus=4)
+    nodes.add_node(num_cpus=2, num_gpus=2)
+    nodes.add_node(num_cpus=2, resources={"NPU": 2})
+    ray.init(address=nodes.address, log_to_driver=False)
+    nodes.wait_for_nodes()
+    yield nodes
+    ray.shutdown()
+    nodes.shutdown()
+
+
+def spec(accelerator: str, ulysses: int = 2, replicas="auto"):
+    return parse_job({"model": {"preset": "tiny"}, "parallel": {"ulysses": ulysses, "replicas": replicas},
+                      "resources": {"accelerator": accelerator, "cpus_per_rank": 1, "group_timeout_s": 60},
+                      "dataset": {"prompts": "unused.jsonl"}, "job": {"output": "unused"}}, "test")
+
+
+def placed(job, accelerator: str, count: int) -> list[Replica]:
+    return [Replica(i, job, accelerator) for i in range(count)]
+
+
+def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster):
+    job = spec("auto")
+    plan = make_plan(job)
+    assert plan.accelerator == "gpu"  # auto prefers GPUs
+    assert plan.replicas == 3 and sorted(plan.per_node.values(), reverse=True)[:2] == [2, 1]
+    replicas = placed(job, plan.accelerator, plan.replicas)
+    try:
+        by_node: dict[str, list[Replica]] = {}
+        for replica in replicas:
+            ranks = replica.visible_devices()
+            assert len({r["node"] for r in ranks}) == 1  # STRICT_PACK: a replica never spans nodes
+            for rank in ranks:
+                assert rank["accelerators"]["GPU"] == [rank["CUDA_VISIBLE_DEVICES"]]  # exactly its own GPU
+                assert rank["ASCEND_RT_VISIBLE_DEVICES"] is None
+            by_node.setdefault(ranks[0]["node"], []).append(replica)
+        shared = next(group for group in by_node.values() if len(group) == 2)
+        gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in replica.visible_devices()]
+        assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
+        ports = {replica.rendezvous()[1] for replica in shared}
+        assert len(ports) == 2  # nor a group port
+        full = spec("gpu")
+        full.resources["group_timeout_s"] = 2
+        with pytest.raises(ReplicaStartError, match="not placed within 2 s"):  # the GPUs are taken
+            Replica(3, full, "gpu")
+    finally:
+        for replica in replicas:
+            replica.teardown()
+    assert _settles(lambda: ray.available_resources().get("GPU", 0) == 6)  # teardown frees every GPU
+
+
+def _settles(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_npu_replica_ranks_see_one_ascend_device_each(cluster):
+    job = spec("npu")
+    plan = make_plan(job)
+    assert (plan.accelerator, plan.replicas, plan.bundle) == ("npu", 1, {"CPU": 1, "NPU": 1})
+    (replica,) = placed(job, "npu", 1)
+    try:
+        ranks = replica.visible_devices()
+        assert len({r["node"] for r in ranks}) == 1
+        assert sorted(r["ASCEND_RT_VISIBLE_DEVICES"] for r in ranks) == ["0", "1"]
+        assert all(r["accelerators"]["NPU"] == [r["ASCEND_RT_VISIBLE_DEVICES"]] for r in ranks)
+        assert all(r["CUDA_VISIBLE_DEVICES"] in (None, "") and not r["accelerators"]["GPU"] for r in ranks)
+    finally:
+        replica.teardown()
+
+
+@pytest.mark.parametrize("accelerator, ulysses, replicas, field", [
+    ("gpu", 8, "auto", "parallel"),  # no node has 8 GPUs
+    ("npu", 4, "auto", "parallel"),  # the Ascend node has 2 NPUs
+    ("gpu", 2, 4, "parallel.replicas"),  # the GPU nodes hold 3 such replicas
+])
+def test_layout_no_node_holds_is_refused_at_plan_time(cluster, accelerator, ulysses, replicas, field):
+    with pytest.raises(EchoVideoInputError) as error:
+        make_plan(spec(accelerator, ulysses, replicas))
+    assert error.value.field == field
