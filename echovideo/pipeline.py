@@ -8,6 +8,7 @@ video (callers may cache them across videos), IITF once per video instead of eve
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,11 +183,13 @@ class EchoVideoPipeline:
             generator=generator,
         )
 
-    def denoise(self, state: SamplingState, opts: GenerationOptions, predict=None, progress: bool = True):
+    def denoise(self, state: SamplingState, opts: GenerationOptions, predict=None, progress: bool = True,
+                on_step: Callable[[int], None] | None = None):
         """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents.
 
         `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default,
-        a sequence-parallel engine with the same signature under parallelism.
+        a sequence-parallel engine with the same signature under parallelism. `on_step(i)` runs after each
+        step (a job's worker uses it as its no-progress clock).
         """
         predict = predict or self.transformer
         rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
@@ -205,6 +208,8 @@ class EchoVideoPipeline:
                 pred = uncond + scales[i] * (cond - uncond)
             latents, old_pred = self.step(pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
                                           state.generator)
+            if on_step is not None:
+                on_step(i)
         return latents
 
     def __call__(

@@ -7,6 +7,7 @@ decoded by all ranks and assembled on rank 0, the only rank that returns frames.
 """
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class ParallelEchoVideoPipeline:
         return state
 
     def __call__(self, prompt: str, image, options: GenerationOptions, progress: bool = False,
-                 decode: bool = True) -> GenerationResult:
+                 decode: bool = True, on_step: Callable[[int], None] | None = None) -> GenerationResult:
         """Every rank calls this with the same arguments (`image` is only read on rank 0).
 
         Rank 0's result has the frames; the others' have the (identical) latents and no frames.
@@ -90,7 +91,8 @@ class ParallelEchoVideoPipeline:
         opts = options.validate()
         try:
             state = self.shared_state(prompt, image, opts)
-            latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0)
+            latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0,
+                                     on_step=on_step)
             frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
         except RuntimeError as exc:
             raise ParallelGroupError(
