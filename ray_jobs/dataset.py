@@ -15,8 +15,10 @@ import pyarrow.dataset as pds
 import pyarrow.fs as pfs
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
 from ray_jobs.job import JobSpec
+from ray_jobs.redact import redact
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 BATCH_ROWS = 1024
@@ -29,7 +31,7 @@ class Sample:
 
     sample_id: str
     prompt: str
-    identity: str  # the reference as given (path, URI) or "<bytes sha256>"
+    identity: str  # the reference as given (path, URI without credentials) or "<bytes sha256>"
     options: dict = field(default_factory=dict)
     image: bytes | None = None
     error: str | None = None
@@ -59,7 +61,11 @@ def read_bytes(reference: str) -> bytes:
 
 
 class IdentityReader:
-    """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job)."""
+    """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job).
+
+    Each new image is decoded once here, so an unreadable, empty or oversized photo fails its rows in the
+    driver instead of occupying a replica.
+    """
 
     def __init__(self, capacity: int = 64) -> None:
         self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
@@ -69,21 +75,29 @@ class IdentityReader:
         """-> (bytes, sha256, display name); raises EchoVideoInputError naming the identity."""
         if isinstance(value, (bytes, bytearray)):
             data = bytes(value)
-            digest = hashlib.sha256(data).hexdigest()
-            return data, digest, f"<bytes {digest[:12]}>"
-        if not isinstance(value, str) or not value.strip():
+            key = hashlib.sha256(data).hexdigest()
+            name = f"<bytes {key[:12]}>"
+        elif isinstance(value, str) and value.strip():
+            data, key, name = None, value, redact(value)
+        else:
             raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
-        if value not in self.cache:
-            try:
-                data = read_bytes(value)
-            except (OSError, ValueError) as exc:
-                raise EchoVideoInputError("identity", f"cannot read {value!r} ({type(exc).__name__}: {exc})",
-                                          "check the path or URI") from None
-            self.cache[value] = (data, hashlib.sha256(data).hexdigest())
+        if key not in self.cache:
+            if data is None:
+                data = self._read(value, name)
+            decode_identity_image(data, name, "identity")
+            self.cache[key] = (data, hashlib.sha256(data).hexdigest())
             if len(self.cache) > self.capacity:
                 self.cache.popitem(last=False)
-        self.cache.move_to_end(value)
-        return (*self.cache[value], value)
+        self.cache.move_to_end(key)
+        return (*self.cache[key], name)
+
+    @staticmethod
+    def _read(reference: str, name: str) -> bytes:
+        try:
+            return read_bytes(reference)
+        except (OSError, ValueError) as exc:
+            raise EchoVideoInputError("identity", f"cannot read {name} ({type(exc).__name__}: {redact(str(exc))})",
+                                      "check the path or URI") from None
 
 
 def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object]]:
@@ -130,25 +144,58 @@ def model_name(spec: JobSpec) -> str:
     return f"preset:{spec.model['preset']}" if spec.model["preset"] else f"checkpoint:{spec.model['checkpoint']}"
 
 
+def _prompt_text(value) -> str:
+    if isinstance(value, bytes):  # a binary column: text only if it is UTF-8
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EchoVideoInputError("prompt", "is not UTF-8 text", "re-encode the prompt column as UTF-8") from None
+    if not isinstance(value, str) or not value.strip():
+        raise EchoVideoInputError("prompt", f"{value!r} is empty or not text", "write what the person does")
+    return value
+
+
+def _given_id(value) -> str | None:
+    """The dataset's own sample id, if it has a sample_id column (any text; file names are made safe)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise EchoVideoInputError("sample_id", f"{value!r} is not a non-empty text or integer id",
+                                  "fill the column or drop it to use content ids")
+    return str(value)
+
+
 def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader) -> Sample:
+    """A renderable sample, or one carrying the row's error (it then fails alone, with that reason)."""
     columns = spec.columns()
-    prompt = row.get(columns["prompt"])
     overrides = {k: row[k] for k in OVERRIDABLE if row.get(k) is not None}
-    fallback_id = hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24]
+    shown = redact(identity_value)[:300] if isinstance(identity_value, str) else "<bytes>"
+    given = row.get(columns["sample_id"])
+    fallback_id = (str(given) if isinstance(given, (str, int)) and str(given).strip() else
+                   hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24])
     try:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise EchoVideoInputError("prompt", f"{prompt!r} is empty or not text", "write what the person does")
+        prompt = _prompt_text(row.get(columns["prompt"]))
+        given = _given_id(given)
         options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
-        GenerationOptions(**options).validate()
+        GenerationOptions(**options, **({"seed": overrides["seed"]} if "seed" in overrides else {})).validate()
         data, digest, name = reader.get(identity_value)
         settings = {**options, **({"seed": overrides["seed"]} if "seed" in overrides else {})}
-        sid = sample_id(prompt, digest, settings, model_name(spec))
+        sid = given or sample_id(prompt, digest, settings, model_name(spec))
         seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
-        GenerationOptions(**options, seed=seed).validate()
         return Sample(sid, prompt, name, {**options, "seed": seed}, image=data)
     except EchoVideoInputError as exc:
-        shown = identity_value if isinstance(identity_value, str) else "<bytes>"
-        return Sample(fallback_id, str(prompt)[:200], str(shown)[:300], overrides, error=str(exc))
+        prompt = row.get(columns["prompt"])
+        return Sample(fallback_id, redact(str(prompt))[:200], shown, overrides, error=redact(str(exc)))
+
+
+def unused_columns(spec: JobSpec) -> list[str]:
+    """Columns the job will not read (a misspelt override such as `hieght` would otherwise pass silently)."""
+    columns, d = spec.columns(), spec.dataset
+    known = {columns[k] for k in ("prompt", "identity", "image", "sample_id")} | OVERRIDABLE
+    names = set(open_table(d["prompts"], "dataset.prompts").schema.names)
+    if d["identities"] is not None and d["mode"] != "rows":
+        names |= set(open_table(d["identities"], "dataset.identities").schema.names)
+    return sorted(names - known)
 
 
 def iter_samples(spec: JobSpec) -> Iterator[Sample]:

@@ -1,11 +1,15 @@
 """The job driver: pull-based scheduling of streamed samples over replicas, retries, rebuilds, progress.
 
 Each idle replica pulls the next sample, so a fast replica takes more work and a slow one never holds
-the tail. Failures by cause: bad input fails the sample at once (it would fail again); a dead or hung
-rank tears its replica down, requeues the sample and rebuilds (both capped); anything else is retried
-up to `job.retries` attempts, then recorded with its reason.
+the tail. Failures by cause: bad input fails the sample at once (it would fail again); a dead rank, or
+one whose step clock stops for `resources.step_timeout_s`, tears its replica down, requeues the sample
+and rebuilds the replica; anything else is retried up to `job.retries` attempts, then recorded with its
+reason. A replica that cannot be rebuilt (its node is gone) or keeps dying without finishing a sample
+(`job.max_rebuilds` in a row) is dropped and the others finish the work. An unwritable output folder
+stops the job cleanly; rerunning it resumes.
 """
 
+import logging
 import sys
 import time
 from collections import deque
@@ -15,7 +19,8 @@ import ray
 from tqdm.auto import tqdm
 
 from echovideo.errors import EchoVideoInputError, ParallelGroupError
-from ray_jobs.dataset import Sample, count_requested, iter_samples
+from ray_jobs.dataset import Sample, count_requested, iter_samples, unused_columns
+from ray_jobs.failures import JobFailure, OutputError
 from ray_jobs.job import JobSpec
 from ray_jobs.outputs import OutputStore
 from ray_jobs.plan import connect, make_plan
@@ -23,17 +28,18 @@ from ray_jobs.replica import Replica, ReplicaStartError
 from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
+OUTPUT_ERRNOS = {28, 30, 122, 27}  # ENOSPC, EROFS, EDQUOT, EFBIG: the worker could not write the clip
+logger = logging.getLogger("ray_jobs")
 
-
-class JobFailure(RuntimeError):
-    """The job cannot go on (no replica can be built)."""
+__all__ = ["JobDriver", "JobFailure", "JobReport", "OutputError", "run_job"]
 
 
 @dataclass
 class InFlight:
     sample: Sample
     replica: Replica
-    started: float
+    progress_at: float  # driver clock of the last step rank 0 reported
+    probe: ray.ObjectRef | None = None
 
 
 @dataclass
@@ -42,6 +48,7 @@ class JobReport:
     skipped: int = 0
     failed: int = 0
     rebuilds: int = 0
+    dropped_replicas: int = 0
     summary: dict = field(default_factory=dict)
 
     @property
@@ -49,9 +56,8 @@ class JobReport:
         return EXIT_SOME_FAILED if self.summary.get("failed") else EXIT_OK
 
 
-def _is_input_error(exc: BaseException) -> bool:
-    cause = getattr(exc, "cause", None)
-    return isinstance(exc, EchoVideoInputError) or isinstance(cause, EchoVideoInputError)
+def _cause(exc: BaseException) -> BaseException:
+    return getattr(exc, "cause", None) or exc
 
 
 class JobDriver:
@@ -60,21 +66,30 @@ class JobDriver:
         self.store = OutputStore(spec.output)
         self.report = JobReport()
         self.retry: deque[Sample] = deque()
+        self.rebuilds_in_a_row: dict[int, int] = {}
+        self.exhausted = False
+        self.bar = None
 
     def run(self) -> JobReport:
         plan, requested = make_plan(self.spec), count_requested(self.spec)
         if self.progress:
             print(f"plan: {plan.describe(requested)}", file=sys.stderr)
+        ignored = unused_columns(self.spec)
+        if ignored:
+            logger.warning("dataset columns %s are not used (prompt, identity/image, sample_id and generation "
+                           "settings are); check dataset.columns for a typo", ignored)
         self.store.remove_orphan_temps()
-        done = self.store.completed()
+        done = self.store.completed_ids()
         samples = iter_samples(self.spec)
-        bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
-        replicas = [self._build(i, plan.accelerator) for i in range(plan.replicas)]
-        idle, flying, started = deque(replicas), {}, time.monotonic()
+        self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
+        idle: deque[Replica] = deque()
+        flying: dict[ray.ObjectRef, InFlight] = {}
+        started = time.monotonic()
         try:
+            idle.extend(self._build(i, plan.accelerator) for i in range(plan.replicas))
             while True:
                 while idle:
-                    sample = self._next(samples, done, bar)
+                    sample = self._next(samples, done)
                     if sample is None:
                         break
                     replica = idle.popleft()
@@ -82,90 +97,124 @@ class JobDriver:
                                          str(self.store.poster_path(sample.sample_id)))
                     flying[ref] = InFlight(sample, replica, time.monotonic())
                 if not flying:
+                    if not idle and (self.retry or not self.exhausted):
+                        raise JobFailure("every replica was lost; rerun the job to resume the rest")
                     break
                 ready, _ = ray.wait(list(flying), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    job = flying.pop(ref)
-                    idle.append(self._collect(ref, job, plan.accelerator, bar))
-                for ref, job in list(flying.items()):  # a rank that stopped answering: rebuild its replica
-                    if time.monotonic() - job.started > self.spec.resources["sample_timeout_s"]:
-                        flying.pop(ref)
-                        idle.append(self._replace(job, plan.accelerator, "no progress within sample_timeout_s"))
+                    idle.extend(self._collect(ref, flying.pop(ref), plan.accelerator))
+                for ref in self._stalled(flying):
+                    idle.extend(self._replace(flying.pop(ref), plan.accelerator,
+                                              f"no progress within step_timeout_s "
+                                              f"({self.spec.resources['step_timeout_s']} s)"))
                 elapsed = max(time.monotonic() - started, 1e-9)
-                bar.set_postfix(ok=self.report.rendered, failed=self.report.failed,
-                                clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
+                self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed,
+                                     clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
         finally:
-            bar.close()
+            self.bar.close()
             for replica in set(idle) | {job.replica for job in flying.values()}:
                 replica.teardown()
+            self.store.remove_orphan_temps()  # renders cut short by a teardown
         self.report.summary = self.store.finalize({
             "job": self.spec.source, "rendered_this_run": self.report.rendered, "skipped_done": self.report.skipped,
             "replicas": plan.replicas, "ranks_per_replica": plan.ranks, "accelerator": plan.accelerator,
-            "replica_rebuilds": self.report.rebuilds, "render_seconds": round(time.monotonic() - started, 2)})
+            "replica_rebuilds": self.report.rebuilds, "replicas_dropped": self.report.dropped_replicas,
+            "render_seconds": round(time.monotonic() - started, 2)})
         return self.report
 
-    def _next(self, samples, done: dict, bar) -> Sample | None:
+    def _next(self, samples, done: set[str]) -> Sample | None:
         """A retry first, else the next new sample; rejected rows and finished ids are settled on the way."""
         if self.retry:
             return self.retry.popleft()
         for sample in samples:
             if sample.sample_id in done:
                 self.report.skipped += 1
-                bar.update(1)
+                self.bar.update(1)
             elif sample.error:
-                self._fail(sample, sample.error, bar)
+                self._fail(sample, sample.error)
             else:
                 return sample
+        self.exhausted = True
         return None
 
-    def _collect(self, ref, job: InFlight, accelerator: str, bar) -> Replica:
+    def _stalled(self, flying: dict) -> list[ray.ObjectRef]:
+        """In-flight samples whose rank 0 finished no step for step_timeout_s (read from its progress clock)."""
+        limit, now, stalled = self.spec.resources["step_timeout_s"], time.monotonic(), []
+        for ref, job in flying.items():
+            if job.probe is not None and ray.wait([job.probe], timeout=0)[0]:
+                try:
+                    job.progress_at = max(job.progress_at, now - ray.get(job.probe))
+                except ray.exceptions.RayError:  # the actor died: its render reference reports why
+                    pass
+                job.probe = None
+            if job.probe is None:
+                job.probe = job.replica.probe_progress()
+            if now - job.progress_at > limit:
+                stalled.append(ref)
+        return stalled
+
+    def _collect(self, ref, job: InFlight, accelerator: str) -> list[Replica]:
+        """The replica(s) to put back in the idle queue: itself, its rebuilt successor, or none if dropped."""
         sample = job.sample
         sample.attempts += 1
         try:
             timing = ray.get(ref)
         except Exception as exc:  # classified below; every path records or requeues the sample
-            if _is_input_error(exc):
-                self._fail(sample, str(getattr(exc, "cause", exc)), bar)
-                return job.replica
-            if isinstance(exc, ray.exceptions.RayActorError) or isinstance(getattr(exc, "cause", None),
-                                                                            ParallelGroupError):
+            cause = _cause(exc)
+            if isinstance(cause, EchoVideoInputError):
+                self._fail(sample, str(cause))
+                return [job.replica]
+            if isinstance(cause, OSError) and cause.errno in OUTPUT_ERRNOS:
+                raise OutputError(f"job.output: a worker could not write {sample.sample_id} ({cause.strerror}); "
+                                  "free space or fix the folder, then rerun the same job") from exc
+            if isinstance(exc, ray.exceptions.RayActorError) or isinstance(cause, ParallelGroupError):
                 return self._replace(job, accelerator, f"rank lost: {type(exc).__name__}")
-            self._retry_or_fail(sample, f"{type(exc).__name__}: {exc}", bar)
-            return job.replica
+            self._retry_or_fail(sample, f"{type(cause).__name__}: {cause}")
+            return [job.replica]
         self.store.record_success({
             "sample_id": sample.sample_id, "prompt": sample.prompt, "identity": sample.identity,
             "seed": sample.options["seed"], "options": sample.options, "attempts": sample.attempts,
             "path": str(self.store.video_path(sample.sample_id).relative_to(self.store.folder)),
             "seconds": round(timing["seconds"], 3), "replica": str(job.replica.index)})
         self.report.rendered += 1
-        bar.update(1)
+        self.rebuilds_in_a_row[job.replica.index] = 0
+        self.bar.update(1)
         if self.on_result:  # tests inject faults here
             self.on_result(sample, job.replica)
-        return job.replica
+        return [job.replica]
 
-    def _replace(self, job: InFlight, accelerator: str, reason: str) -> Replica:
-        """Tear the replica down, requeue (or fail) its sample, build a fresh one in its place."""
+    def _replace(self, job: InFlight, accelerator: str, reason: str) -> list[Replica]:
+        """Tear the replica down, requeue (or fail) its sample, build a fresh one in its place if it can be."""
+        index = job.replica.index
         job.replica.teardown()
-        self._retry_or_fail(job.sample, reason, None)
+        self._retry_or_fail(job.sample, reason)
         self.report.rebuilds += 1
-        if self.report.rebuilds > self.spec.job["max_rebuilds"]:
-            raise JobFailure(f"replicas rebuilt {self.report.rebuilds} times (job.max_rebuilds "
-                             f"{self.spec.job['max_rebuilds']}); last cause: {reason}")
-        return self._build(job.replica.index, accelerator)
+        self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1
+        if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
+            return self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without finishing "
+                                     f"a sample (job.max_rebuilds); last cause: {reason}")
+        try:
+            return [Replica(index, self.spec, accelerator, self.worker).start()]
+        except ReplicaStartError as exc:
+            return self._drop(index, str(exc))
 
-    def _retry_or_fail(self, sample: Sample, reason: str, bar) -> None:
+    def _drop(self, index: int, reason: str) -> list[Replica]:
+        logger.warning("replica %d dropped, the others go on: %s", index, reason)
+        self.report.dropped_replicas += 1
+        return []
+
+    def _retry_or_fail(self, sample: Sample, reason: str) -> None:
         if sample.attempts < self.spec.job["retries"]:
             self.retry.append(sample)
         else:
-            self._fail(sample, f"{reason} (after {sample.attempts} attempts)", bar)
+            self._fail(sample, f"{reason} (after {sample.attempts} attempts)")
 
-    def _fail(self, sample: Sample, reason: str, bar) -> None:
+    def _fail(self, sample: Sample, reason: str) -> None:
         self.store.record_failure({"sample_id": sample.sample_id, "prompt": sample.prompt, "identity": sample.identity,
                                    "seed": sample.options.get("seed"), "options": sample.options,
                                    "attempts": sample.attempts, "error": reason})
         self.report.failed += 1
-        if bar is not None:
-            bar.update(1)
+        self.bar.update(1)
 
     def _build(self, index: int, accelerator: str) -> Replica:
         try:
@@ -174,6 +223,7 @@ class JobDriver:
             raise JobFailure(str(exc)) from exc
 
 
-def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on_result=None) -> JobReport:
+def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on_result=None,
+            worker: type = RankWorker) -> JobReport:
     connect(address, spec)
-    return JobDriver(spec, progress, on_result).run()
+    return JobDriver(spec, progress, on_result, worker).run()

@@ -5,33 +5,60 @@ Exactly-once: a worker renames the finished mp4 into place, then the driver appe
 everything else is rendered again (at-least-once execution, idempotent keyed outputs).
 """
 
+import hashlib
 import html
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from echovideo.errors import EchoVideoInputError
 from echovideo.video_io import atomic_output
+from ray_jobs.failures import OutputError
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def safe_name(sample_id: str) -> str:
-    """A file name that stays inside its folder whatever the id holds (../, /, NUL, 300 characters)."""
-    name = SAFE.sub("_", sample_id).lstrip(".")[:100]
-    return name or "sample"
+    """A file name that stays inside its folder whatever the id holds (../, /, NUL, 300 characters).
+
+    Ids that are already safe keep their name; any other gets a readable prefix and a hash of the whole
+    id, so two different ids never share a file ("a/b" and "a_b").
+    """
+    name = SAFE.sub("_", sample_id).lstrip(".")[:80]
+    if name == sample_id:
+        return name
+    return f"{name or 'sample'}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+
+@contextmanager
+def writing(what: Path) -> Iterator[None]:
+    """OS errors while writing the output become one clear job-level error (disk full, read-only, gone)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"job.output: cannot write {what} ({exc.strerror or exc}); free space or fix the folder, "
+                          "then rerun the same job: finished clips are kept and only the rest is rendered") from exc
 
 
 class OutputStore:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.videos, self.posters, self.state = self.folder / "videos", self.folder / "posters", self.folder / "state"
-        for path in (self.videos, self.posters, self.state):
-            path.mkdir(parents=True, exist_ok=True)
+        try:
+            for path in (self.videos, self.posters, self.state):
+                path.mkdir(parents=True, exist_ok=True)
+            with atomic_output(self.state / "writable", ".probe") as probe:
+                probe.write_text("ok")
+        except OSError as exc:
+            raise EchoVideoInputError("job.output", f"{self.folder} cannot be written ({exc.strerror or exc})",
+                                      "choose a writable folder with free space") from None
 
     def video_path(self, sample_id: str) -> Path:
         return self.videos / f"{safe_name(sample_id)}.mp4"
@@ -61,8 +88,12 @@ class OutputStore:
     def completed(self) -> dict[str, dict]:
         return {r["sample_id"]: r for r in self._journal("completed.jsonl") if self.video_path(r["sample_id"]).exists()}
 
+    def completed_ids(self) -> set[str]:
+        """What a resumed run skips (the ids only: the driver keeps no records while it streams)."""
+        return set(self.completed())
+
     def _append(self, name: str, record: dict) -> None:
-        with open(self.state / name, "a") as handle:
+        with writing(self.state / name), open(self.state / name, "a") as handle:
             handle.write(json.dumps(record, ensure_ascii=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -75,6 +106,10 @@ class OutputStore:
 
     def finalize(self, summary: dict) -> dict:
         """manifest.parquet (one row per sample, latest outcome), failures.parquet, summary.json, index.html."""
+        with writing(self.folder):
+            return self._finalize(summary)
+
+    def _finalize(self, summary: dict) -> dict:
         done = self.completed()
         failed = {r["sample_id"]: r for r in self._journal("failed.jsonl") if r["sample_id"] not in done}
         rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \

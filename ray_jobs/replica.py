@@ -54,7 +54,7 @@ class Replica:
                                     f"not placed within {self.timeout} s") from None
         actor_class = ray.remote(worker)
         self.actors = [actor_class.options(
-            **actor_resources(accelerator, cpus), max_restarts=0,
+            **actor_resources(accelerator, cpus), max_restarts=0, max_concurrency=2,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
         ).remote(rank, world) for rank in range(world)]
 
@@ -77,6 +77,10 @@ class Replica:
 
     def visible_devices(self) -> list[dict]:
         return ray.get([a.visible_devices.remote() for a in self.actors], timeout=self.timeout)
+
+    def probe_progress(self) -> ray.ObjectRef:
+        """Rank 0's seconds since its last step; a hung peer stalls rank 0 in a collective, so one clock suffices."""
+        return self.actors[0].seconds_since_progress.remote()
 
     def rendezvous(self) -> tuple[str, int]:
         return ray.get(self.actors[0].rendezvous.remote(), timeout=self.timeout)

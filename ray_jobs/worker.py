@@ -1,7 +1,8 @@
 """RankWorker: one rank of a replica (a Ray actor). All ranks denoise together; rank 0 writes the files.
 
 A plain class, made an actor by the replica (`ray.remote(RankWorker)`), so it holds no Ray state of its
-own and the driver can pass per-rank resources at creation.
+own and the driver can pass per-rank resources at creation. The actor runs two calls at once so the
+driver can read its progress clock (`seconds_since_progress`) while `render` is busy.
 """
 
 import socket
@@ -21,6 +22,14 @@ DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
 class RankWorker:
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world, self.pipe = rank, world, None
+        self.progress_at = time.monotonic()
+
+    def seconds_since_progress(self) -> float:
+        """Since the last finished denoising step (or render start/end): the driver's no-progress clock."""
+        return time.monotonic() - self.progress_at
+
+    def _progressed(self, *_) -> None:
+        self.progress_at = time.monotonic()
 
     def rendezvous(self) -> tuple[str, int]:
         """This node's IP and a port free on it: rank 0's address for the group (distinct per replica)."""
@@ -64,8 +73,10 @@ class RankWorker:
                poster: str) -> dict:
         """Every rank calls this with the same sample (only rank 0 gets the image). Rank 0 returns timings."""
         started = time.monotonic()
+        self._progressed()
         opts = GenerationOptions(**options)
-        result = self.pipe(prompt, image, opts)
+        result = self.pipe(prompt, image, opts, on_step=self._progressed)
+        self._progressed()
         if self.rank != 0:
             return {}
         write_mp4(result.frames, video, fps=result.fps)

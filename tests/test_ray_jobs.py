@@ -43,7 +43,7 @@ def dataset(tmp_path, face_path):
 def job(dataset, out, **overrides):
     raw = {"model": {"preset": "tiny", "dtype": "fp32"},
            "parallel": {"ulysses": 2, "replicas": 2},
-           "resources": {"accelerator": "cpu", "cpus_per_rank": 1, "group_timeout_s": 60, "sample_timeout_s": 300},
+           "resources": {"accelerator": "cpu", "cpus_per_rank": 1, "group_timeout_s": 60, "step_timeout_s": 120},
            "dataset": {"prompts": str(dataset), "mode": "rows"},
            "generation": {"height": 32, "width": 32, "frames": FRAMES, "steps": 2},
            "job": {"output": str(out), "seed": 7}}
