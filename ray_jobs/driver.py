@@ -67,6 +67,7 @@ class JobDriver:
         self.report = JobReport()
         self.retry: deque[Sample] = deque()
         self.rebuilds_in_a_row: dict[int, int] = {}
+        self.replicas: dict[int, Replica] = {}  # the live replica per slot: all torn down however the run ends
         self.exhausted = False
         self.bar = None
 
@@ -104,6 +105,7 @@ class JobDriver:
                 for ref in ready:
                     idle.extend(self._collect(ref, flying.pop(ref), plan.accelerator))
                 for ref in self._stalled(flying):
+                    flying[ref].sample.attempts += 1
                     idle.extend(self._replace(flying.pop(ref), plan.accelerator,
                                               f"no progress within step_timeout_s "
                                               f"({self.spec.resources['step_timeout_s']} s)"))
@@ -112,7 +114,7 @@ class JobDriver:
                                      clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
         finally:
             self.bar.close()
-            for replica in set(idle) | {job.replica for job in flying.values()}:
+            for replica in self.replicas.values():
                 replica.teardown()
             self.store.remove_orphan_temps()  # renders cut short by a teardown
         self.report.summary = self.store.finalize({
@@ -188,18 +190,20 @@ class JobDriver:
         index = job.replica.index
         job.replica.teardown()
         self._retry_or_fail(job.sample, reason)
-        self.report.rebuilds += 1
-        self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1
-        if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
-            return self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without finishing "
-                                     f"a sample (job.max_rebuilds); last cause: {reason}")
-        try:
-            return [Replica(index, self.spec, accelerator, self.worker).start()]
-        except ReplicaStartError as exc:
-            return self._drop(index, str(exc))
+        while True:
+            self.report.rebuilds += 1
+            self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1
+            if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
+                return self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without "
+                                         f"finishing a sample (job.max_rebuilds); last cause: {reason}")
+            try:
+                return [self._start(index, accelerator)]
+            except ReplicaStartError as exc:  # its node may be gone: try again, then give the slot up
+                reason = str(exc)
 
     def _drop(self, index: int, reason: str) -> list[Replica]:
         logger.warning("replica %d dropped, the others go on: %s", index, reason)
+        self.replicas.pop(index, None)
         self.report.dropped_replicas += 1
         return []
 
@@ -218,9 +222,14 @@ class JobDriver:
 
     def _build(self, index: int, accelerator: str) -> Replica:
         try:
-            return Replica(index, self.spec, accelerator, self.worker).start()
+            return self._start(index, accelerator)
         except ReplicaStartError as exc:
             raise JobFailure(str(exc)) from exc
+
+    def _start(self, index: int, accelerator: str) -> Replica:
+        replica = Replica(index, self.spec, accelerator, self.worker)
+        self.replicas[index] = replica  # before start: a failing start tears itself down, teardown is idempotent
+        return replica.start()
 
 
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on_result=None,

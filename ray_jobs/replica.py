@@ -75,8 +75,8 @@ class Replica:
                                     sample.options, video, poster) for rank, actor in enumerate(self.actors)]
         return refs[0]
 
-    def visible_devices(self) -> list[dict]:
-        return ray.get([a.visible_devices.remote() for a in self.actors], timeout=self.timeout)
+    def placements(self) -> list[dict]:
+        return ray.get([a.placement.remote() for a in self.actors], timeout=self.timeout)
 
     def probe_progress(self) -> ray.ObjectRef:
         """Rank 0's seconds since its last step; a hung peer stalls rank 0 in a collective, so one clock suffices."""
@@ -86,7 +86,10 @@ class Replica:
         return ray.get(self.actors[0].rendezvous.remote(), timeout=self.timeout)
 
     def teardown(self) -> None:
+        """Kill the ranks and free the bundles; safe to call again."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
-        remove_placement_group(self.group)
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None

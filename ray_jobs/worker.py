@@ -40,8 +40,8 @@ class RankWorker:
             port = probe.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def visible_devices(self) -> dict:
-        """What Ray gave this actor (for placement checks and logs)."""
+    def placement(self) -> dict:
+        """Where this rank runs and what Ray gave it: node, devices, process id (placement checks, logs)."""
         import os
 
         import ray
@@ -49,7 +49,7 @@ class RankWorker:
         return {"accelerators": ray.get_runtime_context().get_accelerator_ids(),
                 "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "ASCEND_RT_VISIBLE_DEVICES": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"),
-                "node": ray.get_runtime_context().get_node_id()}
+                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def setup(self, model: dict, parallel: dict, accelerator: str, address: tuple[str, int],
               timeout_s: float) -> None:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import ray
 
 from echovideo.presets.tiny import tiny_checkpoint
 
@@ -23,3 +24,12 @@ def tiny_pipe(tiny_root):
 @pytest.fixture(scope="session")
 def face_path() -> Path:
     return FACE
+
+
+@pytest.fixture(scope="module")
+def local_ray(tiny_root):
+    """A real local Ray cluster (4 logical CPUs, loopback) whose workers find the session's tiny checkpoint."""
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+    yield
+    ray.shutdown()

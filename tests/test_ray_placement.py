@@ -49,14 +49,14 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster):
     try:
         by_node: dict[str, list[Replica]] = {}
         for replica in replicas:
-            ranks = replica.visible_devices()
+            ranks = replica.placements()
             assert len({r["node"] for r in ranks}) == 1  # STRICT_PACK: a replica never spans nodes
             for rank in ranks:
                 assert rank["accelerators"]["GPU"] == [rank["CUDA_VISIBLE_DEVICES"]]  # exactly its own GPU
                 assert rank["ASCEND_RT_VISIBLE_DEVICES"] is None
             by_node.setdefault(ranks[0]["node"], []).append(replica)
         shared = next(group for group in by_node.values() if len(group) == 2)
-        gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in replica.visible_devices()]
+        gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in replica.placements()]
         assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
         ports = {replica.rendezvous()[1] for replica in shared}
         assert len(ports) == 2  # nor a group port
@@ -85,7 +85,7 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster):
     assert (plan.accelerator, plan.replicas, plan.bundle) == ("npu", 1, {"CPU": 1, "NPU": 1})
     (replica,) = placed(job, "npu", 1)
     try:
-        ranks = replica.visible_devices()
+        ranks = replica.placements()
         assert len({r["node"] for r in ranks}) == 1
         assert sorted(r["ASCEND_RT_VISIBLE_DEVICES"] for r in ranks) == ["0", "1"]
         assert all(r["accelerators"]["NPU"] == [r["ASCEND_RT_VISIBLE_DEVICES"]] for r in ranks)

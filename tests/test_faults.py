@@ -1,0 +1,128 @@
+"""Faults injected into real jobs (local Ray, tiny model, 2 ranks per replica): ranks SIGKILLed at random
+points, a poison sample, a hung rank, a full disk, an unwritable output folder. Each test counts what it
+injected and checks that no sample is lost, none is rendered twice and no partial file is left."""
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+import pytest
+import ray
+from ray import cloudpickle
+
+from echovideo.errors import EchoVideoInputError
+from jobs import assert_exactly_once, job, manifest, write_jsonl
+from ray_jobs.driver import OutputError, run_job
+from ray_jobs.worker import RankWorker
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injecting workers travel by value
+
+
+class PoisonWorker(RankWorker):
+    """Rank 0's process dies whenever it is given the poison prompt (a crash in native code, say)."""
+
+    def render(self, sample_id, prompt, *args):
+        if self.rank == 0 and "poison" in prompt:
+            os._exit(1)
+        return super().render(sample_id, prompt, *args)
+
+
+class HangOnceWorker(RankWorker):
+    """Rank 1 stops answering the first time it gets the "hang" prompt (rank 0 then waits in a collective)."""
+
+    marker = ""
+
+    def render(self, sample_id, prompt, *args):
+        if self.rank == 1 and "hang" in prompt and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            time.sleep(3600)
+        return super().render(sample_id, prompt, *args)
+
+
+def prompts(tmp_path, face_path, texts: list[str]):
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t, "identity": str(face_path)} for t in texts])
+
+
+def test_ranks_sigkilled_at_random_points_lose_and_duplicate_nothing(local_ray, face_path, tmp_path):
+    dataset = prompts(tmp_path, face_path, [f"person {i} smiles" for i in range(8)])
+    rng, landed, results = random.Random(5), [], []
+
+    def sigkill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            landed.append(pid)
+        except ProcessLookupError:  # already gone with its replica
+            pass
+
+    def inject(sample, replica):  # after results 1, 3, 5: a random rank of this replica dies 0-1 s later
+        results.append(sample.sample_id)
+        if len(results) % 2 == 1 and len(results) < 7:
+            try:
+                victim = rng.choice(replica.placements())["pid"]
+            except ray.exceptions.RayActorError:  # an earlier kill already took this replica down
+                return
+            threading.Timer(rng.uniform(0.0, 1.0), sigkill, (victim,)).start()
+
+    out = tmp_path / "out"
+    started = time.monotonic()
+    report = run_job(job(dataset, out, **{"job.retries": 5, "generation.steps": 12}), progress=False, on_result=inject)
+    time.sleep(1.1)  # the last timer has fired
+    assert len(landed) >= 2 and report.rebuilds >= 1  # a kill after a replica's last sample needs no rebuild
+    assert report.failed == 0
+    assert_exactly_once(out, 8)
+    print(f"SIGKILLs injected: {len(landed)}; replica rebuilds: {report.rebuilds}; samples lost: 0")
+
+
+def test_a_poison_sample_is_capped_recorded_and_the_replica_keeps_working(local_ray, face_path, tmp_path):
+    dataset = prompts(tmp_path, face_path, ["poison pill", "person 1 smiles", "person 2 smiles"])
+    out = tmp_path / "out"
+    report = run_job(job(dataset, out, **{"parallel.replicas": 1}), progress=False, worker=PoisonWorker)
+    assert report.rebuilds == 3 and report.summary["replicas_dropped"] == 0
+    (failed,) = [r for r in manifest(out) if r["status"] == "failed"]
+    assert failed["prompt"] == "poison pill" and failed["attempts"] == 3
+    assert "rank lost" in failed["error"] and "after 3 attempts" in failed["error"]
+    assert_exactly_once(out, 2)  # rendered by the rebuilt replica after the poison
+
+
+def test_a_hung_rank_is_caught_by_the_step_timeout_and_its_sample_retried(local_ray, face_path, tmp_path):
+    dataset = prompts(tmp_path, face_path, ["hang on", "person 1 smiles"])
+    worker = type("HangOnce", (HangOnceWorker,), {"marker": str(tmp_path / "hung")})
+    out, started = tmp_path / "out", time.monotonic()
+    report = run_job(job(dataset, out, **{"parallel.replicas": 1, "resources.step_timeout_s": 6,
+                                          "resources.group_timeout_s": 90}), progress=False, worker=worker)
+    assert (tmp_path / "hung").exists() and report.rebuilds == 1
+    assert time.monotonic() - started < 90  # the step clock, not the 90 s collective timeout, caught it
+    rows = assert_exactly_once(out, 2)
+    assert {r["prompt"]: r["attempts"] for r in rows} == {"hang on": 2, "person 1 smiles": 1}
+
+
+def test_a_full_disk_stops_the_job_cleanly_and_a_rerun_finishes_it(local_ray, face_path, tmp_path):
+    dataset = prompts(tmp_path, face_path, [f"person {i} smiles" for i in range(4)])
+    out = tmp_path / "out"
+    journal, kept = out / "state" / "completed.jsonl", tmp_path / "completed.kept"
+
+    def fill_disk(sample, replica):  # from the 2nd record on, every append fails with ENOSPC, as on a full disk
+        if not kept.exists():
+            journal.rename(kept)
+            journal.symlink_to("/dev/full")
+
+    with pytest.raises(OutputError, match="No space left on device.*rerun the same job"):
+        run_job(job(dataset, out), progress=False, on_result=fill_disk)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    journal.unlink()  # space freed
+    kept.rename(journal)
+    report = run_job(job(dataset, out), progress=False)
+    assert report.exit_code == 0 and report.skipped == 1 and report.rendered == 3
+    assert_exactly_once(out, 4)
+
+
+def test_an_unwritable_output_folder_is_a_job_error_before_any_work(local_ray, face_path, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    dataset = prompts(tmp_path, face_path, ["person 1 smiles"])
+    with pytest.raises(EchoVideoInputError) as error:
+        run_job(job(dataset, tmp_path / "a-file" / "out"), progress=False)
+    assert error.value.field == "job.output" and "writable" in error.value.fix
+
