@@ -23,7 +23,7 @@ from ray_jobs.dataset import Sample, count_requested, iter_samples, unused_colum
 from ray_jobs.failures import JobFailure, OutputError
 from ray_jobs.job import JobSpec
 from ray_jobs.outputs import OutputStore
-from ray_jobs.plan import connect, make_plan
+from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Replica, ReplicaStartError
 from ray_jobs.worker import RankWorker
 
@@ -190,6 +190,9 @@ class JobDriver:
         index = job.replica.index
         job.replica.teardown()
         self._retry_or_fail(job.sample, reason)
+        del self.replicas[index]
+        if len(self.replicas) >= sum(replicas_per_node(self.spec, accelerator).values()):
+            return self._drop(index, f"the cluster has no room left for it (a node is gone?); cause: {reason}")
         while True:
             self.report.rebuilds += 1
             self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1

@@ -53,17 +53,22 @@ class Plan:
                 f"samples requested: {samples if samples is not None else 'unknown'}")
 
 
+def replicas_per_node(spec: JobSpec, accelerator: str) -> dict[str, int]:
+    """How many whole replicas (STRICT_PACK: one node each) every live node holds when empty."""
+    bundle, ranks, per_node = rank_bundle(accelerator, spec.resources["cpus_per_rank"]), spec.ranks_per_replica, {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            per_node[node["NodeID"]] = int(min(have.get(k, 0) // (v * ranks) for k, v in bundle.items()))
+    return per_node
+
+
 def make_plan(spec: JobSpec) -> Plan:
     """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work."""
     accelerator = choose_accelerator(spec)
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     ranks = spec.ranks_per_replica
-    per_node = {}
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        have = node.get("Resources", {})
-        per_node[node["NodeID"]] = int(min(have.get(k, 0) // (v * ranks) for k, v in bundle.items()))
+    per_node = replicas_per_node(spec, accelerator)
     capacity = sum(per_node.values())
     if capacity == 0:
         raise EchoVideoInputError("parallel", f"no node holds one replica of {ranks} ranks x {bundle}",
