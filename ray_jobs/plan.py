@@ -1,7 +1,9 @@
 """Where a job runs: the accelerator, the number of replicas the cluster holds, and a readable plan."""
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import ray
 
@@ -22,8 +24,28 @@ def connect(address: str | None, spec: JobSpec) -> None:
     needed = 0
     if spec.parallel["replicas"] != "auto":  # room for the replicas asked for, even on a small machine
         needed = spec.parallel["replicas"] * spec.ranks_per_replica * spec.resources["cpus_per_rank"]
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    with _loopback_only():
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep an embedded cluster's servers on 127.0.0.1.
+
+    Ray 2.60's `ray.init` turns a 127.0.0.1 node address into the machine's external IP
+    (`services.resolve_ip_for_localhost`), and its GCS, raylet and workers then listen on every interface.
+    With `ENABLE_RAY_CLUSTER` off (Ray's own switch for single-machine platforms) the node IP stays loopback
+    and every server binds 127.0.0.1 only; the switch is restored once the cluster is up.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def choose_accelerator(spec: JobSpec) -> str:

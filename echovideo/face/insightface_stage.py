@@ -32,6 +32,23 @@ def check_released_face_encoder(folder: Path) -> None:
     if missing:
         raise CheckpointError(str(folder), f"missing face model files: {missing}",
                               "copy ckpts/face_encoder from the released checkpoint")
+    for name in FACEXLIB_FILES:
+        check_weights_only(folder / name)
+
+
+def check_weights_only(path: Path) -> None:
+    """facexlib reads its .pth files with plain `torch.load`: refuse any that holds more than tensors.
+
+    `weights_only=True` unpickles tensors and containers only, so a tampered file raises here instead of
+    running code when facexlib loads it.
+    """
+    import pickle
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        raise CheckpointError(str(path), f"not a plain weights file, refused ({type(exc).__name__})",
+                              "use the released file; pickles that run code are never loaded") from None
 
 
 class InsightFaceStage(FaceStage):
