@@ -1,0 +1,130 @@
+"""Our single-device pipeline vs the released recipe run naively and vs diffusers' CogVideoX I2V pipeline.
+
+Same process, same components (tiny preset: the EchoVideo architecture with small widths), same sizes:
+- ours: `EchoVideoPipeline` (identity features and prompt encodings memoised, IITF once per video);
+- naive: the released recipe as its script runs it: face models rebuilt for every video, nothing
+  memoised, IITF recomputed inside every denoising step (T5 resident; on CPU offloading changes nothing);
+- diffusers: `CogVideoXImageToVideoPipeline` built from the same DiT weights (without IITF, so it does
+  less work per step), VAE, T5 and scheduler, given the face photo as its image.
+Times per video (first one and the mean of the rest: several videos of one identity) and per denoising
+step; the outputs of ours and naive are checked equal first (the comparison is of the same computation).
+
+    python benchmarks/pipeline_vs_reference.py            # 4 videos, 96x96, 13 frames, 10 steps
+    python benchmarks/pipeline_vs_reference.py --smoke    # 2 videos, 32x32, 5 frames, 2 steps: seconds
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from echovideo.face import load_face_stage  # noqa: E402
+from echovideo.pipeline import EchoVideoPipeline  # noqa: E402
+from echovideo.presets.tiny import tiny_checkpoint  # noqa: E402
+from echovideo.sampling import GenerationOptions  # noqa: E402
+
+FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
+PROMPTS = ["a woman smiles at the camera", "a woman walks on a beach", "a woman reads a book",
+           "a woman waves hello", "a woman drinks coffee", "a woman laughs"]
+
+
+def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: GenerationOptions) -> torch.Tensor:
+    """The released script's path for one video (see the module docstring); returns the final latents."""
+    pipe.face_stage = load_face_stage(root / "face_encoder", pipe.device)
+    pipe.identity_cache.clear()
+    pipe.prompt_cache.clear()
+    identity = pipe.encode_identity(FACE)
+    text = pipe.encode_prompts(prompt, opts.negative_prompt)
+    state = pipe.prepare(prompt, FACE, opts, identity, text)
+    text = text if opts.use_cfg else text[1:]
+    ids, vit = (identity.id_embeds, identity.id_vit_tokens) if opts.use_cfg else \
+        (identity.id_embeds[1:], identity.id_vit_tokens[1:])
+
+    def predict_with_iitf(model_in, t, fused_text, rotary):
+        return pipe.transformer(model_in, t, image_rotary_emb=rotary, text_embeds=text, id_embeds=ids,
+                                id_vit_tokens=vit)
+
+    latents = pipe.denoise(state, opts, predict=predict_with_iitf, progress=False)
+    pipe.decode(latents)
+    return latents
+
+
+def ours_video(pipe: EchoVideoPipeline, prompt: str, opts: GenerationOptions) -> torch.Tensor:
+    return pipe(prompt, FACE, opts, progress=False).latents
+
+
+def diffusers_pipeline(pipe: EchoVideoPipeline):
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+
+    c = pipe.transformer.config
+    dit = CogVideoXTransformer3DModel(
+        num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+        in_channels=c.in_channels, out_channels=c.out_channels, time_embed_dim=c.time_embed_dim,
+        text_embed_dim=c.text_embed_dim, num_layers=c.num_layers, use_rotary_positional_embeddings=True,
+        max_text_seq_length=c.max_text_seq_length, sample_height=c.sample_height, sample_width=c.sample_width,
+    ).eval()
+    keys = set(dit.state_dict())
+    dit.load_state_dict({k: v for k, v in pipe.transformer.state_dict().items() if k in keys})
+    parts = pipe.components
+    return CogVideoXImageToVideoPipeline(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, vae=parts.vae,
+                                         transformer=dit.to(pipe.dtype), scheduler=parts.scheduler)
+
+
+def timed(run, count: int) -> list[float]:
+    seconds = []
+    for index in range(count):
+        started = time.perf_counter()
+        run(index)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="2 videos at 32x32x5, 2 steps")
+    parser.add_argument("--videos", type=int, default=4)
+    args = parser.parse_args()
+    videos, size, frames, steps = (2, 32, 5, 2) if args.smoke else (args.videos, 96, 13, 10)
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as cache:
+        root = tiny_checkpoint(Path(cache))
+        pipe = EchoVideoPipeline.from_pretrained(root, device="cpu", dtype="fp32")
+        opts = GenerationOptions(height=size, width=size, frames=frames, steps=steps, seed=3)
+        assert torch.equal(ours_video(pipe, PROMPTS[0], opts), naive_video(pipe, root, PROMPTS[0], opts)), \
+            "ours and the naive loop must compute the same video"
+        reference = diffusers_pipeline(pipe)
+        rows = {}
+        pipe.identity_cache.clear()
+        pipe.prompt_cache.clear()
+        pipe.face_stage = load_face_stage(root / "face_encoder", pipe.device)
+        rows["ours"] = timed(lambda i: ours_video(pipe, PROMPTS[i % len(PROMPTS)], opts), videos)
+        rows["naive"] = timed(lambda i: naive_video(pipe, root, PROMPTS[i % len(PROMPTS)], opts), videos)
+        image = Image.open(FACE).convert("RGB")
+        rows["diffusers"] = timed(lambda i: reference(
+            image=image, prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="", height=size, width=size,
+            num_frames=frames, num_inference_steps=steps, guidance_scale=opts.guidance, use_dynamic_cfg=True,
+            generator=torch.Generator().manual_seed(3), output_type="latent"), videos)
+    print(f"tiny preset, CPU fp32, {videos} videos of one identity, {size}x{size}, {frames} frames, {steps} steps")
+    print(f"{'pipeline':<10} {'first (s)':>9} {'rest mean (s)':>13} {'video/step (ms)':>15} {'all / ours':>10}")
+    total_ours = sum(rows["ours"])
+    for name, seconds in rows.items():
+        rest = statistics.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
+        print(f"{name:<10} {seconds[0]:>9.3f} {rest:>13.3f} {1000 * rest / steps:>15.1f} "
+              f"{sum(seconds) / total_ours:>10.2f}")
+    one = rows["ours"][0] / rows["naive"][0]
+    several = total_ours / sum(rows["naive"])
+    print(f"headline: ours / naive reference = {several:.2f} for {videos} videos of one identity (goal <= 0.9), "
+          f"{one:.2f} for one video (goal <= 1.0); ours / diffusers = {total_ours / sum(rows['diffusers']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
