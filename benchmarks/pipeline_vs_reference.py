@@ -36,8 +36,22 @@ PROMPTS = ["a woman smiles at the camera", "a woman walks on a beach", "a woman 
            "a woman waves hello", "a woman drinks coffee", "a woman laughs"]
 
 
-def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: GenerationOptions) -> torch.Tensor:
-    """The released script's path for one video (see the module docstring); returns the final latents."""
+class Stages:
+    """Seconds per stage of one video: conditioning, denoising loop, VAE decode."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self.started
+        self.started = now
+
+
+def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: GenerationOptions) -> tuple:
+    """The released script's path for one video (see the module docstring) -> (latents, stage seconds)."""
+    stages = Stages()
     pipe.face_stage = load_face_stage(root / "face_encoder", pipe.device)
     pipe.identity_cache.clear()
     pipe.prompt_cache.clear()
@@ -47,18 +61,29 @@ def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: Generati
     text = text if opts.use_cfg else text[1:]
     ids, vit = (identity.id_embeds, identity.id_vit_tokens) if opts.use_cfg else \
         (identity.id_embeds[1:], identity.id_vit_tokens[1:])
+    stages.mark("conditioning")
 
     def predict_with_iitf(model_in, t, fused_text, rotary):
         return pipe.transformer(model_in, t, image_rotary_emb=rotary, text_embeds=text, id_embeds=ids,
                                 id_vit_tokens=vit)
 
     latents = pipe.denoise(state, opts, predict=predict_with_iitf, progress=False)
+    stages.mark("denoise")
     pipe.decode(latents)
-    return latents
+    stages.mark("decode")
+    return latents, stages.seconds
 
 
-def ours_video(pipe: EchoVideoPipeline, prompt: str, opts: GenerationOptions) -> torch.Tensor:
-    return pipe(prompt, FACE, opts, progress=False).latents
+def ours_video(pipe: EchoVideoPipeline, prompt: str, opts: GenerationOptions) -> tuple:
+    """What `EchoVideoPipeline.__call__` does, stage by stage -> (latents, stage seconds)."""
+    stages = Stages()
+    state = pipe.prepare(prompt, FACE, opts)
+    stages.mark("conditioning")
+    latents = pipe.denoise(state, opts, progress=False)
+    stages.mark("denoise")
+    pipe.decode(latents)
+    stages.mark("decode")
+    return latents, stages.seconds
 
 
 def diffusers_pipeline(pipe: EchoVideoPipeline):
@@ -74,17 +99,25 @@ def diffusers_pipeline(pipe: EchoVideoPipeline):
     keys = set(dit.state_dict())
     dit.load_state_dict({k: v for k, v in pipe.transformer.state_dict().items() if k in keys})
     parts = pipe.components
-    return CogVideoXImageToVideoPipeline(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, vae=parts.vae,
-                                         transformer=dit.to(pipe.dtype), scheduler=parts.scheduler)
+    reference = CogVideoXImageToVideoPipeline(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder,
+                                              vae=parts.vae, transformer=dit, scheduler=parts.scheduler)
+    reference.set_progress_bar_config(disable=True)
+    return reference
 
 
-def timed(run, count: int) -> list[float]:
-    seconds = []
+def interleaved(runs: dict, count: int) -> dict[str, tuple[list[float], dict[str, float]]]:
+    """Video i of every pipeline in turn (machine noise hits all alike): seconds per video, and the mean
+    seconds per stage over the videos after the first."""
+    seconds = {name: [] for name in runs}
+    stages = {name: [] for name in runs}
     for index in range(count):
-        started = time.perf_counter()
-        run(index)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+        for name, run in runs.items():
+            started = time.perf_counter()
+            result = run(index)
+            seconds[name].append(time.perf_counter() - started)
+            stages[name].append(result[1] if isinstance(result, tuple) else {})
+    return {name: (seconds[name], {k: statistics.mean(s[k] for s in (stages[name][1:] or stages[name]))
+                                   for k in stages[name][0]}) for name in runs}
 
 
 def main() -> None:
@@ -99,31 +132,33 @@ def main() -> None:
         root = tiny_checkpoint(Path(cache))
         pipe = EchoVideoPipeline.from_pretrained(root, device="cpu", dtype="fp32")
         opts = GenerationOptions(height=size, width=size, frames=frames, steps=steps, seed=3)
-        assert torch.equal(ours_video(pipe, PROMPTS[0], opts), naive_video(pipe, root, PROMPTS[0], opts)), \
+        assert torch.equal(ours_video(pipe, PROMPTS[0], opts)[0], naive_video(pipe, root, PROMPTS[0], opts)[0]), \
             "ours and the naive loop must compute the same video"
         reference = diffusers_pipeline(pipe)
-        rows = {}
-        pipe.identity_cache.clear()
-        pipe.prompt_cache.clear()
-        pipe.face_stage = load_face_stage(root / "face_encoder", pipe.device)
-        rows["ours"] = timed(lambda i: ours_video(pipe, PROMPTS[i % len(PROMPTS)], opts), videos)
-        rows["naive"] = timed(lambda i: naive_video(pipe, root, PROMPTS[i % len(PROMPTS)], opts), videos)
+        naive = EchoVideoPipeline(pipe.components, pipe.device, pipe.dtype)  # its own (always cleared) caches
+        ours = EchoVideoPipeline(pipe.components, pipe.device, pipe.dtype)
         image = Image.open(FACE).convert("RGB")
-        rows["diffusers"] = timed(lambda i: reference(
-            image=image, prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="", height=size, width=size,
-            num_frames=frames, num_inference_steps=steps, guidance_scale=opts.guidance, use_dynamic_cfg=True,
-            generator=torch.Generator().manual_seed(3), output_type="latent"), videos)
+        rows = interleaved({
+            "ours": lambda i: ours_video(ours, PROMPTS[i % len(PROMPTS)], opts),
+            "naive": lambda i: naive_video(naive, root, PROMPTS[i % len(PROMPTS)], opts),
+            "diffusers": lambda i: reference(
+                image=image, prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="", height=size, width=size,
+                num_frames=frames, num_inference_steps=steps, guidance_scale=opts.guidance, use_dynamic_cfg=True,
+                generator=torch.Generator().manual_seed(3), output_type="np"),
+        }, videos)
     print(f"tiny preset, CPU fp32, {videos} videos of one identity, {size}x{size}, {frames} frames, {steps} steps")
-    print(f"{'pipeline':<10} {'first (s)':>9} {'rest mean (s)':>13} {'video/step (ms)':>15} {'all / ours':>10}")
-    total_ours = sum(rows["ours"])
-    for name, seconds in rows.items():
+    print(f"{'pipeline':<10} {'first (s)':>9} {'rest mean (s)':>13} {'conditioning':>12} {'per step (ms)':>13} "
+          f"{'decode (s)':>10} {'all / ours':>10}")
+    total_ours = sum(rows["ours"][0])
+    for name, (seconds, stages) in rows.items():
         rest = statistics.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
-        print(f"{name:<10} {seconds[0]:>9.3f} {rest:>13.3f} {1000 * rest / steps:>15.1f} "
-              f"{sum(seconds) / total_ours:>10.2f}")
-    one = rows["ours"][0] / rows["naive"][0]
-    several = total_ours / sum(rows["naive"])
+        split = (f"{stages['conditioning']:>12.3f} {1000 * stages['denoise'] / steps:>13.1f} {stages['decode']:>10.3f}"
+                 if stages else f"{'-':>12} {'-':>13} {'-':>10}")
+        print(f"{name:<10} {seconds[0]:>9.3f} {rest:>13.3f} {split} {sum(seconds) / total_ours:>10.2f}")
+    one = rows["ours"][0][0] / rows["naive"][0][0]
+    several = total_ours / sum(rows["naive"][0])
     print(f"headline: ours / naive reference = {several:.2f} for {videos} videos of one identity (goal <= 0.9), "
-          f"{one:.2f} for one video (goal <= 1.0); ours / diffusers = {total_ours / sum(rows['diffusers']):.2f}")
+          f"{one:.2f} for one video (goal <= 1.0); ours / diffusers = {total_ours / sum(rows['diffusers'][0]):.2f}")
 
 
 if __name__ == "__main__":
