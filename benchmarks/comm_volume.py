@@ -33,13 +33,18 @@ def layouts_for(world: int) -> list[tuple[int, int, int]]:
             if world % (c * u) == 0 and HEADS % u == 0]
 
 
-def theory_bytes(c, u, r, layers, video_tokens, text_tokens, patch_out, elem=4) -> float:
-    """Per rank; each CFG group carries 2/c of the batch of two branches."""
-    p, h, batch = u * r, HEADS * HEAD_DIM, 2 // c
+def theory_terms(c, u, r, layers, video_tokens, text_tokens, patch_out, elem=4, hidden=HEADS * HEAD_DIM) -> dict:
+    """Bytes each rank sends per forward, by kind; each CFG group carries 2/c of the batch of two branches."""
+    p, h, batch = u * r, hidden, 2 // c
     s = video_tokens + text_tokens
-    per_layer = 4 * s * h * elem / p * (u - 1) / u + 2 * (s / r) * (h / u) * elem * (r - 1)
     output = video_tokens * patch_out * elem
-    return batch * (layers * per_layer + output * (p - 1) / p) + output * (c - 1)
+    return {"ulysses": batch * layers * 4 * s * h * elem / p * (u - 1) / u,
+            "ring": batch * layers * 2 * (s / r) * (h / u) * elem * (r - 1),
+            "gather": batch * output * (p - 1) / p, "cfg": output * (c - 1)}
+
+
+def theory_bytes(*args, **kwargs) -> float:
+    return sum(theory_terms(*args, **kwargs).values())
 
 
 def build_model(layers: int):

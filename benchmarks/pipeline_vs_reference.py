@@ -25,11 +25,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from echovideo.face import load_face_stage  # noqa: E402
 from echovideo.pipeline import EchoVideoPipeline  # noqa: E402
 from echovideo.presets.tiny import tiny_checkpoint  # noqa: E402
 from echovideo.sampling import GenerationOptions  # noqa: E402
+from reference_models import diffusers_dit  # noqa: E402
 
 FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
 PROMPTS = ["a woman smiles at the camera", "a woman walks on a beach", "a woman reads a book",
@@ -87,20 +89,12 @@ def ours_video(pipe: EchoVideoPipeline, prompt: str, opts: GenerationOptions) ->
 
 
 def diffusers_pipeline(pipe: EchoVideoPipeline):
-    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+    from diffusers import CogVideoXImageToVideoPipeline
 
-    c = pipe.transformer.config
-    dit = CogVideoXTransformer3DModel(
-        num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
-        in_channels=c.in_channels, out_channels=c.out_channels, time_embed_dim=c.time_embed_dim,
-        text_embed_dim=c.text_embed_dim, num_layers=c.num_layers, use_rotary_positional_embeddings=True,
-        max_text_seq_length=c.max_text_seq_length, sample_height=c.sample_height, sample_width=c.sample_width,
-    ).eval()
-    keys = set(dit.state_dict())
-    dit.load_state_dict({k: v for k, v in pipe.transformer.state_dict().items() if k in keys})
     parts = pipe.components
     reference = CogVideoXImageToVideoPipeline(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder,
-                                              vae=parts.vae, transformer=dit, scheduler=parts.scheduler)
+                                              vae=parts.vae, transformer=diffusers_dit(pipe.transformer),
+                                              scheduler=parts.scheduler)
     reference.set_progress_bar_config(disable=True)
     return reference
 

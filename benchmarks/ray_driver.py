@@ -11,7 +11,7 @@
    bytes by reference, de-duplication): growth of the resident set.
 
     python benchmarks/ray_driver.py            # R = 1, 2, 4, 8; 1,000,000 rows (a few minutes on 2 cores)
-    python benchmarks/ray_driver.py --smoke    # R = 1, 2; 20,000 rows
+    python benchmarks/ray_driver.py --smoke    # R = 1, 2, 6 short samples each; 5,000 rows
 """
 
 import argparse
@@ -123,11 +123,13 @@ def memory(work: Path, rows: int) -> tuple[float, float, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="R = 1, 2 and 20,000 rows: seconds")
+    parser.add_argument("--smoke", action="store_true", help="R = 1, 2, 6 short samples each, 5,000 rows: seconds")
     parser.add_argument("--per-replica", type=int, default=24, help="samples per replica")
     parser.add_argument("--mean-s", type=float, default=0.25, help="mean render time of a sample")
     args = parser.parse_args()
-    counts, rows = ((1, 2), 20_000) if args.smoke else ((1, 2, 4, 8), 1_000_000)
+    counts, rows = ((1, 2), 5_000) if args.smoke else ((1, 2, 4, 8), 1_000_000)
+    if args.smoke:
+        args.per_replica, args.mean_s = 6, 0.05
     from echovideo.pipeline import EchoVideoPipeline
     from echovideo.presets.tiny import tiny_checkpoint
 
@@ -147,7 +149,7 @@ def main() -> None:
             worst = min(worst, result["efficiency"])
             print(f"{replicas:>2} {result['n']:>7} {result['wall']:>8.2f} "
                   f"{result['efficiency'] * result['wall']:>9.2f} {result['efficiency']:>10.3f}")
-        overhead = scheduling(work, 1, 200, 0.0)
+        overhead = scheduling(work, 1, 20 if args.smoke else 200, 0.0)
         print(f"driver overhead per sample (zero-cost renders, 1 replica): {1000 * overhead['wall'] / overhead['n']:.1f} ms")
         print(startup(work, reference_s))
         ray.shutdown()
