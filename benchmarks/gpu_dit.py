@@ -115,12 +115,10 @@ def main() -> None:
         peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         mine = ours(latents, timestep, fused_text=fused, image_rotary_emb=rotary).float()
         reference = diffusers_dit(ours)
-        del ours
         theirs_s = seconds_per_call(lambda: reference(latents, fused, timestep, image_rotary_emb=rotary,
                                                       return_dict=False), device, args.repeats)
         theirs = reference(latents, fused, timestep, image_rotary_emb=rotary, return_dict=False)[0].float()
         agreement = ((mine - theirs).norm() / theirs.norm()).item()
-        del reference
     decode_s = vae_decode_seconds(args.smoke, device, dtype, shape["vae_latent"])
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke)"

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import sys
 import tempfile
 import time

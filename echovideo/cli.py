@@ -52,7 +52,7 @@ def _resolve(args: argparse.Namespace):
     """Merge built-in defaults <- --config file <- command-line flags into (model spec, options)."""
     from dataclasses import replace
 
-    from echovideo.run_config import ModelSpec, RunConfig, load_run_config
+    from echovideo.run_config import RunConfig, load_run_config
     from echovideo.sampling import GenerationOptions
 
     config = load_run_config(args.config) if args.config else RunConfig()

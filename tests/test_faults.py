@@ -67,7 +67,6 @@ def test_ranks_sigkilled_at_random_points_lose_and_duplicate_nothing(local_ray, 
             threading.Timer(rng.uniform(0.0, 1.0), sigkill, (victim,)).start()
 
     out = tmp_path / "out"
-    started = time.monotonic()
     report = run_job(job(dataset, out, **{"job.retries": 5, "generation.steps": 12}), progress=False, on_result=inject)
     time.sleep(1.1)  # the last timer has fired
     assert len(landed) >= 2 and report.rebuilds >= 1  # a kill after a replica's last sample needs no rebuild

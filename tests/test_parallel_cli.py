@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import av
-import torch
 from safetensors.torch import load_file
 
 ARGS = ["--preset", "tiny", "--prompt", "a woman smiles", "--height", "32", "--width", "48", "--frames", "9",
