@@ -85,9 +85,9 @@ class JobDriver:
         self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
         idle: deque[Replica] = deque()
         flying: dict[ray.ObjectRef, InFlight] = {}
-        started = time.monotonic()
         try:
             idle.extend(self._build(i, plan.accelerator) for i in range(plan.replicas))
+            started = time.monotonic()  # render time: from replicas ready to the last result
             while True:
                 while idle:
                     sample = self._next(samples, done)
