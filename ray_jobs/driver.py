@@ -29,6 +29,7 @@ from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 OUTPUT_ERRNOS = {28, 30, 122, 27}  # ENOSPC, EROFS, EDQUOT, EFBIG: the worker could not write the clip
+PROBE_EVERY_S = 5.0
 logger = logging.getLogger("ray_jobs")
 
 __all__ = ["JobDriver", "JobFailure", "JobReport", "OutputError", "run_job"]
@@ -39,6 +40,7 @@ class InFlight:
     sample: Sample
     replica: Replica
     progress_at: float  # driver clock of the last step rank 0 reported
+    probed_at: float  # when rank 0's clock was last asked
     probe: ray.ObjectRef | None = None
 
 
@@ -96,7 +98,8 @@ class JobDriver:
                     replica = idle.popleft()
                     ref = replica.submit(sample, str(self.store.video_path(sample.sample_id)),
                                          str(self.store.poster_path(sample.sample_id)))
-                    flying[ref] = InFlight(sample, replica, time.monotonic())
+                    now = time.monotonic()
+                    flying[ref] = InFlight(sample, replica, progress_at=now, probed_at=now)
                 if not flying:
                     if not idle and (self.retry or not self.exhausted):
                         raise JobFailure("every replica was lost; rerun the job to resume the rest")
@@ -140,8 +143,10 @@ class JobDriver:
         return None
 
     def _stalled(self, flying: dict) -> list[ray.ObjectRef]:
-        """In-flight samples whose rank 0 finished no step for step_timeout_s (read from its progress clock)."""
+        """In-flight samples whose rank 0 finished no step for step_timeout_s (read from its progress clock,
+        asked at most every PROBE_EVERY_S, or a third of the timeout if shorter, to keep the driver light)."""
         limit, now, stalled = self.spec.resources["step_timeout_s"], time.monotonic(), []
+        every = min(PROBE_EVERY_S, limit / 3)
         for ref, job in flying.items():
             if job.probe is not None and ray.wait([job.probe], timeout=0)[0]:
                 try:
@@ -149,8 +154,8 @@ class JobDriver:
                 except ray.exceptions.RayError:  # the actor died: its render reference reports why
                     pass
                 job.probe = None
-            if job.probe is None:
-                job.probe = job.replica.probe_progress()
+            if job.probe is None and now - job.probed_at >= every:
+                job.probe, job.probed_at = job.replica.probe_progress(), now
             if now - job.progress_at > limit:
                 stalled.append(ref)
         return stalled
