@@ -206,8 +206,10 @@ class EchoVideoPipeline:
             if opts.use_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scales[i] * (cond - uncond)
-            latents, old_pred = self.step(pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
-                                          state.generator)
+            # Host ints, not device tensors: the scheduler indexes a CPU table and branches on them, which
+            # with a device scalar forces a host-device synchronisation every step.
+            previous = host_timesteps[i - 1] if i > 0 else None
+            latents, old_pred = self.step(pred, old_pred, host_timesteps[i], previous, latents, state.generator)
             if on_step is not None:
                 on_step(i)
         return latents
