@@ -37,6 +37,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda[:N], npu[:N]")
     p.add_argument("--scheduler", choices=["dpm", "ddim"], help="dpm (released, default) or ddim")
     p.add_argument("--save-latents", help="also write the final latents (safetensors, key 'latents')")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first video)")
     par = p.add_argument_group("parallel (launch with torchrun --nproc-per-node ULYSSES*RING*CFG)")
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses degree (divides the attention heads)")
     par.add_argument("--ring", type=int, default=1, help="ring-attention degree (any)")
@@ -74,7 +75,7 @@ def _load(args: argparse.Namespace, model, root: Path):
 
     if not _wants_parallel(args):
         return EchoVideoPipeline.from_pretrained(root, device=model.device, dtype=model.dtype,
-                                                 scheduler=model.scheduler), 0
+                                                 scheduler=model.scheduler, compile=args.compile), 0
     from datetime import timedelta
 
     from echovideo.devices import resolve_device
@@ -89,7 +90,7 @@ def _load(args: argparse.Namespace, model, root: Path):
     device = init_from_torchrun(resolve_device(model.device).type, timedelta(seconds=args.timeout))
     pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model.dtype,
                                                      scheduler=model.scheduler, kernel=args.kernel,
-                                                     timeout=timedelta(seconds=args.timeout))
+                                                     timeout=timedelta(seconds=args.timeout), compile=args.compile)
     return pipe, pipe.mesh.rank
 
 

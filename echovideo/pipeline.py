@@ -75,15 +75,18 @@ class EchoVideoPipeline:
     @classmethod
     def from_pretrained(
         cls, root: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str = "dpm",
-        conditioning: bool = True,
+        conditioning: bool = True, compile: bool = False,
     ) -> "EchoVideoPipeline":
         """Load a checkpoint folder in the released layout (the tiny preset writes the same layout).
 
         `conditioning=False`: DiT, VAE and scheduler only, for parallel ranks that receive the conditioning.
+        `compile=True`: `torch.compile` the DiT blocks (compiled on the first video).
         """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         components = load_components(Path(root), torch_device, torch_dtype, scheduler, conditioning)
+        if compile:
+            components.transformer.compile_blocks()
         return cls(components, torch_device, torch_dtype)
 
     # ------------------------------------------------------------------ conditioning

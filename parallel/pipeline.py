@@ -40,15 +40,16 @@ class ParallelEchoVideoPipeline:
 
     @classmethod
     def from_pretrained(cls, root: str | Path, config: ParallelConfig, device: str = "auto", dtype: str = "auto",
-                        scheduler: str = "dpm", kernel: str = "auto",
-                        timeout: timedelta = DEFAULT_TIMEOUT) -> "ParallelEchoVideoPipeline":
+                        scheduler: str = "dpm", kernel: str = "auto", timeout: timedelta = DEFAULT_TIMEOUT,
+                        compile: bool = False) -> "ParallelEchoVideoPipeline":
         """Every rank of the initialised default group calls this; only rank 0 loads the conditioning models.
 
         The layout is checked against the checkpoint's head count before any weights are read.
         """
         heads = json.loads((Path(root) / "transformer" / "config.json").read_text())["num_attention_heads"]
         config.validate(heads, dist.get_world_size())
-        pipe = EchoVideoPipeline.from_pretrained(root, device, dtype, scheduler, conditioning=dist.get_rank() == 0)
+        pipe = EchoVideoPipeline.from_pretrained(root, device, dtype, scheduler, conditioning=dist.get_rank() == 0,
+                                                 compile=compile)
         mesh = ParallelMesh.create(config, heads, timeout)
         return cls(pipe, mesh, kernel_for(pipe.device, kernel))
 

@@ -12,7 +12,7 @@ from echovideo.sampling import GenerationOptions
 # section -> key -> (accepted types, default). `None` default with no type check means "optional".
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
     "model": {"preset": ((str,), None), "checkpoint": ((str,), None), "dtype": ((str,), "auto"),
-              "scheduler": ((str,), "dpm")},
+              "scheduler": ((str,), "dpm"), "compile": ((bool,), False)},
     "parallel": {"ulysses": ((int,), 1), "ring": ((int,), 1), "cfg": ((int,), 1), "replicas": ((int, str), "auto")},
     "resources": {"accelerator": ((str,), "auto"), "cpus_per_rank": ((int, float), 1),
                   "group_timeout_s": ((int, float), 300), "step_timeout_s": ((int, float), 600)},

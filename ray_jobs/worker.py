@@ -67,7 +67,8 @@ class RankWorker:
         init_group(kind, self.rank, self.world, f"tcp://{address[0]}:{address[1]}", timeout)
         config = ParallelConfig(ulysses=parallel["ulysses"], ring=parallel["ring"], cfg=parallel["cfg"])
         self.pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model["dtype"],
-                                                              scheduler=model["scheduler"], timeout=timeout)
+                                                              scheduler=model["scheduler"], timeout=timeout,
+                                                              compile=model["compile"])
 
     def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, video: str,
                poster: str) -> dict:

@@ -177,6 +177,16 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         text_len = fused_text.shape[1]
         return DiTTokens(video=tokens[:, text_len:], text=tokens[:, :text_len], temb=temb)
 
+    def compile_blocks(self, **options) -> "EchoVideoTransformer3DModel":
+        """`torch.compile` every transformer block in place (off unless asked: compiling costs minutes).
+
+        Blocks rather than the whole model: weights and state-dict keys stay as they are, and the
+        sequence-parallel engine, which runs the same blocks around its collectives, keeps working.
+        """
+        for block in self.transformer_blocks:
+            block.compile(**options)
+        return self
+
     def run_blocks(
         self, tokens: DiTTokens, image_rotary_emb: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
