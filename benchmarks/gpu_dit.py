@@ -5,6 +5,7 @@ CFG step's forward (batch 2) at 480x848x49 (20,670 video + 226 text tokens). MFU
 measured bf16 matmul peak (8192^3 GEMMs), not the datasheet. The same DiT weights in diffusers'
 CogVideoXTransformer3DModel give the reference time (ours / diffusers) and a bf16 agreement check. The
 CogVideoX VAE (released config, random weights) decodes the 13 latent frames with diffusers' tiling.
+The speed options are timed too, each against eager: fused QKV projections, `torch.compile`d blocks.
 Runs in a few minutes on one H100 (within the device tool's 10-minute limit).
 
     python benchmarks/gpu_dit.py            # CUDA, full size
@@ -119,6 +120,17 @@ def main() -> None:
                                                       return_dict=False), device, args.repeats)
         theirs = reference(latents, fused, timestep, image_rotary_emb=rotary, return_dict=False)[0].float()
         agreement = ((mine - theirs).norm() / theirs.norm()).item()
+        del reference
+        variants = {}  # the speed options, applied in place one after the other: seconds, rel. error vs eager
+        for label, apply, undo in (("fused QKV", ours.fuse_qkv_projections, ours.unfuse_qkv_projections),
+                                   ("compiled blocks", ours.compile_blocks, None)):
+            apply()
+            seconds = seconds_per_call(lambda: ours(latents, timestep, fused_text=fused, image_rotary_emb=rotary),
+                                       device, args.repeats)
+            out = ours(latents, timestep, fused_text=fused, image_rotary_emb=rotary).float()
+            variants[label] = (seconds, ((out - mine).norm() / mine.norm()).item())
+            if undo is not None:
+                undo()
     decode_s = vae_decode_seconds(args.smoke, device, dtype, shape["vae_latent"])
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke)"
@@ -127,6 +139,8 @@ def main() -> None:
     print(f"ours: forward                 {ours_s:10.3f} s   MFU {flops / ours_s / peak:6.1%}")
     print(f"diffusers CogVideoX: forward  {theirs_s:10.3f} s   MFU {flops / theirs_s / peak:6.1%}")
     print(f"ours vs diffusers output      rel. error {agreement:.2e}")
+    for label, (seconds, error) in variants.items():
+        print(f"ours, {label + ':':<23} {seconds:10.3f} s   x{seconds / ours_s:.2f} of eager, rel. error {error:.1e}")
     print(f"peak memory (ours, forward)   {peak_gb:10.1f} GiB")
     print(f"VAE decode, 13 latent frames  {decode_s:10.2f} s" if not args.smoke else
           f"VAE decode (tiny)             {decode_s:10.2f} s")
