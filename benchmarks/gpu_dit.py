@@ -120,7 +120,6 @@ def main() -> None:
                                                       return_dict=False), device, args.repeats)
         theirs = reference(latents, fused, timestep, image_rotary_emb=rotary, return_dict=False)[0].float()
         agreement = ((mine - theirs).norm() / theirs.norm()).item()
-        del reference
         variants = {}  # the speed options, applied in place one after the other: seconds, rel. error vs eager
         for label, apply, undo in (("fused QKV", ours.fuse_qkv_projections, ours.unfuse_qkv_projections),
                                    ("compiled blocks", ours.compile_blocks, None)):
