@@ -31,6 +31,9 @@ EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 OUTPUT_ERRNOS = {28, 30, 122, 27}  # ENOSPC, EROFS, EDQUOT, EFBIG: the worker could not write the clip
 PROBE_EVERY_S = 5.0
 logger = logging.getLogger("ray_jobs")
+run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
+run_log.setLevel(logging.INFO)
+run_log.propagate = False
 
 __all__ = ["JobDriver", "JobFailure", "JobReport", "OutputError", "run_job"]
 
@@ -74,7 +77,21 @@ class JobDriver:
         self.bar = None
 
     def run(self) -> JobReport:
+        """The job, with the driver's log in `logs/driver.log` next to each rank's."""
+        handler = logging.FileHandler(self.store.folder / "logs" / "driver.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+        for target in (logger, run_log):  # warnings also reach the console; run-log lines only the file
+            target.addHandler(handler)
+        try:
+            return self._run()
+        finally:
+            for target in (logger, run_log):
+                target.removeHandler(handler)
+            handler.close()
+
+    def _run(self) -> JobReport:
         plan, requested = make_plan(self.spec), count_requested(self.spec)
+        run_log.info("plan: %s", plan.describe(requested))
         if self.progress:
             print(f"plan: {plan.describe(requested)}", file=sys.stderr)
         ignored = unused_columns(self.spec)
@@ -120,6 +137,8 @@ class JobDriver:
             for replica in self.replicas.values():
                 replica.teardown()
             self.store.remove_orphan_temps()  # renders cut short by a teardown
+        run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds", self.report.rendered,
+                    self.report.skipped, self.report.failed, self.report.rebuilds)
         self.report.summary = self.store.finalize({
             "job": self.spec.source, "rendered_this_run": self.report.rendered, "skipped_done": self.report.skipped,
             "replicas": plan.replicas, "ranks_per_replica": plan.ranks, "accelerator": plan.accelerator,
@@ -193,6 +212,7 @@ class JobDriver:
     def _replace(self, job: InFlight, accelerator: str, reason: str) -> list[Replica]:
         """Tear the replica down, requeue (or fail) its sample, build a fresh one in its place if it can be."""
         index = job.replica.index
+        logger.warning("replica %d torn down and rebuilt (sample %s): %s", index, job.sample.sample_id, reason)
         job.replica.teardown()
         self._retry_or_fail(job.sample, reason)
         del self.replicas[index]

@@ -52,7 +52,7 @@ class OutputStore:
         self.folder = Path(folder)
         self.videos, self.posters, self.state = self.folder / "videos", self.folder / "posters", self.folder / "state"
         try:
-            for path in (self.videos, self.posters, self.state):
+            for path in (self.videos, self.posters, self.state, self.folder / "logs"):
                 path.mkdir(parents=True, exist_ok=True)
             with atomic_output(self.state / "writable", ".probe") as probe:
                 probe.write_text("ok")

@@ -56,7 +56,7 @@ class Replica:
         self.actors = [actor_class.options(
             **actor_resources(accelerator, cpus), max_restarts=0, max_concurrency=2,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
-        ).remote(rank, world) for rank in range(world)]
+        ).remote(rank, world, str(spec.output / "logs" / f"replica-{index}-rank-{rank}.log")) for rank in range(world)]
 
     def start(self) -> "Replica":
         """Form the replica's process group and load the pipeline on every rank."""

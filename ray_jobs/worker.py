@@ -5,6 +5,7 @@ own and the driver can pass per-rank resources at creation. The actor runs two c
 driver can read its progress clock (`seconds_since_progress`) while `render` is busy.
 """
 
+import logging
 import socket
 import time
 from datetime import timedelta
@@ -20,9 +21,10 @@ DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
 
 
 class RankWorker:
-    def __init__(self, rank: int, world: int) -> None:
+    def __init__(self, rank: int, world: int, log_path: str | None = None) -> None:
         self.rank, self.world, self.pipe = rank, world, None
         self.progress_at = time.monotonic()
+        self.log = _rank_log(log_path) if log_path else logging.getLogger("ray_jobs.worker")
 
     def seconds_since_progress(self) -> float:
         """Since the last finished denoising step (or render start/end): the driver's no-progress clock."""
@@ -69,20 +71,38 @@ class RankWorker:
         self.pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model["dtype"],
                                                               scheduler=model["scheduler"], timeout=timeout,
                                                               compile=model["compile"])
+        self.log.info("rank %d/%d ready on %s (%s), group tcp://%s:%d, %s", self.rank, self.world, device,
+                      self.placement()["accelerators"], *address, root)
 
     def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, video: str,
                poster: str) -> dict:
         """Every rank calls this with the same sample (only rank 0 gets the image). Rank 0 returns timings."""
         started = time.monotonic()
         self._progressed()
-        opts = GenerationOptions(**options)
-        result = self.pipe(prompt, image, opts, on_step=self._progressed)
-        self._progressed()
-        if self.rank != 0:
-            return {}
-        write_mp4(result.frames, video, fps=result.fps)
-        _write_poster(result.frames, Path(poster))
-        return {"seconds": time.monotonic() - started, "frames": int(result.frames.shape[0])}
+        self.log.info("sample %s: started (%d steps)", sample_id, options["steps"])
+        try:
+            result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed)
+            self._progressed()
+            if self.rank == 0:
+                write_mp4(result.frames, video, fps=result.fps)
+                _write_poster(result.frames, Path(poster))
+        except Exception as exc:
+            self.log.error("sample %s: failed: %s: %s", sample_id, type(exc).__name__, exc)
+            raise
+        seconds = time.monotonic() - started
+        self.log.info("sample %s: done in %.2f s", sample_id, seconds)
+        return {"seconds": seconds, "frames": int(result.frames.shape[0])} if self.rank == 0 else {}
+
+
+def _rank_log(path: str) -> logging.Logger:
+    """This rank's log file in the job's output (`logs/replica-R-rank-K.log`), with the model's warnings."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray_jobs", "echovideo", "parallel"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    return logging.getLogger("ray_jobs.worker")
 
 
 def _write_poster(frames: np.ndarray, path: Path) -> None:

@@ -49,6 +49,15 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
     assert (out / "index.html").read_text().count("<video") == 3
     assert json.loads((out / "summary.json").read_text())["ok"] == 3
 
+    # Per-replica logs: each rank records its samples; the no-face sample failed on the replica that took it.
+    rank_logs = {p.name: p.read_text() for p in (out / "logs").glob("replica-*-rank-*.log")}
+    assert set(rank_logs) == {f"replica-{i}-rank-{k}.log" for i in (0, 1) for k in (0, 1)}
+    rank0 = "".join(text for name, text in rank_logs.items() if name.endswith("rank-0.log"))
+    assert all(f"sample {r['sample_id']}: done" in rank0 for r in ok)
+    assert "NoFaceFoundError" in rank0 or "no face" in rank0.lower()
+    driver_log = (out / "logs" / "driver.log").read_text()
+    assert "plan: accelerator cpu; 2 replica(s)" in driver_log and "finished: 1 rendered, 2 skipped" in driver_log
+
 
 def test_job_file_errors_name_the_key(dataset, tmp_path):
     with pytest.raises(EchoVideoInputError, match="parallel.replicaz: unknown key"):
