@@ -30,18 +30,18 @@ def cluster():
     nodes.shutdown()
 
 
-def spec(accelerator: str, ulysses: int = 2, replicas="auto"):
+def spec(accelerator: str, output, ulysses: int = 2, replicas="auto"):
     return parse_job({"model": {"preset": "tiny"}, "parallel": {"ulysses": ulysses, "replicas": replicas},
                       "resources": {"accelerator": accelerator, "cpus_per_rank": 1, "group_timeout_s": 60},
-                      "dataset": {"prompts": "unused.jsonl"}, "job": {"output": "unused"}}, "test")
+                      "dataset": {"prompts": "unused.jsonl"}, "job": {"output": str(output)}}, "test")
 
 
 def placed(job, accelerator: str, count: int) -> list[Replica]:
     return [Replica(i, job, accelerator) for i in range(count)]
 
 
-def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster):
-    job = spec("auto")
+def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
+    job = spec("auto", tmp_path)
     plan = make_plan(job)
     assert plan.accelerator == "gpu"  # auto prefers GPUs
     assert plan.replicas == 3 and sorted(plan.per_node.values(), reverse=True)[:2] == [2, 1]
@@ -60,7 +60,7 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster):
         assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
         ports = {replica.rendezvous()[1] for replica in shared}
         assert len(ports) == 2  # nor a group port
-        full = spec("gpu")
+        full = spec("gpu", tmp_path)
         full.resources["group_timeout_s"] = 2
         with pytest.raises(ReplicaStartError, match="not placed within 2 s"):  # the GPUs are taken
             Replica(3, full, "gpu")
@@ -79,8 +79,8 @@ def _settles(condition, seconds: float = 20.0) -> bool:
     return True
 
 
-def test_npu_replica_ranks_see_one_ascend_device_each(cluster):
-    job = spec("npu")
+def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
+    job = spec("npu", tmp_path)
     plan = make_plan(job)
     assert (plan.accelerator, plan.replicas, plan.bundle) == ("npu", 1, {"CPU": 1, "NPU": 1})
     (replica,) = placed(job, "npu", 1)
@@ -99,7 +99,7 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster):
     ("npu", 4, "auto", "parallel"),  # the Ascend node has 2 NPUs
     ("gpu", 2, 4, "parallel.replicas"),  # the GPU nodes hold 3 such replicas
 ])
-def test_layout_no_node_holds_is_refused_at_plan_time(cluster, accelerator, ulysses, replicas, field):
+def test_layout_no_node_holds_is_refused_at_plan_time(cluster, tmp_path, accelerator, ulysses, replicas, field):
     with pytest.raises(EchoVideoInputError) as error:
-        make_plan(spec(accelerator, ulysses, replicas))
+        make_plan(spec(accelerator, tmp_path, ulysses, replicas))
     assert error.value.field == field
