@@ -76,8 +76,9 @@ def build(smoke: bool, device: torch.device, dtype: torch.dtype) -> EchoVideoTra
 def vae_decode_seconds(smoke: bool, device: torch.device, dtype: torch.dtype, latent_shape) -> float:
     from diffusers import AutoencoderKLCogVideoX
 
-    config = {"block_out_channels": [16, 16, 16, 16], "norm_num_groups": 4, "layers_per_block": 1} if smoke else {}
-    vae = AutoencoderKLCogVideoX(**config).to(device, dtype).eval()
+    from echovideo.presets.tiny import VAE_CONFIG
+
+    vae = AutoencoderKLCogVideoX(**(VAE_CONFIG if smoke else {})).to(device, dtype).eval()
     vae.enable_tiling()
     latents = torch.randn(latent_shape, device=device, dtype=dtype)
     with torch.no_grad():

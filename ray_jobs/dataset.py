@@ -155,13 +155,10 @@ def _prompt_text(value) -> str:
     return value
 
 
-def _given_id(value) -> str | None:
-    """The dataset's own sample id, if it has a sample_id column (any text; file names are made safe)."""
-    if value is None:
-        return None
+def _usable_id(value) -> str | None:
+    """The dataset's own sample id (any text or integer; file names are made safe), if the row has one."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise EchoVideoInputError("sample_id", f"{value!r} is not a non-empty text or integer id",
-                                  "fill the column or drop it to use content ids")
+        return None
     return str(value)
 
 
@@ -169,22 +166,24 @@ def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReade
     """A renderable sample, or one carrying the row's error (it then fails alone, with that reason)."""
     columns = spec.columns()
     overrides = {k: row[k] for k in OVERRIDABLE if row.get(k) is not None}
-    shown = redact(identity_value)[:300] if isinstance(identity_value, str) else "<bytes>"
-    given = row.get(columns["sample_id"])
-    fallback_id = (str(given) if isinstance(given, (str, int)) and str(given).strip() else
-                   hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24])
+    given_value = row.get(columns["sample_id"])
+    given = _usable_id(given_value)
+    fallback_id = given or hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24]
     try:
         prompt = _prompt_text(row.get(columns["prompt"]))
-        given = _given_id(given)
+        if given_value is not None and given is None:
+            raise EchoVideoInputError("sample_id", f"{given_value!r} is not a non-empty text or integer id",
+                                      "fill the column or drop it to use content ids")
         options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
-        GenerationOptions(**options, **({"seed": overrides["seed"]} if "seed" in overrides else {})).validate()
+        seed_override = {"seed": overrides["seed"]} if "seed" in overrides else {}
+        GenerationOptions(**options, **seed_override).validate()
         data, digest, name = reader.get(identity_value)
-        settings = {**options, **({"seed": overrides["seed"]} if "seed" in overrides else {})}
-        sid = given or sample_id(prompt, digest, settings, model_name(spec))
+        sid = given or sample_id(prompt, digest, {**options, **seed_override}, model_name(spec))
         seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
         return Sample(sid, prompt, name, {**options, "seed": seed}, image=data)
-    except EchoVideoInputError as exc:
+    except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
         prompt = row.get(columns["prompt"])
+        shown = redact(identity_value)[:300] if isinstance(identity_value, str) else "<bytes>"
         return Sample(fallback_id, redact(str(prompt))[:200], shown, overrides, error=redact(str(exc)))
 
 

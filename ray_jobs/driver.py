@@ -9,6 +9,7 @@ reason. A replica that cannot be rebuilt (its node is gone) or keeps dying witho
 stops the job cleanly; rerunning it resumes.
 """
 
+import errno
 import logging
 import sys
 import time
@@ -28,7 +29,7 @@ from ray_jobs.replica import Replica, ReplicaStartError
 from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
-OUTPUT_ERRNOS = {28, 30, 122, 27}  # ENOSPC, EROFS, EDQUOT, EFBIG: the worker could not write the clip
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}  # the worker could not write the clip
 PROBE_EVERY_S = 5.0
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only

@@ -22,6 +22,10 @@ def _redact_uri(uri: str) -> str:
     except ValueError:  # not parseable as a URI: show only its scheme
         return uri.split("://", 1)[0] + "://***"
     netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
-    query = "&".join(f"{pair.split('=', 1)[0]}=***" if SECRET_PARAMETER.search(pair.split("=", 1)[0]) else pair
-                     for pair in parts.query.split("&")) if parts.query else ""
+    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&")) if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_parameter(pair: str) -> str:
+    name = pair.split("=", 1)[0]
+    return f"{name}=***" if SECRET_PARAMETER.search(name) else pair

@@ -27,6 +27,8 @@ TEXT_DIM = 64
 VISION_DIM = 64
 ARCFACE_DIM = 64
 
+VAE_CONFIG = dict(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
+                  scaling_factor=0.7)
 TRANSFORMER_CONFIG = dict(
     num_attention_heads=12,  # divisible by 1, 2, 3, 4, 6, 12: every Ulysses degree the tests use
     attention_head_dim=16,
@@ -82,8 +84,7 @@ def write_tiny_checkpoint(root: Path) -> None:
     torch.manual_seed(SEED)
     transformer = EchoVideoTransformer3DModel(**TRANSFORMER_CONFIG)
     transformer.save_pretrained(root / "transformer", max_shard_size="4MB")  # two shards + index, as released
-    AutoencoderKLCogVideoX(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-                           latent_channels=16, scaling_factor=0.7).save_pretrained(root / "vae")
+    AutoencoderKLCogVideoX(**VAE_CONFIG).save_pretrained(root / "vae")
     vocab_size = _write_tokenizer(root / "tokenizer")
     T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                             feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
