@@ -12,6 +12,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel, T5EncoderModel, 
 from echovideo.errors import CheckpointError
 from echovideo.face import FaceStage, load_face_stage
 from echovideo.models import EchoVideoTransformer3DModel
+from echovideo.models.cpu_conv3d import use_onednn_conv3d
 
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "clip_visual_encoder", "face_encoder")
 SCHEDULERS = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
@@ -86,6 +87,7 @@ def load_components(root: Path, device: torch.device, dtype: torch.dtype, schedu
         raise CheckpointError("scheduler", f"unknown scheduler {scheduler!r}", f"use one of {sorted(SCHEDULERS)}")
     vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), use_safetensors=True, torch_dtype=dtype).to(device)
     vae.enable_tiling()
+    use_onednn_conv3d(vae)
     components = Components(
         transformer=EchoVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype).to(device).eval(),
         vae=vae.eval(),
