@@ -37,8 +37,9 @@ class USPAttnProcessor:
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch = joint.shape[0]
         heads, head_dim = attn.heads, attn.to_q.out_features // attn.heads
-        q, k, v = (proj(joint).view(batch, -1, heads, head_dim).transpose(1, 2)
-                   for proj in (attn.to_q, attn.to_k, attn.to_v))
+        projected = attn.to_qkv(joint).chunk(3, dim=-1) if attn.fused_projections else \
+            (attn.to_q(joint), attn.to_k(joint), attn.to_v(joint))
+        q, k, v = (x.view(batch, -1, heads, head_dim).transpose(1, 2) for x in projected)
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
         if image_rotary_emb is not None:  # the local slice of the RoPE table, matching the local tokens

@@ -79,3 +79,33 @@ def check_zero_lse_is_caught(rank: int) -> None:
 
 def test_a_zero_lse_merge_fails_the_exactness_check():
     run_ranks(2, check_zero_lse_is_caught)
+
+
+def check_fused_qkv(rank: int) -> None:
+    """Fused Q/K/V under the USP processor, fused before and after the engine is built, with the separate
+    Q/K/V weights zeroed so that only the fused projection can produce the reference output."""
+    from parallel import ParallelConfig, ParallelMesh, SequenceParallelDiT
+
+    reference_model = tiny_model()
+    for fuse_first in (True, False):
+        model = tiny_model()
+        mesh = ParallelMesh.create(ParallelConfig(ulysses=2, ring=2), model.config.num_attention_heads)
+        if fuse_first:
+            model.fuse_qkv_projections()
+        engine = SequenceParallelDiT(model, mesh)
+        if not fuse_first:
+            model.fuse_qkv_projections()
+        with torch.no_grad():
+            for block in model.transformer_blocks:
+                for projection in (block.attn1.to_q, block.attn1.to_k, block.attn1.to_v):
+                    projection.weight.zero_()
+        latents, t, text, arcface, vit = dit_inputs(model, frames=3, height=10, width=14)
+        with torch.no_grad():
+            fused = reference_model.fuse_identity_text(text, arcface, vit)
+            rotary = model.rotary_embedding(3, 10, 14)
+            expected = reference_model(latents, t, fused_text=fused, image_rotary_emb=rotary)
+        assert relative_error(engine(latents, t, fused, rotary), expected) <= TOLERANCE, fuse_first
+
+
+def test_fused_qkv_projections_match_the_single_process_forward():
+    run_ranks(4, check_fused_qkv)

@@ -165,3 +165,22 @@ def test_pickle_weights_are_refused(tmp_path):
     torch.save(tiny_model().state_dict(), folder / "diffusion_pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pickle"):
         EchoVideoTransformer3DModel.from_pretrained(folder)
+
+
+def test_fused_qkv_projections_compute_the_same_forward():
+    """AttentionMixin's own fusion skips CogVideoX's attention; ours fuses, uses the fused weight, undoes."""
+    model = tiny_model()
+    latents, t, text, arcface, vit = dit_inputs(model)
+    with torch.no_grad():
+        fused = model.fuse_identity_text(text, arcface, vit)
+        eager = model(latents, t, fused_text=fused)
+        model.fuse_qkv_projections()
+        saved = [block.attn1.to_q.weight.clone() for block in model.transformer_blocks]
+        for block in model.transformer_blocks:
+            block.attn1.to_q.weight.zero_()  # only the fused weight can give the eager output now
+        assert ((model(latents, t, fused_text=fused) - eager).norm() / eager.norm()).item() <= 1e-6
+        model.unfuse_qkv_projections()
+        for block, weight in zip(model.transformer_blocks, saved):
+            block.attn1.to_q.weight.copy_(weight)
+        assert torch.equal(model(latents, t, fused_text=fused), eager)
+    assert not any(hasattr(block.attn1, "to_qkv") for block in model.transformer_blocks)
