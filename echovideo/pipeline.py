@@ -198,7 +198,7 @@ class EchoVideoPipeline:
         rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
         self.scheduler.set_timesteps(opts.steps, device=self.device)
         timesteps = self.scheduler.timesteps
-        host_timesteps = [int(t) for t in timesteps.cpu()]
+        host_timesteps = timesteps.tolist()  # one device-to-host copy, before the loop
         scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
                   else [opts.guidance] * opts.steps)
         latents, batch, old_pred = state.latents, state.fused_text.shape[0], None

@@ -80,3 +80,20 @@ def test_ddim_scheduler_runs(tiny_root, face_path):
     assert isinstance(pipe.scheduler, CogVideoXDDIMScheduler)
     latents = pipe("a woman smiles", face_path, OPTS, decode=False, progress=False).latents
     assert torch.isfinite(latents).all()
+
+
+def test_the_denoising_loop_reads_no_device_scalar(tiny_pipe, face_path):
+    """`.item()`, `int(tensor)` or a tensor in an `if` is a host-device synchronisation per step on an
+    accelerator; on any device each one runs aten::_local_scalar_dense, which the profiler counts."""
+    from dataclasses import replace
+
+    from echovideo.pipeline import EchoVideoPipeline
+
+    ddim = CogVideoXDDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    for pipe in (tiny_pipe, EchoVideoPipeline(replace(tiny_pipe.components, scheduler=ddim), tiny_pipe.device,
+                                              tiny_pipe.dtype)):
+        state = pipe.prepare("a woman smiles", face_path, OPTS)
+        with torch.profiler.profile() as profile:
+            pipe.denoise(state, OPTS, progress=False)
+        reads = {event.key: event.count for event in profile.key_averages() if event.key == "aten::_local_scalar_dense"}
+        assert not reads, f"{type(pipe.scheduler).__name__}: {reads}"
