@@ -24,7 +24,7 @@ def test_comm_volume_matches_usp_theory():
 
 def test_pipeline_vs_reference_computes_the_same_video_and_reports_ratios():
     lines = run("pipeline_vs_reference.py")  # the script asserts ours ~= the naive loop before timing
-    assert {line.split()[0] for line in lines[2:5]} == {"ours", "naive", "diffusers"}
+    assert {line.split()[0] for line in lines[2:6]} == {"ours", "ours-stock", "naive", "diffusers"}
 
 
 def test_scaling_model_prints_every_layout():
