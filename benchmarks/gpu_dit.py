@@ -76,10 +76,12 @@ def build(smoke: bool, device: torch.device, dtype: torch.dtype) -> EchoVideoTra
 def vae_decode_seconds(smoke: bool, device: torch.device, dtype: torch.dtype, latent_shape) -> float:
     from diffusers import AutoencoderKLCogVideoX
 
+    from echovideo.models.cpu_conv3d import use_onednn_conv3d
     from echovideo.presets.tiny import VAE_CONFIG
 
     vae = AutoencoderKLCogVideoX(**(VAE_CONFIG if smoke else {})).to(device, dtype).eval()
     vae.enable_tiling()
+    use_onednn_conv3d(vae)  # as the pipeline loads it (changes nothing on a GPU)
     latents = torch.randn(latent_shape, device=device, dtype=dtype)
     with torch.no_grad():
         return seconds_per_call(lambda: vae.decode(latents), device, 1)
