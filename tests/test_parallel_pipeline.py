@@ -1,4 +1,5 @@
-"""A full tiny pipeline (CFG, dynamic CFG, stochastic DPM steps) under parallel layouts equals one process."""
+"""A full tiny pipeline (CFG, dynamic CFG, stochastic DPM steps) under parallel layouts equals one process,
+and its denoising loop reads no device scalar (no host-device synchronisation per step)."""
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,11 @@ def check_pipeline(rank: int, root: str, face: str, layouts) -> None:
         every = [torch.empty_like(got) for _ in range(dist.get_world_size())]
         dist.all_gather(every, got)
         assert all(torch.equal(every[0], other) for other in every), f"layout {(c, u, r)}: ranks diverged"
+    parallel = ParallelEchoVideoPipeline(pipe, mesh)
+    state = parallel.shared_state("a woman smiles", face, OPTS)
+    with torch.profiler.profile() as profile:  # as in test_pipeline: no device scalar read inside the loop
+        pipe.denoise(state, OPTS, predict=parallel.engine, progress=False)
+    assert not [event.key for event in profile.key_averages() if event.key == "aten::_local_scalar_dense"]
 
 
 def test_parallel_pipeline_matches_single_process(tiny_root, face_path):
