@@ -26,13 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from echovideo.face import load_face_stage  # noqa: E402
+from echovideo.loading import load_vae  # noqa: E402
 from echovideo.pipeline import EchoVideoPipeline  # noqa: E402
 from echovideo.presets.tiny import tiny_checkpoint  # noqa: E402
 from echovideo.sampling import GenerationOptions  # noqa: E402
@@ -93,13 +93,6 @@ def ours_video(pipe: EchoVideoPipeline, prompt: str, opts: GenerationOptions) ->
     return latents, stages.seconds
 
 
-def stock_vae(root: Path) -> AutoencoderKLCogVideoX:
-    """The VAE as diffusers loads it (the released script's), tiled like ours."""
-    vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), use_safetensors=True).eval()
-    vae.enable_tiling()
-    return vae
-
-
 def diffusers_pipeline(pipe: EchoVideoPipeline):
     from diffusers import CogVideoXImageToVideoPipeline
 
@@ -138,7 +131,7 @@ def main() -> None:
         root = tiny_checkpoint(Path(cache))
         pipe = EchoVideoPipeline.from_pretrained(root, device="cpu", dtype="fp32")
         opts = GenerationOptions(height=size, width=size, frames=frames, steps=steps, seed=3)
-        naive = EchoVideoPipeline(replace(pipe.components, vae=stock_vae(root)), pipe.device, pipe.dtype)
+        naive = EchoVideoPipeline(replace(pipe.components, vae=load_vae(root / "vae")), pipe.device, pipe.dtype)
         mine, released = ours_video(pipe, PROMPTS[0], opts)[0], naive_video(naive, root, PROMPTS[0], opts)[0]
         assert (mine - released).norm() <= 1e-5 * released.norm(), "ours and the naive loop must compute the same"
         reference = diffusers_pipeline(naive)

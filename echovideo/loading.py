@@ -51,6 +51,14 @@ def load_siglip_vision(folder: Path) -> SiglipVisionModel:
     return model
 
 
+def load_vae(folder: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLCogVideoX:
+    """The VAE as diffusers loads it (on the CPU), tiled as the released script decodes; load_components adds
+    the device and the CPU kernel choice, references (benchmarks, tests) use it as is."""
+    vae = AutoencoderKLCogVideoX.from_pretrained(str(folder), use_safetensors=True, torch_dtype=dtype).eval()
+    vae.enable_tiling()
+    return vae
+
+
 @dataclass
 class Components:
     """The conditioning models are None when loaded for a rank that only denoises and decodes."""
@@ -85,12 +93,9 @@ def load_components(root: Path, device: torch.device, dtype: torch.dtype, schedu
     check_checkpoint_folder(root)
     if scheduler not in SCHEDULERS:
         raise CheckpointError("scheduler", f"unknown scheduler {scheduler!r}", f"use one of {sorted(SCHEDULERS)}")
-    vae = AutoencoderKLCogVideoX.from_pretrained(str(root / "vae"), use_safetensors=True, torch_dtype=dtype).to(device)
-    vae.enable_tiling()
-    use_onednn_conv3d(vae)
     components = Components(
         transformer=EchoVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype).to(device).eval(),
-        vae=vae.eval(),
+        vae=use_onednn_conv3d(load_vae(root / "vae", dtype).to(device)),
         scheduler=SCHEDULERS[scheduler].from_pretrained(str(root / "scheduler")),
     )
     if conditioning:

@@ -3,16 +3,14 @@
 import pytest
 import torch
 
-from test_transformer import dit_inputs, tiny_model
+from test_transformer import cached_iitf_forward, tiny_model
 
 
 @pytest.mark.slow
 def test_compiled_blocks_match_eager():
     model = tiny_model()
-    latents, t, text, arcface, vit = dit_inputs(model)
+    latents, t, fused, eager = cached_iitf_forward(model)
     with torch.no_grad():
-        fused = model.fuse_identity_text(text, arcface, vit)
-        eager = model(latents, t, fused_text=fused)
         model.compile_blocks()
         compiled = model(latents, t, fused_text=fused)
     assert all(block._compiled_call_impl is not None for block in model.transformer_blocks)

@@ -1,7 +1,8 @@
 """The VAE's CPU convolutions: oneDNN instead of PyTorch's reference conv3d kernel, same result."""
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
+
+from echovideo.loading import load_vae
 
 
 def conv_kernels(vae, latents) -> set[str]:
@@ -12,8 +13,7 @@ def conv_kernels(vae, latents) -> set[str]:
 
 
 def test_loaded_vae_decodes_with_onednn_like_the_stock_vae(tiny_pipe, tiny_root):
-    stock = AutoencoderKLCogVideoX.from_pretrained(str(tiny_root / "vae"), use_safetensors=True).eval()
-    stock.enable_tiling()
+    stock = load_vae(tiny_root / "vae")
     latents = torch.randn(1, 16, 3, 6, 8, generator=torch.Generator().manual_seed(0))
     assert "aten::slow_conv3d_forward" in conv_kernels(stock, latents), "precondition: the stock path is slow"
     kernels = conv_kernels(tiny_pipe.vae, latents)

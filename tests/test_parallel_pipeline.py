@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 
 from distributed import run_ranks
+from test_pipeline import device_scalar_reads
 from echovideo.sampling import GenerationOptions
 
 OPTS = GenerationOptions(height=32, width=48, frames=9, steps=3, guidance=6.0, seed=11)
@@ -28,9 +29,7 @@ def check_pipeline(rank: int, root: str, face: str, layouts) -> None:
         assert all(torch.equal(every[0], other) for other in every), f"layout {(c, u, r)}: ranks diverged"
     parallel = ParallelEchoVideoPipeline(pipe, mesh)
     state = parallel.shared_state("a woman smiles", face, OPTS)
-    with torch.profiler.profile() as profile:  # as in test_pipeline: no device scalar read inside the loop
-        pipe.denoise(state, OPTS, predict=parallel.engine, progress=False)
-    assert not [event.key for event in profile.key_averages() if event.key == "aten::_local_scalar_dense"]
+    assert device_scalar_reads(lambda: pipe.denoise(state, OPTS, predict=parallel.engine, progress=False)) == 0
 
 
 def test_parallel_pipeline_matches_single_process(tiny_root, face_path):

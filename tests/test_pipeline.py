@@ -82,9 +82,15 @@ def test_ddim_scheduler_runs(tiny_root, face_path):
     assert torch.isfinite(latents).all()
 
 
+def device_scalar_reads(run) -> int:
+    """Device scalars `run()` reads: each `.item()`, `int(tensor)` or tensor in an `if` runs
+    aten::_local_scalar_dense on any device, a host-device synchronisation on an accelerator."""
+    with torch.profiler.profile() as profile:
+        run()
+    return sum(event.count for event in profile.key_averages() if event.key == "aten::_local_scalar_dense")
+
+
 def test_the_denoising_loop_reads_no_device_scalar(tiny_pipe, face_path):
-    """`.item()`, `int(tensor)` or a tensor in an `if` is a host-device synchronisation per step on an
-    accelerator; on any device each one runs aten::_local_scalar_dense, which the profiler counts."""
     from dataclasses import replace
 
     from echovideo.pipeline import EchoVideoPipeline
@@ -93,7 +99,5 @@ def test_the_denoising_loop_reads_no_device_scalar(tiny_pipe, face_path):
     for pipe in (tiny_pipe, EchoVideoPipeline(replace(tiny_pipe.components, scheduler=ddim), tiny_pipe.device,
                                               tiny_pipe.dtype)):
         state = pipe.prepare("a woman smiles", face_path, OPTS)
-        with torch.profiler.profile() as profile:
-            pipe.denoise(state, OPTS, progress=False)
-        reads = {event.key: event.count for event in profile.key_averages() if event.key == "aten::_local_scalar_dense"}
-        assert not reads, f"{type(pipe.scheduler).__name__}: {reads}"
+        reads = device_scalar_reads(lambda: pipe.denoise(state, OPTS, progress=False))
+        assert reads == 0, f"{type(pipe.scheduler).__name__}: {reads} device scalar reads"

@@ -51,6 +51,14 @@ def dit_inputs(model, batch=2, frames=3, height=8, width=12, seed=1):
     return latents, t, text, arcface, vit
 
 
+def cached_iitf_forward(model):
+    """`dit_inputs` with the IITF computed once, and the model's output for them."""
+    latents, t, text, arcface, vit = dit_inputs(model)
+    with torch.no_grad():
+        fused = model.fuse_identity_text(text, arcface, vit)
+        return latents, t, fused, model(latents, t, fused_text=fused)
+
+
 def test_defaults_are_the_released_config():
     with torch.device("meta"):
         model = EchoVideoTransformer3DModel()
@@ -170,10 +178,8 @@ def test_pickle_weights_are_refused(tmp_path):
 def test_fused_qkv_projections_compute_the_same_forward():
     """AttentionMixin's own fusion skips CogVideoX's attention; ours fuses, uses the fused weight, undoes."""
     model = tiny_model()
-    latents, t, text, arcface, vit = dit_inputs(model)
+    latents, t, fused, eager = cached_iitf_forward(model)
     with torch.no_grad():
-        fused = model.fuse_identity_text(text, arcface, vit)
-        eager = model(latents, t, fused_text=fused)
         model.fuse_qkv_projections()
         saved = [block.attn1.to_q.weight.clone() for block in model.transformer_blocks]
         for block in model.transformer_blocks:
