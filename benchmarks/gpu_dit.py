@@ -76,13 +76,14 @@ def build(smoke: bool, device: torch.device, dtype: torch.dtype) -> EchoVideoTra
 def vae_decode_seconds(smoke: bool, device: torch.device, dtype: torch.dtype, latent_shape) -> float:
     from diffusers import AutoencoderKLCogVideoX
 
+    from echovideo.loading import decode_in_fp16_under_bf16, decoder_dtype
     from echovideo.models.cpu_conv3d import use_onednn_conv3d
     from echovideo.presets.tiny import VAE_CONFIG
 
     vae = AutoencoderKLCogVideoX(**(VAE_CONFIG if smoke else {})).to(device, dtype).eval()
     vae.enable_tiling()
-    use_onednn_conv3d(vae)  # as the pipeline loads it (changes nothing on a GPU)
-    latents = torch.randn(latent_shape, device=device, dtype=dtype)
+    use_onednn_conv3d(decode_in_fp16_under_bf16(vae))  # as the pipeline loads it
+    latents = torch.randn(latent_shape, device=device, dtype=decoder_dtype(vae))
     with torch.no_grad():
         return seconds_per_call(lambda: vae.decode(latents), device, 1)
 

@@ -25,7 +25,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--preset", choices=["tiny"], help="small random weights, built offline and cached")
     # Defaults are None so that a flag given on the command line wins over the --config file.
     p.add_argument("--height", type=int, help="multiple of 16 (default 480)")
-    p.add_argument("--width", type=int, help="multiple of 16 (default 640)")
+    p.add_argument("--width", type=int, help="multiple of 16 (default 848, the released demo)")
     p.add_argument("--frames", type=int, help="4k+1 (default 49, the trained length)")
     p.add_argument("--steps", type=int, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, help="CFG scale G (default 6.0)")

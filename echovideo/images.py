@@ -1,10 +1,15 @@
-"""Identity-photo loading with clear errors: unreadable, not an image, empty, odd modes, huge."""
+"""Identity-photo loading with clear errors: unreadable, not an image, empty, odd modes, huge.
+
+The pixels are the released loader's (diffusers 0.31 `load_image` then `resize_numpy_image_long`): EXIF
+orientation applied, `.convert("RGB")` (alpha dropped, not composited), fully decoded, a long side over
+1024 brought down with OpenCV Lanczos-4.
+"""
 
 import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.geometry import limit_long_side
@@ -13,7 +18,7 @@ MAX_PIXELS = 20000 * 20000  # beyond this a photo is refused, not decoded (decom
 
 
 def load_identity_image(path: str | Path, field: str = "--image") -> np.ndarray:
-    """RGB uint8 (any mode converted: RGBA, grayscale, CMYK), long side limited to 1024 as released."""
+    """RGB uint8 as the released loader sees the photo: upright, any mode converted, long side <= 1024."""
     path = Path(path)
     if not path.is_file():
         raise EchoVideoInputError(field, f"{path} does not exist or is not a file", "pass a path to a face photo")
@@ -30,22 +35,12 @@ def decode_identity_image(source: Path | bytes, name: str, field: str = "--image
             if image.width * image.height > MAX_PIXELS:
                 raise EchoVideoInputError(field, f"{name} is {image.width}x{image.height}, too large",
                                           "downscale it below 20000x20000")
-            image.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced scale, huge photos stay cheap
-            image.load()
-            rgb = _to_rgb(image)
+            rgb = ImageOps.exif_transpose(image).convert("RGB")  # a phone photo stored rotated is seen upright
     except Image.DecompressionBombError:
         raise EchoVideoInputError(field, f"{name} has too many pixels to decode safely",
                                   "downscale it below 20000x20000") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise EchoVideoInputError(field, f"{name} is not a readable image ({type(exc).__name__})",
                                   "pass a valid JPEG or PNG face photo") from None
-    return np.asarray(limit_long_side(rgb), dtype=np.uint8)
+    return limit_long_side(np.asarray(rgb, dtype=np.uint8))
 
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Transparent pixels become white (as a viewer shows them), other modes convert directly."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")

@@ -59,6 +59,21 @@ def load_vae(folder: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLC
     return vae
 
 
+def decode_in_fp16_under_bf16(vae: AutoencoderKLCogVideoX) -> AutoencoderKLCogVideoX:
+    """The released script decodes in fp16 when it samples in bf16: the decoder half (only the decoder; the
+    encoder, used for the face latent, stays bf16) is cast once, with no bf16 -> fp16 -> bf16 round trip."""
+    if vae.dtype == torch.bfloat16:
+        for part in (vae.decoder, vae.post_quant_conv):
+            if part is not None:
+                part.to(torch.float16)
+    return vae
+
+
+def decoder_dtype(vae: AutoencoderKLCogVideoX) -> torch.dtype:
+    """The dtype latents must have to enter the VAE decoder."""
+    return next(vae.decoder.parameters()).dtype
+
+
 @dataclass
 class Components:
     """The conditioning models are None when loaded for a rank that only denoises and decodes."""
@@ -95,7 +110,7 @@ def load_components(root: Path, device: torch.device, dtype: torch.dtype, schedu
         raise CheckpointError("scheduler", f"unknown scheduler {scheduler!r}", f"use one of {sorted(SCHEDULERS)}")
     components = Components(
         transformer=EchoVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype).to(device).eval(),
-        vae=use_onednn_conv3d(load_vae(root / "vae", dtype).to(device)),
+        vae=use_onednn_conv3d(decode_in_fp16_under_bf16(load_vae(root / "vae", dtype).to(device))),
         scheduler=SCHEDULERS[scheduler].from_pretrained(str(root / "scheduler")),
     )
     if conditioning:

@@ -22,7 +22,7 @@ from echovideo.devices import resolve_device, resolve_dtype
 from echovideo.encoders import FaceImageEncoder, PromptEncoder
 from echovideo.face.geometry import face_latent_image
 from echovideo.images import decode_identity_image, load_identity_image
-from echovideo.loading import Components, load_components
+from echovideo.loading import Components, decoder_dtype, load_components
 from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class EchoVideoPipeline:
         identity = self.face_stage.analyze(pixels)
         black = np.zeros_like(identity.aligned_face)
         vit = self.face_encoder.encode([black, identity.aligned_face], self.device, self.dtype)
-        arcface = torch.from_numpy(identity.embedding)[None].to(self.device, self.dtype)
+        # The released face stage hands the embedding over in fp16, whatever the pipeline dtype.
+        arcface = torch.from_numpy(identity.embedding)[None].to(self.device, torch.float16).to(self.dtype)
         return IdentityFeatures(identity.aligned_face, torch.cat([torch.zeros_like(arcface), arcface]), vit)
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> torch.Tensor:
@@ -143,8 +144,10 @@ class EchoVideoPipeline:
         return (1, opts.latent_frames, self.vae.config.latent_channels, opts.height // 8, opts.width // 8)
 
     def initial_noise(self, opts: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
-        noise = randn_tensor(self.latent_shape(opts), generator=generator, device=self.device, dtype=torch.float32)
-        return noise * self.scheduler.init_noise_sigma
+        """Drawn in the pipeline dtype as released (bf16 noise is the fp32 draw rounded; the generator advances
+        the same), then held in fp32."""
+        noise = randn_tensor(self.latent_shape(opts), generator=generator, device=self.device, dtype=self.dtype)
+        return noise.float() * self.scheduler.init_noise_sigma
 
     def decode(self, latents: torch.Tensor, vae_decode=None) -> np.ndarray | None:
         """Latents (1, F, C, h, w) -> uint8 frames (4(F-1)+1, H, W, 3) with the tiled VAE.
@@ -157,11 +160,12 @@ class EchoVideoPipeline:
         frames = 4 * (latents.shape[1] - 1) + 1
         vae_decode = vae_decode or (lambda z: self.vae.decode(z).sample)
         with torch.no_grad():
-            z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
-            video = vae_decode(z)
+            z = latents.permute(0, 2, 1, 3, 4).to(decoder_dtype(self.vae))
+            video = vae_decode(1 / self.vae.config.scaling_factor * z)  # the released arithmetic, in this order
         if video is None:
             return None
-        video = ((video[0, :, :frames].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, F, H, W)
+        # diffusers' postprocess as released: [0, 1] in the decoder's dtype, then x255 and rounded in fp32.
+        video = (video[0, :, :frames] / 2 + 0.5).clamp(0, 1).float().mul(255).round().to(torch.uint8)  # (3, F, H, W)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
     def prepare(

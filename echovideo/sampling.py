@@ -28,7 +28,7 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True)
 class GenerationOptions:
     height: int = 480
-    width: int = 640
+    width: int = 848  # the released demo's size (infer.py)
     frames: int = 49
     steps: int = 50
     guidance: float = 6.0

@@ -53,9 +53,9 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
 
 
-def test_transparent_pixels_become_white(tmp_path):
-    path = _save(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), tmp_path / "t.png")
-    assert load_identity_image(path).min() == 255
+def test_alpha_is_dropped_as_released(tmp_path):
+    path = _save(Image.new("RGBA", (8, 8), (10, 20, 30, 0)), tmp_path / "t.png")
+    assert (load_identity_image(path) == (10, 20, 30)).all()  # `.convert("RGB")`: no compositing
 
 
 def test_huge_photo_is_downscaled_to_1024(tmp_path):

@@ -48,29 +48,37 @@ def apply_parsing_mask(face: np.ndarray, labels: np.ndarray, blacked=BLACKED_OUT
     return face * keep[..., None].astype(face.dtype)
 
 
-def limit_long_side(image: Image.Image, max_side: int = MAX_LONG_SIDE) -> Image.Image:
-    """Downscale so the long side is at most `max_side` (the released recipe's 1024)."""
-    long_side = max(image.size)
-    if long_side <= max_side:
+def limit_long_side(image: np.ndarray, max_side: int = MAX_LONG_SIDE) -> np.ndarray:
+    """Downscale so the long side is at most `max_side`, as released: OpenCV Lanczos-4 to int()-truncated sizes.
+
+    (A side that truncates to 0, e.g. a 1x3000 strip, is kept at 1 pixel where the released code would crash.)
+    """
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
         return image
-    scale = max_side / long_side
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    scale = max_side / max(height, width)
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
 
 
 def pad_to_aspect(face: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pad with black to the target aspect ratio: short side kept, long side padded symmetrically."""
+    """Pad with black to the aspect W/H, as released: the short side kept, the new long side int()-truncated
+    (682 wide at 480x640, 904 at 480x848), the padding split with the odd pixel after the image."""
+    ratio = width / height
     face_h, face_w = face.shape[:2]
-    if width * face_h >= height * face_w:  # target wider than the face: pad left/right
-        new_h, new_w = face_h, round(face_h * width / height)
+    short = min(face_h, face_w)
+    if ratio > 1.0:
+        new_h, new_w = short, int(short * ratio)
     else:
-        new_h, new_w = round(face_w * height / width), face_w
-    top, left = (new_h - face_h) // 2, (new_w - face_w) // 2
-    out = np.zeros((new_h, new_w) + face.shape[2:], dtype=face.dtype)
-    out[top:top + face_h, left:left + face_w] = face
-    return out
+        new_h, new_w = int(short / ratio), short
+    pad_h, pad_w = max(new_h, face_h) - face_h, max(new_w, face_w) - face_w
+    return cv2.copyMakeBorder(face, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
+                              cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
 def face_latent_image(face: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Aligned face -> HxW float32 in [-1, 1]: padded to aspect, Lanczos-resized (the VAE input)."""
+    """Aligned face -> HxW float32 in [-1, 1], the VAE input: padded to aspect, PIL Lanczos to HxW, then
+    diffusers' VaeImageProcessor arithmetic (x / 255, then 2x - 1, in float32) so the values are bit-identical."""
     padded = Image.fromarray(pad_to_aspect(face, height, width)).resize((width, height), Image.LANCZOS)
-    return np.asarray(padded, dtype=np.float32) / 127.5 - 1.0
+    unit = np.asarray(padded).astype(np.float32) / np.float32(255.0)
+    return np.float32(2.0) * unit - np.float32(1.0)

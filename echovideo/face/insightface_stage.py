@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from echovideo.errors import CheckpointError
-from echovideo.face.stage import DetectedFace, FaceStage
+from echovideo.face.stage import DetectedFace, FaceStage, nearest_to_centre
 
 ANTELOPE_FILES = ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx")
 FACEXLIB_FILES = ("parsing_bisenet.pth", "detection_Resnet50_Final.pth")
@@ -74,16 +74,16 @@ class InsightFaceStage(FaceStage):
         faces = [DetectedFace(bbox=f.bbox, keypoints=f.kps, embedding=f.embedding) for f in self.analysis.get(bgr)]
         if faces:
             return faces
-        # Released fallback: RetinaFace landmarks; the embedding then comes from `embed`.
+        # Released fallback: facexlib RetinaFace (threshold 0.97), only the face nearest the centre; its
+        # embedding then comes from `embed` on the aligned face.
         with torch.no_grad():
             boxes = self.retinaface.detect_faces(bgr, 0.97)
-        return [DetectedFace(bbox=b[:4], keypoints=np.asarray(b[5:15]).reshape(5, 2)) for b in boxes]
+        found = [DetectedFace(bbox=b[:4], keypoints=np.asarray(b[5:15]).reshape(5, 2)) for b in boxes]
+        return [nearest_to_centre(found, *image.shape[:2])] if found else []
 
-    def embed(self, image: np.ndarray, face: DetectedFace, aligned: np.ndarray) -> np.ndarray:
-        from insightface.utils.face_align import norm_crop
-
-        crop = norm_crop(np.ascontiguousarray(image[:, :, ::-1]), landmark=face.keypoints, image_size=112)
-        return self.recognition.get_feat(crop)[0]
+    def embed(self, aligned: np.ndarray) -> np.ndarray:
+        # The whole aligned face in BGR, as released: `get_feat` resizes it to glintr100's 112x112 input.
+        return self.recognition.get_feat(np.ascontiguousarray(aligned[:, :, ::-1]))[0]
 
     @torch.no_grad()
     def parse(self, aligned: np.ndarray) -> np.ndarray:

@@ -27,8 +27,18 @@ class FaceIdentity:
 
 
 def largest(faces: list[DetectedFace]) -> DetectedFace:
-    """The released recipe keeps the face with the largest bounding box."""
-    return max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+    """insightface's pick in the released recipe: the largest bounding box (the last of equals, as its
+    `sorted(...)[-1]` takes)."""
+    return sorted(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))[-1]
+
+
+def nearest_to_centre(faces: list[DetectedFace], height: int, width: int) -> DetectedFace:
+    """facexlib's `only_center_face` pick (the released fallback): the box whose centre is nearest the image
+    centre (the first of equals)."""
+    centre = np.array([width / 2, height / 2])
+    distances = [float(np.linalg.norm(np.array([(f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2]) - centre))
+                 for f in faces]
+    return faces[distances.index(min(distances))]
 
 
 class FaceStage(ABC):
@@ -36,11 +46,12 @@ class FaceStage(ABC):
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        """All faces in an RGB uint8 image."""
+        """The candidate faces in an RGB uint8 image; `analyze` keeps the largest."""
 
     @abstractmethod
-    def embed(self, image: np.ndarray, face: DetectedFace, aligned: np.ndarray) -> np.ndarray:
-        """Raw identity embedding of a detected face."""
+    def embed(self, aligned: np.ndarray) -> np.ndarray:
+        """Raw identity embedding of the whole 512x512 aligned (unparsed) face, for a face the detector
+        gave no embedding for (the released fallback)."""
 
     @abstractmethod
     def parse(self, aligned: np.ndarray) -> np.ndarray:
@@ -53,6 +64,6 @@ class FaceStage(ABC):
                                    "use a photo with a clearly visible, roughly frontal face")
         face = largest(faces)
         aligned = align_face(image, face.keypoints)
-        embedding = face.embedding if face.embedding is not None else self.embed(image, face, aligned)
+        embedding = face.embedding if face.embedding is not None else self.embed(aligned)
         parsed = apply_parsing_mask(aligned, self.parse(aligned))
         return FaceIdentity(aligned_face=parsed, embedding=np.asarray(embedding, dtype=np.float32))

@@ -59,7 +59,7 @@ class StandInFaceStage(FaceStage):
         return faces
 
     @torch.no_grad()
-    def embed(self, image: np.ndarray, face: DetectedFace, aligned: np.ndarray) -> np.ndarray:
+    def embed(self, aligned: np.ndarray) -> np.ndarray:
         crop = cv2.resize(aligned, (EMBED_INPUT, EMBED_INPUT), interpolation=cv2.INTER_AREA)
         pixels = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         return self.embedder(pixels)[0].numpy()

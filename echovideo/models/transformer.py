@@ -10,20 +10,21 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
-from diffusers.models.embeddings import (
-    CogVideoXPatchEmbed,
-    TimestepEmbedding,
-    Timesteps,
-    get_3d_rotary_pos_embed,
-)
+from diffusers.models.embeddings import CogVideoXPatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 from torch import nn
 
 from echovideo.models.checkpoint import StrictCheckpointMixin
 from echovideo.models.iitf import FaceResampler
+from echovideo.models.rope import rotary_table
+
+
+def _on_token_axis(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """A Linear over the token axis of (B, N, D), on contiguous copies as released: a strided input takes
+    another GEMM path and moves bf16 results by ~3e-3."""
+    return linear(tokens.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
 
 
 @dataclass
@@ -148,26 +149,18 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         repeats = self.config.face_features_seq_length
         arcface_tokens = id_embeds[:, None, :].expand(-1, repeats, -1)
         face_tokens = torch.cat([self.face_prj_wofc(arcface_tokens), id_vit_tokens], dim=1)
-        face_tokens = self.face_info_proj(face_tokens.transpose(1, 2)).transpose(1, 2)  # on the token axis
+        face_tokens = _on_token_axis(self.face_info_proj, face_tokens)
         joint = torch.cat([self.face_proj(face_tokens), text_embeds], dim=1)
-        return self.text_proj(joint.transpose(1, 2)).transpose(1, 2)  # on the token axis
+        return _on_token_axis(self.text_proj, joint)
 
     # ---------------------------------------------------------------- RoPE
     def rotary_embedding(
         self, latent_frames: int, latent_height: int, latent_width: int, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """3D RoPE (cos, sin), each (frames*rows*cols, head_dim), positions normalised to the base grid."""
+        """3D RoPE (cos, sin), each (frames*rows*cols, head_dim), positions on the base grid as released."""
         p = self.config.patch_size
-        rows, cols = latent_height // p, latent_width // p
-        base_rows, base_cols = self.config.sample_height // p, self.config.sample_width // p
-        crops = get_resize_crop_region_for_grid((rows, cols), base_cols, base_rows)
-        return get_3d_rotary_pos_embed(
-            embed_dim=self.config.attention_head_dim,
-            crops_coords=crops,
-            grid_size=(rows, cols),
-            temporal_size=latent_frames,
-            device=device,
-        )
+        return rotary_table(self.config.attention_head_dim, latent_frames, latent_height // p, latent_width // p,
+                            self.config.sample_height // p, self.config.sample_width // p, device)
 
     # ---------------------------------------------------------------- DiT stages
     def embed(self, hidden_states: torch.Tensor, fused_text: torch.Tensor, timestep: torch.Tensor) -> DiTTokens:
