@@ -40,3 +40,11 @@ def test_gpu_dit_smoke_agrees_with_diffusers():
 def test_ray_driver_benchmark_runs():
     lines = run("ray_driver.py")
     assert any(line.startswith("driver memory streaming 5,000 rows") for line in lines)
+
+
+def test_fidelity_shift_is_zero_where_the_released_and_drifted_recipes_agree():
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in run("fidelity_shift.py")[2:4]}
+    rope, pad, _, _ = rows["32x64"]  # a crop that starts at row 4, an aspect whose padding is fractional
+    assert rope > 1e-4 and pad > 1e-4
+    rope, pad, _, _ = rows["32x48"]  # the base grid's aspect: crop from 0, padding exactly 768
+    assert rope == 0 and pad == 0
