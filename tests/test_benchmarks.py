@@ -44,7 +44,7 @@ def test_ray_driver_benchmark_runs():
 
 def test_fidelity_shift_is_zero_where_the_released_and_drifted_recipes_agree():
     rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in run("fidelity_shift.py")[2:4]}
-    rope, pad, _, _ = rows["32x64"]  # a crop that starts at row 4, an aspect whose padding is fractional
+    rope, pad, _, _ = rows["48x64"]  # a crop that starts at column 2, padding 682.7 wide (int 682, round 683)
     assert rope > 1e-4 and pad > 1e-4
     rope, pad, _, _ = rows["32x48"]  # the base grid's aspect: crop from 0, padding exactly 768
     assert rope == 0 and pad == 0
