@@ -119,6 +119,11 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise EchoVideoInputError("--prompt", "the prompt is empty", "describe what the person does")
     model, options = _resolve(args)
+    if args.cfg_parallel:
+        from parallel.config import ParallelConfig
+
+        ParallelConfig(cfg=2).check_guidance(options.use_cfg, "--cfg-parallel",
+                                             "drop --cfg-parallel, or use --guidance > 1")
     image = load_identity_image(args.image)  # before loading any model: bad input fails in a second
     if model.checkpoint is None and model.preset is None:
         raise EchoVideoInputError("--ckpt", "no model given", "pass --ckpt ckpts/ (released weights) or --preset tiny")

@@ -16,6 +16,10 @@ class EchoVideoInputError(ValueError):
             message += f" ({fix})"
         super().__init__(message)
 
+    def __reduce__(self):
+        """Rebuilt from its three fields, so it survives pickling (Ray, multiprocessing) as itself."""
+        return type(self), (self.field, self.problem, self.fix)
+
 
 class CheckpointError(EchoVideoInputError):
     """A checkpoint folder that is missing a part or holds the wrong tensors."""
@@ -27,3 +31,7 @@ class NoFaceFoundError(EchoVideoInputError):
 
 class ParallelGroupError(RuntimeError):
     """A parallel group cannot go on: a peer rank died, stopped answering past the timeout, or failed."""
+
+
+class PeerFailedError(RuntimeError):
+    """Another rank of the group failed this sample before it started here (the group itself is intact)."""

@@ -66,8 +66,7 @@ class USPAttnProcessor:
             if valid:
                 out, lse = merge_partial(out, lse, *self.kernel(query, kv[0][:, :, :valid], kv[1][:, :, :valid]))
             if pending is not None:
-                for request in pending[0]:
-                    request.wait()
+                self.ring.finish(pending[0])
                 kv = pending[1]
         out = out.to(q.dtype)
         text_out = all_gather_cat(out[:, :, :text_len].contiguous(), mesh.ulysses_group, u, dim=1, kind="text")

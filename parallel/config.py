@@ -39,3 +39,9 @@ class ParallelConfig:
                 f"but the process group has {world_size}",
                 "launch exactly u*r*c processes (torchrun --nproc-per-node) or change the degrees")
         return self
+
+    def check_guidance(self, use_cfg: bool, field: str, fix: str) -> None:
+        """CFG parallelism splits the two CFG branches; without CFG (guidance <= 1) half the ranks would only
+        repeat the other half's work for the whole run, so it is refused before anything loads."""
+        if self.cfg > 1 and not use_cfg:
+            raise EchoVideoInputError(field, "CFG parallelism needs CFG, but guidance <= 1 disables it", fix)

@@ -1,8 +1,9 @@
 """SequenceParallelDiT: the EchoVideo DiT forward over a ParallelMesh, returning the full prediction.
 
-Patch embedding, adaLN, FFN and the output head are token-wise, so each rank runs them on its own
-slice of the flattened video tokens; only attention communicates. The token count is padded to a
-multiple of u*r (pads are trimmed and never used as keys), so every resolution works at any degree.
+Every rank embeds the whole latent (one patch convolution, cheap next to the blocks) and keeps its own
+slice of the flattened video tokens; the blocks' adaLN and FFN and the output head are token-wise and
+run on that slice, so only attention communicates. The token count is padded to a multiple of u*r (pads
+are trimmed and never used as keys), so every resolution works at any degree.
 """
 
 import math
@@ -34,11 +35,15 @@ class SequenceParallelDiT:
         self.mesh = mesh
         self.processor = USPAttnProcessor(mesh, kernel or kernel_for(next(model.parameters()).device))
         model.set_attn_processor(self.processor)
-        self._rotary: tuple[tuple, tuple] | None = None  # (key of the full table, this rank's slices)
+        self._rotary: tuple[tuple, tuple] | None = None  # (latent grid of the table, this rank's slices)
 
-    def local_rotary(self, table: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """This rank's rows of the RoPE table, sliced once per video rather than once per step."""
-        key = tuple((t.data_ptr(), tuple(t.shape)) for t in table)
+    def local_rotary(self, table: tuple[torch.Tensor, ...], grid: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """This rank's rows of the RoPE table of latent `grid` (frames, height, width), sliced once per video.
+
+        Keyed on the grid the table was built for, never on its memory: a freed table's address is reused,
+        and two grids with one token count (480x848 and 848x480) have tables of one shape.
+        """
+        key = (tuple(grid), tuple((t.dtype, t.device) for t in table))
         if self._rotary is None or self._rotary[0] != key:
             mesh = self.mesh
             self._rotary = key, tuple(local_slice(t, 0, mesh.sequence_rank, mesh.config.sequence) for t in table)
@@ -46,16 +51,21 @@ class SequenceParallelDiT:
 
     @torch.no_grad()
     def __call__(self, latents, timestep, fused_text, image_rotary_emb):
-        """Same inputs and output as `model(...)` (batch 2 = [uncond; cond] under CFG), on every rank."""
-        mesh, cfg = self.mesh, self.mesh.config.cfg
-        if cfg > 1:  # each CFG group runs one branch at batch 1
+        """Same inputs and output as `model(...)` (batch 2 = [uncond; cond] under CFG), on every rank.
+
+        Under CFG parallelism each CFG group runs one branch at batch 1. A sample without CFG (guidance
+        <= 1, batch 1) runs its single branch on both groups: identical work, no exchange, same result.
+        """
+        mesh = self.mesh
+        cfg = mesh.config.cfg if latents.shape[0] > 1 else 1
+        if cfg > 1:
             pick = slice(mesh.cfg_rank, mesh.cfg_rank + 1)
             latents, timestep, fused_text = latents[pick], timestep[pick], fused_text[pick]
         _, frames, _, height, width = latents.shape
         tokens = self.model.embed(latents, fused_text, timestep)
         count, ranks, rank = tokens.video.shape[1], mesh.config.sequence, mesh.sequence_rank
         video = local_slice(tokens.video, 1, rank, ranks)
-        rotary = self.local_rotary(image_rotary_emb)
+        rotary = self.local_rotary(image_rotary_emb, (frames, height, width))
         self.processor.valid_video_tokens = count
         patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary)
         patches = all_gather_cat(patches, mesh.sequence_group, ranks, dim=1, kind="gather")[:, :count]

@@ -4,6 +4,12 @@ Conditioning (face stage, SigLIP, T5, IITF, face latent) runs once, on rank 0 (t
 loads those models), and is broadcast with the generator's state, so every rank then takes identical
 scheduler steps with an identical generator and the latents stay replicated. The VAE tiles are
 decoded by all ranks and assembled on rank 0, the only rank that returns frames.
+
+Lockstep: whatever rank 0 meets while preparing a sample (a bad photo, an OpenCV error, anything) is
+told to every rank before any of them starts it, so all ranks leave the sample together and the group
+stays usable. A failure once the sample runs leaves peers inside a collective: the group is lost, the
+peers see ParallelGroupError (when the failed process exits, or after the group timeout) and the
+launcher (torchrun, or the Ray job driver, which tears the replica down) restarts the group.
 """
 
 import json
@@ -15,9 +21,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from echovideo.errors import EchoVideoInputError, ParallelGroupError
+from echovideo.errors import EchoVideoInputError, PeerFailedError
 from echovideo.pipeline import EchoVideoPipeline, GenerationResult, SamplingState
 from echovideo.sampling import GenerationOptions
+from parallel.comm import collective
 from parallel.config import ParallelConfig
 from parallel.dit import SequenceParallelDiT
 from parallel.kernels import AttentionKernel, kernel_for
@@ -28,8 +35,27 @@ from parallel.vae import parallel_decode
 def _broadcast(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Broadcast from rank 0 through `device` (nccl/hccl need device tensors), returned on the original device."""
     moved = tensor.to(device).contiguous()
-    dist.broadcast(moved, src=0)
+    with collective("broadcast of the sample's conditioning"):
+        dist.broadcast(moved, src=0)
     return moved.to(tensor.device)
+
+
+def _agree(failure: BaseException | None, device: torch.device) -> None:
+    """Rank 0's outcome of preparing the sample, on every rank: all start the sample, or all raise.
+
+    A bad input is raised as itself everywhere (it pickles with its fields); any other failure is raised as
+    itself on rank 0 and as PeerFailedError naming it on the others.
+    """
+    outcome = [None if failure is None else
+               (failure if isinstance(failure, EchoVideoInputError) else None,
+                f"{type(failure).__name__}: {failure}")]
+    with collective("agreeing on the sample"):
+        dist.broadcast_object_list(outcome, src=0, device=device)
+    if failure is not None:
+        raise failure
+    if outcome[0] is not None:
+        same_input_error, described = outcome[0]
+        raise same_input_error or PeerFailedError(f"rank 0 failed to prepare this sample: {described}")
 
 
 class ParallelEchoVideoPipeline:
@@ -59,13 +85,9 @@ class ParallelEchoVideoPipeline:
         if self.mesh.rank == 0:
             try:
                 state = pipe.prepare(prompt, image, opts)
-            except EchoVideoInputError as exc:  # e.g. no face: tell the peers instead of leaving them waiting
+            except Exception as exc:  # told to the peers below instead of leaving them waiting
                 failure = exc
-        ok = _broadcast(torch.tensor([failure is None], dtype=torch.int32), pipe.device)
-        if failure is not None:
-            raise failure
-        if not ok.item():
-            raise EchoVideoInputError("input", "rank 0 rejected this sample's input", "see rank 0's error")
+        _agree(failure, pipe.device)
         if self.mesh.rank != 0:  # same shapes, filled by the broadcast
             latent_shape = pipe.latent_shape(opts)
             config = pipe.transformer.config
@@ -89,15 +111,10 @@ class ParallelEchoVideoPipeline:
 
         Rank 0's result has the frames; the others' have the (identical) latents and no frames.
         """
-        opts = options.validate()
-        try:
-            state = self.shared_state(prompt, image, opts)
-            latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0,
-                                     on_step=on_step)
-            frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
-        except RuntimeError as exc:
-            raise ParallelGroupError(
-                f"rank {self.mesh.rank}: parallel generation failed: {exc}. When a peer rank died or stopped "
-                f"answering, its own log names the cause; the group cannot continue and must be restarted") from exc
+        opts = options.validate()  # the same arguments on every rank: all raise here, or none
+        state = self.shared_state(prompt, image, opts)
+        latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0,
+                                    on_step=on_step)
+        frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
         return GenerationResult(frames=frames if frames is not None else np.zeros((0,), np.uint8),
                                 latents=latents.cpu(), fps=opts.fps)

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from diffusers import AutoencoderKLCogVideoX
 
+from parallel.comm import collective
+
 
 def tile_origins(vae: AutoencoderKLCogVideoX, height: int, width: int) -> list[tuple[int, int]]:
     """Latent (row, column) of every tile's top-left corner, row-major; one when diffusers would not tile."""
@@ -69,8 +71,9 @@ def parallel_decode(vae: AutoencoderKLCogVideoX, z: torch.Tensor, group=None) ->
     mine = {k: decode_tile(vae, z, origin) for k, origin in enumerate(origins) if k % size == rank}
     to_global = (lambda r: dist.get_global_rank(group, r)) if group is not None else (lambda r: r)
     if rank != 0:
-        for tile in mine.values():
-            dist.send(tile.contiguous(), to_global(0), group=group)
+        with collective("VAE tile send"):
+            for tile in mine.values():
+                dist.send(tile.contiguous(), to_global(0), group=group)
         return None
     first = mine[0]
     scale = first.shape[-1] // min(width, vae.tile_latent_min_width)  # the VAE's spatial upsampling
@@ -82,7 +85,8 @@ def parallel_decode(vae: AutoencoderKLCogVideoX, z: torch.Tensor, group=None) ->
         shape = (*first.shape[:3], min(vae.tile_latent_min_height, height - i) * scale,
                  min(vae.tile_latent_min_width, width - j) * scale)
         tile = torch.empty(shape, dtype=first.dtype, device=first.device)
-        dist.recv(tile, to_global(k % size), group=group)
+        with collective("VAE tile receive"):
+            dist.recv(tile, to_global(k % size), group=group)
         tiles.append(tile)
     columns = len({j for _, j in origins})
     return blend_tiles(vae, [tiles[r * columns:(r + 1) * columns] for r in range(len(origins) // columns)])

@@ -8,6 +8,7 @@ import yaml
 from echovideo.errors import EchoVideoInputError
 from echovideo.run_config import read_yaml_file
 from echovideo.sampling import GenerationOptions
+from parallel.config import ParallelConfig
 
 # section -> key -> (accepted types, default). `None` default with no type check means "optional".
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
@@ -123,7 +124,8 @@ def _check_meaning(spec: JobSpec) -> None:
         raise EchoVideoInputError("job.output", "missing", "an output folder, e.g. out/demo")
     if spec.job["retries"] < 1:
         raise EchoVideoInputError("job.retries", "must be >= 1 (attempts per sample)", "e.g. 3")
-    spec.base_options().validate()
+    ParallelConfig(cfg=p["cfg"]).check_guidance(spec.base_options().validate().use_cfg, "parallel.cfg",
+                                                "use parallel.cfg: 1, or generation.guidance > 1")
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:

@@ -1,8 +1,11 @@
-"""A rank that dies or hangs mid-generation, or rank 0 rejecting the input: every rank stops with a clear error."""
+"""A rank that dies, hangs or fails mid-generation, or rank 0 failing to prepare the sample: every rank stops
+with a clear error, promptly, and only a failure of the group itself is reported as one."""
 
 import os
 import time
 from datetime import timedelta
+
+import torch
 
 from distributed import run_ranks_outcomes
 from echovideo.sampling import GenerationOptions
@@ -12,7 +15,7 @@ GROUP_TIMEOUT_S = 6
 
 
 class FaultyEngine:
-    """Wraps the rank's DiT engine; at step `at` the rank exits (dies) or sleeps (hangs)."""
+    """Wraps the rank's DiT engine; at step `at` the rank exits (dies), sleeps (hangs) or raises."""
 
     def __init__(self, engine, at: int, fault: str) -> None:
         self.engine, self.at, self.fault, self.calls = engine, at, fault, 0
@@ -22,19 +25,29 @@ class FaultyEngine:
         if self.calls == self.at:
             if self.fault == "die":
                 os._exit(17)
+            if self.fault == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            if self.fault == "shape":
+                raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (226x64 and 32x64)")
             time.sleep(2 * GROUP_TIMEOUT_S)  # then it finds its peer gone
         return self.engine(*args)
 
 
-def generate_with_fault(rank: int, root: str, image: str, fault: str) -> None:
+def failing_prepare(*args):
+    raise ValueError("OpenCV(4.10.0) error: (-215:Assertion failed) !ssize.empty() in function 'resize'")
+
+
+def generate_with_fault(rank: int, root: str, image: str, fault: str, faulty_rank: int = 1) -> None:
     from parallel import ParallelConfig
     from parallel.pipeline import ParallelEchoVideoPipeline
 
     pipe = ParallelEchoVideoPipeline.from_pretrained(root, ParallelConfig(ulysses=2), device="cpu", dtype="fp32",
                                                      timeout=timedelta(seconds=GROUP_TIMEOUT_S))
-    faulty = rank == 1 and fault in ("die", "hang")
+    faulty = rank == faulty_rank and fault in ("die", "hang", "oom", "shape")
     if faulty:
         pipe.engine = FaultyEngine(pipe.engine, at=2, fault=fault)
+    if rank == 0 and fault == "prepare":
+        pipe.pipe.prepare = failing_prepare
     started = time.monotonic()
     try:
         pipe("a woman smiles", image, OPTS)
@@ -43,8 +56,8 @@ def generate_with_fault(rank: int, root: str, image: str, fault: str) -> None:
         assert faulty or elapsed < 2 * GROUP_TIMEOUT_S, f"rank {rank} took {elapsed:.0f} s to notice"
 
 
-def outcomes(tiny_root, image, fault):
-    return run_ranks_outcomes(2, generate_with_fault, str(tiny_root), str(image), fault,
+def outcomes(tiny_root, image, fault, faulty_rank: int = 1):
+    return run_ranks_outcomes(2, generate_with_fault, str(tiny_root), str(image), fault, faulty_rank,
                               timeout_s=GROUP_TIMEOUT_S, wall_s=6 * GROUP_TIMEOUT_S)
 
 
@@ -67,5 +80,20 @@ def test_input_rejected_on_rank_0_stops_every_rank(tiny_root, tmp_path):
     blank = tmp_path / "blank.png"  # no face anywhere
     Image.new("RGB", (256, 256), (120, 160, 200)).save(blank)
     result = outcomes(tiny_root, blank, "none")
-    assert result[0][0] == "NoFaceFoundError"
-    assert result[1][0] == "EchoVideoInputError" and "rank 0 rejected" in result[1][1]
+    assert result[0] == result[1] and result[0][0] == "NoFaceFoundError"  # the same reason, on every rank
+
+
+def test_any_failure_preparing_on_rank_0_reaches_every_rank_before_the_sample(tiny_root, face_path):
+    result = outcomes(tiny_root, face_path, "prepare")  # each rank also asserts it stopped within the timeout
+    assert result[0][0] == "ValueError" and "ssize.empty()" in result[0][1]
+    assert result[1][0] == "PeerFailedError" and "rank 0 failed to prepare" in result[1][1]
+    assert "ValueError" in result[1][1] and "ssize.empty()" in result[1][1]
+
+
+def test_a_bug_or_out_of_memory_is_reported_as_itself_not_as_a_lost_group(tiny_root, face_path):
+    result = outcomes(tiny_root, face_path, "shape", faulty_rank=0)
+    assert result[0] == ["RuntimeError", "mat1 and mat2 shapes cannot be multiplied (226x64 and 32x64)"]
+    assert result[1][0] == "ParallelGroupError"  # its peer exited: the peer's group is what failed
+    result = outcomes(tiny_root, face_path, "oom", faulty_rank=1)
+    assert result[1][0] == "OutOfMemoryError" and "Tried to allocate" in result[1][1]
+    assert result[0][0] == "ParallelGroupError"

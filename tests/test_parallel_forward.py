@@ -109,3 +109,33 @@ def check_fused_qkv(rank: int) -> None:
 
 def test_fused_qkv_projections_match_the_single_process_forward():
     run_ranks(2, check_fused_qkv)
+
+
+def check_single_branch_and_grid_change(rank: int) -> None:
+    """CFG parallel given one branch (guidance <= 1: batch 1) runs it on both CFG groups, exactly; and a
+    RoPE table rewritten in place for another grid of the same token count (the memory a freed table's
+    successor reuses) is re-sliced, not served from the previous video's slices."""
+    from parallel import ParallelConfig, ParallelMesh, SequenceParallelDiT
+
+    reference_model, model = tiny_model(), tiny_model()
+    mesh = ParallelMesh.create(ParallelConfig(ulysses=2, cfg=2), model.config.num_attention_heads)
+    engine = SequenceParallelDiT(model, mesh)
+    table = None
+    for frames, height, width in ((3, 8, 12), (3, 12, 8)):  # 72 tokens each, transposed grids
+        latents, t, text, arcface, vit = dit_inputs(model, batch=1, frames=frames, height=height, width=width)
+        with torch.no_grad():
+            fused = model.fuse_identity_text(text, arcface, vit)
+            rotary = model.rotary_embedding(frames, height, width)
+            expected = reference_model(latents, t, fused_text=fused, image_rotary_emb=rotary)
+        if table is None:
+            table = rotary
+        else:  # the same tensors, now holding the new grid's positions
+            for old, new in zip(table, rotary):
+                old.copy_(new)
+        got = engine(latents, t, fused, table)
+        assert got.shape == expected.shape
+        assert relative_error(got, expected) <= TOLERANCE, (rank, (frames, height, width))
+
+
+def test_cfg_parallel_without_cfg_and_a_new_grid_in_reused_memory_match_the_single_process():
+    run_ranks(4, check_single_branch_and_grid_change)

@@ -66,6 +66,8 @@ def test_job_file_errors_name_the_key(dataset, tmp_path):
         job(dataset, tmp_path, **{"generation.steps": "four"})
     with pytest.raises(EchoVideoInputError, match="--frames"):
         job(dataset, tmp_path, **{"generation.frames": 8})
+    with pytest.raises(EchoVideoInputError, match="parallel.cfg: CFG parallelism needs CFG.*guidance > 1"):
+        job(dataset, tmp_path, **{"parallel.cfg": 2, "generation.guidance": 1.0})
 
 
 def test_run_with_a_bad_job_file_exits_2_before_any_work(tmp_path):

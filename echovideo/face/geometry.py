@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from echovideo.errors import EchoVideoInputError
+
 # ArcFace 5-point template on its 96x112 canvas: left eye, right eye, nose, left and right mouth corner.
 ARCFACE_TEMPLATE_96x112 = np.array(
     [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655], [62.7299, 92.2041]],
@@ -28,7 +30,8 @@ def similarity_transform(keypoints: np.ndarray, size: int = ALIGNED_FACE_SIZE) -
     src = np.asarray(keypoints, dtype=np.float32).reshape(5, 2)
     matrix, _ = cv2.estimateAffinePartial2D(src, scaled_template(size), method=cv2.LMEDS)
     if matrix is None:
-        raise ValueError("degenerate face keypoints: no similarity transform fits them")
+        raise EchoVideoInputError("--image", "the detected face's keypoints are degenerate (no similarity transform "
+                                  "fits them)", "use a sharper, more frontal photo of the face")
     return matrix
 
 
