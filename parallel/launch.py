@@ -27,15 +27,16 @@ def local_device(kind: str, local_rank: int) -> torch.device:
     return device
 
 
-def init_group(kind: str, rank: int, world_size: int, init_method: str = "env://",
-               timeout: timedelta = DEFAULT_TIMEOUT) -> None:
-    """Initialise the default group; a peer that dies or hangs makes collectives fail after `timeout`."""
+def init_group(kind: str, rank: int, world_size: int, init_method: str | None = None,
+               timeout: timedelta = DEFAULT_TIMEOUT, store: dist.Store | None = None) -> None:
+    """Initialise the default group from `init_method` (env:// by default) or an open `store`; a peer that
+    dies or hangs makes collectives fail after `timeout`."""
     if kind not in BACKENDS:
         raise ValueError(f"device kind {kind!r}: expected one of {sorted(BACKENDS)}")
     if kind == "npu":
         import torch_npu  # noqa: F401  (registers hccl)
-    dist.init_process_group(BACKENDS[kind], init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timeout)
+    where = {"store": store} if store is not None else {"init_method": init_method or "env://"}
+    dist.init_process_group(BACKENDS[kind], rank=rank, world_size=world_size, timeout=timeout, **where)
 
 
 def init_from_torchrun(kind: str, timeout: timedelta = DEFAULT_TIMEOUT) -> torch.device:

@@ -1,22 +1,64 @@
-"""Replica: one placement group (a bundle per rank, STRICT_PACK by default) and one rank actor per bundle.
+"""Replica: one placement group (a bundle per rank, STRICT_PACK by default), one rank actor per bundle, and its
+lifecycle, advanced by the driver's event loop without ever blocking it.
 
-Placing and starting are two steps: `Replica(...)` reserves the bundles and creates the actors (each
-sees only its own device), `start()` forms their torch.distributed group at rank 0's node IP and a port
-free there (so replicas sharing a node never collide) and loads the model. Both are bounded by the
-group timeout; a replica that loses a rank is torn down whole (a process group cannot lose a member)
-and rebuilt by the driver.
+    PLACING --bundles ready--> STARTING --every rank loaded--> IDLE --submit--> BUSY --every rank returned--> IDLE
+       \\______________________________________________/ any failure but a bad input, a deadline, a stall: FAILED
+    (the driver tears a FAILED replica down and may build a fresh one in its slot; STOPPED when torn down)
+
+Each transition happens in one method here; the driver only reads `state`, feeds `on_ready` the references
+that completed (from one `ray.wait` over every replica's `refs()`) and calls `check` with its clock. A
+sample is over only when every rank has returned, so no rank can be handed the next sample while another
+is still in the last one; a failure that leaves the group unusable fails the replica at once.
 """
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ray_jobs.failures import Failure, Kind, classify, root_cause
 from ray_jobs.job import JobSpec
-from ray_jobs.worker import RankWorker
+from ray_jobs.worker import CONCURRENCY_GROUPS, RankWorker
+
+PROBE_EVERY_S = 5.0
 
 
-class ReplicaStartError(RuntimeError):
-    """A replica's placement group or process group did not form in time."""
+class State(Enum):
+    PLACING = "placing"
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Outcome:
+    """A settled sample: rank 0's timings, or the failure (the root cause among the ranks')."""
+
+    sample: object
+    result: dict | None = None
+    failure: Failure | None = None
+
+
+@dataclass
+class Probe:
+    sent_at: float  # driver clock when it was asked
+    ref: ray.ObjectRef | None  # None once answered (asked again PROBE_EVERY_S after sent_at)
+
+
+@dataclass
+class Work:
+    """The sample in flight and what is still outstanding for it, per rank."""
+
+    sample: object
+    renders: dict  # ObjectRef -> rank, for ranks that have not returned
+    result: dict | None = None
+    failures: list = field(default_factory=list)
+    probes: dict = field(default_factory=dict)  # rank -> Probe
 
 
 def rank_bundle(accelerator: str, cpus: float) -> dict:
@@ -39,57 +81,158 @@ def actor_resources(accelerator: str, cpus: float) -> dict:
 
 
 class Replica:
-    def __init__(self, index: int, spec: JobSpec, accelerator: str, worker: type = RankWorker,
+    def __init__(self, index: int, spec: JobSpec, accelerator: str, now: float, worker: type = RankWorker,
                  strategy: str = "STRICT_PACK") -> None:
-        self.index, self.spec, self.accelerator = index, spec, accelerator
-        world, cpus = spec.ranks_per_replica, spec.resources["cpus_per_rank"]
+        """Ask for the placement group (returns at once; the loop sees it ready through `refs()`)."""
+        self.index, self.spec, self.accelerator, self.worker = index, spec, accelerator, worker
+        self.world, self.cpus = spec.ranks_per_replica, spec.resources["cpus_per_rank"]
         self.timeout = spec.resources["group_timeout_s"]
-        self.group = placement_group([rank_bundle(accelerator, cpus)] * world, strategy=strategy)
-        self.actors = []
-        try:
-            ray.get(self.group.ready(), timeout=self.timeout)
-        except ray.exceptions.GetTimeoutError:
-            self.teardown()
-            raise ReplicaStartError(f"replica {index}: placement group of {world} x {rank_bundle(accelerator, cpus)} "
-                                    f"not placed within {self.timeout} s") from None
-        actor_class = ray.remote(worker)
+        self.step_timeout = spec.resources["step_timeout_s"]
+        self.group = placement_group([rank_bundle(accelerator, self.cpus)] * self.world, strategy=strategy)
+        self.actors: list = []
+        self.address: ray.ObjectRef | None = None  # rank 0's (node IP, port) once started
+        self.waiting: dict = {self.group.ready(): -1}  # PLACING/STARTING: ref -> rank (-1: the group)
+        self.work: Work | None = None
+        self.failure: Failure | None = None
+        self.state, self.deadline = State.PLACING, now + self.timeout
+
+    # -- what the loop waits on ------------------------------------------------------------------------------
+    def refs(self) -> list[ray.ObjectRef]:
+        if self.state is State.BUSY:
+            return [*self.work.renders, *(p.ref for p in self.work.probes.values() if p.ref is not None)]
+        return list(self.waiting) if self.state in (State.PLACING, State.STARTING) else []
+
+    def on_ready(self, ref: ray.ObjectRef, now: float) -> Outcome | None:
+        """Advance on one completed reference; returns the sample's outcome once it is settled."""
+        if self.state is State.PLACING:
+            self.waiting.clear()
+            self._start(now)
+        elif self.state is State.STARTING:
+            self._started_one(ref)
+        elif self.state is State.BUSY:
+            return self._rank_returned(ref, now)
+        return None
+
+    def check(self, now: float) -> Outcome | None:
+        """Deadlines and the no-progress clock; returns the sample's outcome if the replica failed with it."""
+        if self.state in (State.PLACING, State.STARTING) and now > self.deadline:
+            what = "placement group not placed" if self.state is State.PLACING else "group not formed and loaded"
+            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: {what} within {self.timeout:g} s"))
+        elif self.state is State.BUSY:
+            return self._check_progress(now)
+        return None
+
+    # -- transitions -----------------------------------------------------------------------------------------
+    def _start(self, now: float) -> None:
+        """PLACING -> STARTING: one actor per bundle; rank 0 opens the group's store, every rank joins and loads."""
+        actor_class = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(self.worker)
+        logs = self.spec.output / "logs"
         self.actors = [actor_class.options(
-            **actor_resources(accelerator, cpus), max_restarts=0, max_concurrency=2,
+            **actor_resources(self.accelerator, self.cpus), max_restarts=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
-        ).remote(rank, world, str(spec.output / "logs" / f"replica-{index}-rank-{rank}.log")) for rank in range(world)]
+        ).remote(rank, self.world, str(logs / f"replica-{self.index}-rank-{rank}.log")) for rank in range(self.world)]
+        self.address = self.actors[0].rendezvous.remote(self.timeout)  # resolved by Ray before setup runs
+        self.waiting = {actor.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, self.address,
+                                           self.timeout): rank for rank, actor in enumerate(self.actors)}
+        self.state, self.deadline = State.STARTING, now + 2 * self.timeout
 
-    def start(self) -> "Replica":
-        """Form the replica's process group and load the pipeline on every rank."""
+    def _started_one(self, ref: ray.ObjectRef) -> None:
+        rank = self.waiting.pop(ref)
         try:
-            address = self.rendezvous()
-            ray.get([a.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, address, self.timeout)
-                     for a in self.actors], timeout=2 * self.timeout)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
-            self.teardown()
-            raise ReplicaStartError(f"replica {self.index}: group did not form: {exc}") from exc
-        return self
+            ray.get(ref)
+        except Exception as exc:  # classified: a bad checkpoint is a bad input, a lost node a lost group
+            failure = classify(exc)
+            self._fail(Failure(failure.kind, f"replica {self.index} rank {rank} did not start: {failure.message}"))
+            return
+        if not self.waiting:
+            self.state = State.IDLE
 
-    def submit(self, sample, video: str, poster: str) -> ray.ObjectRef:
-        """Start rendering on every rank; the returned reference is rank 0's (a failing peer fails rank 0)."""
-        refs = [actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
-                                    sample.options, video, poster) for rank, actor in enumerate(self.actors)]
-        return refs[0]
+    def submit(self, sample, video: str, poster: str) -> None:
+        """IDLE -> BUSY: every rank gets the sample (only rank 0 the image)."""
+        assert self.state is State.IDLE, self.state
+        renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
+                                       sample.options, video, poster): rank for rank, actor in enumerate(self.actors)}
+        self.work, self.state = Work(sample, renders), State.BUSY
 
-    def placements(self) -> list[dict]:
-        return ray.get([a.placement.remote() for a in self.actors], timeout=self.timeout)
+    def _rank_returned(self, ref: ray.ObjectRef, now: float) -> Outcome | None:
+        work = self.work
+        if ref not in work.renders:  # a probe answered
+            return self._read_probe(ref)
+        rank = work.renders.pop(ref)
+        work.probes.pop(rank, None)
+        try:
+            value = ray.get(ref)
+            if rank == 0:
+                work.result = value
+        except Exception as exc:  # classified; the group decides below whether the others can be awaited
+            work.failures.append(classify(exc))
+        failure = root_cause(work.failures) if work.failures else None
+        if failure is not None and not failure.kind.keeps_replica:
+            return self._fail(failure)
+        if work.renders:
+            return None
+        self.work, self.state = None, State.IDLE  # every rank has returned: the group is between samples
+        return Outcome(work.sample, None if failure else work.result, failure)
 
-    def probe_progress(self) -> ray.ObjectRef:
-        """Rank 0's seconds since its last step; a hung peer stalls rank 0 in a collective, so one clock suffices."""
-        return self.actors[0].seconds_since_progress.remote()
+    def _read_probe(self, ref: ray.ObjectRef) -> Outcome | None:
+        rank = next((r for r, p in self.work.probes.items() if p.ref == ref), None)
+        if rank is None:  # the rank returned meanwhile
+            return None
+        self.work.probes[rank].ref = None
+        try:
+            idle_s = ray.get(ref)
+        except Exception:  # the rank died: its render reference reports why
+            return None
+        if idle_s <= self.step_timeout:
+            return None
+        return self._fail(Failure(Kind.GROUP_LOST, f"no progress: rank {rank} finished no step for {idle_s:.0f} s "
+                                                f"(resources.step_timeout_s {self.step_timeout:g})"))
 
-    def rendezvous(self) -> tuple[str, int]:
-        return ray.get(self.actors[0].rendezvous.remote(), timeout=self.timeout)
+    def _check_progress(self, now: float) -> Outcome | None:
+        """Ask every rank still rendering for its own clock (at most every PROBE_EVERY_S); a rank that cannot
+        answer within step_timeout_s of the driver's clock counts as stalled too."""
+        every = min(PROBE_EVERY_S, self.step_timeout / 3)
+        for rank in set(self.work.renders.values()):
+            probe = self.work.probes.get(rank)
+            if probe is None or (probe.ref is None and now - probe.sent_at >= every):
+                self.work.probes[rank] = Probe(now, self.actors[rank].seconds_since_progress.remote())
+            elif probe.ref is not None and now - probe.sent_at > self.step_timeout:
+                return self._fail(Failure(Kind.GROUP_LOST, f"no progress: rank {rank} has not answered its "
+                                                           f"progress probe for {now - probe.sent_at:.0f} s"))
+        return None
+
+    def _fail(self, failure: Failure) -> Outcome | None:
+        """Any state -> FAILED: the ranks are killed at once, so none can go on into another sample."""
+        self.failure = failure
+        outcome = self._failed_outcome()
+        self.teardown()
+        self.state = State.FAILED
+        return outcome
+
+    def _failed_outcome(self) -> Outcome | None:
+        work, self.work = self.work, None
+        return Outcome(work.sample, None, self.failure) if work is not None else None
 
     def teardown(self) -> None:
-        """Kill the ranks and free the bundles; safe to call again."""
+        """Kill the ranks and free the bundles (non-blocking; safe to call again)."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self.waiting = [], {}
         if self.group is not None:
             remove_placement_group(self.group)
             self.group = None
+        if self.state is not State.FAILED:
+            self.state = State.STOPPED
+
+    # -- blocking conveniences for tools and tests (never used by the driver's loop) ---------------------------
+    def wait_started(self) -> State:
+        """Advance this replica alone until it is IDLE or FAILED (on the real clock)."""
+        while self.state in (State.PLACING, State.STARTING):
+            ready, _ = ray.wait(self.refs(), num_returns=1, timeout=0.5)
+            for ref in ready:
+                self.on_ready(ref, time.monotonic())
+            self.check(time.monotonic())
+        return self.state
+
+    def placements(self) -> list[dict]:
+        return ray.get([a.placement.remote() for a in self.actors], timeout=self.timeout)

@@ -1,31 +1,39 @@
 """RankWorker: one rank of a replica (a Ray actor). All ranks denoise together; rank 0 writes the files.
 
 A plain class, made an actor by the replica (`ray.remote(RankWorker)`), so it holds no Ray state of its
-own and the driver can pass per-rank resources at creation. The actor runs two calls at once so the
-driver can read its progress clock (`seconds_since_progress`) while `render` is busy.
+own and the driver can pass per-rank resources at creation. It runs one call at a time (a rank can never
+be in two samples at once); only the read-only probes (`seconds_since_progress`, `placement`) run in their
+own concurrency group, so the driver can read the progress clock while `render` is busy.
 """
 
 import logging
-import socket
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import ray
 from PIL import Image
 
 from echovideo.sampling import GenerationOptions
 from echovideo.video_io import atomic_output, write_mp4
+from ray_jobs.failures import Failure, Kind, SampleFailure, classify
 
 DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
+PROBES = "probes"  # the concurrency group of the read-only calls
+CONCURRENCY_GROUPS = {PROBES: 1}
+HCCL_BASE_PORT, HCCL_PORTS_PER_DEVICE = 60000, 16  # HCCL listens on base + logical device id (0..15)
 
 
 class RankWorker:
     def __init__(self, rank: int, world: int, log_path: str | None = None) -> None:
         self.rank, self.world, self.pipe = rank, world, None
         self.progress_at = time.monotonic()
+        self.store = None  # rank 0's rendezvous store, bound from `rendezvous` until the group forms
         self.log = _rank_log(log_path) if log_path else logging.getLogger("ray_jobs.worker")
 
+    @ray.method(concurrency_group=PROBES)
     def seconds_since_progress(self) -> float:
         """Since the last finished denoising step (or render start/end): the driver's no-progress clock."""
         return time.monotonic() - self.progress_at
@@ -33,50 +41,68 @@ class RankWorker:
     def _progressed(self, *_) -> None:
         self.progress_at = time.monotonic()
 
-    def rendezvous(self) -> tuple[str, int]:
-        """This node's IP and a port free on it: rank 0's address for the group (distinct per replica)."""
-        import ray
+    def rendezvous(self, timeout_s: float = 300) -> tuple[str, int]:
+        """Rank 0: open the group's store on a port the OS picks and keep it bound (no other process can take
+        the port between choosing it and the group forming); return this node's IP and that port."""
+        import torch.distributed as dist
 
-        with socket.socket() as probe:
-            probe.bind(("", 0))
-            port = probe.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        self.store = dist.TCPStore("0.0.0.0", 0, self.world, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=timeout_s))
+        return ray.util.get_node_ip_address(), self.store.port
 
+    @ray.method(concurrency_group=PROBES)
     def placement(self) -> dict:
         """Where this rank runs and what Ray gave it: node, devices, process id (placement checks, logs)."""
-        import os
-
-        import ray
-
         return {"accelerators": ray.get_runtime_context().get_accelerator_ids(),
                 "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "ASCEND_RT_VISIBLE_DEVICES": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"),
+                "HCCL_IF_BASE_PORT": os.environ.get("HCCL_IF_BASE_PORT"),
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def group_environment(self, accelerator: str) -> dict[str, str]:
+        """Variables this rank's backend needs before the group forms.
+
+        Every rank on an Ascend node sees its NPU as logical device 0, and HCCL listens on
+        HCCL_IF_BASE_PORT + logical id: all ranks of a node would take one port. Each rank gets the port
+        range of its physical NPU instead (Ray never gives two actors one NPU), above the base the node set.
+        """
+        if accelerator != "npu":
+            return {}
+        physical = int(ray.get_runtime_context().get_accelerator_ids()["NPU"][0])
+        base = int(os.environ.get("HCCL_IF_BASE_PORT", HCCL_BASE_PORT))
+        return {"HCCL_IF_BASE_PORT": str(base + HCCL_PORTS_PER_DEVICE * physical)}
 
     def setup(self, model: dict, parallel: dict, accelerator: str, address: tuple[str, int],
               timeout_s: float) -> None:
-        """Join the replica's group (tcp://rank0:port) and load the parallel pipeline on this rank's device."""
+        """Join the replica's group (rank 0's store at `address`) and load the parallel pipeline on this rank."""
+        import torch.distributed as dist
+
         from echovideo.presets.tiny import tiny_checkpoint
         from parallel import ParallelConfig
         from parallel.launch import init_group, local_device
         from parallel.pipeline import ParallelEchoVideoPipeline
 
         kind = DEVICE_KIND[accelerator]
+        os.environ.update(self.group_environment(accelerator))
         device = local_device(kind, 0)  # Ray sets CUDA_/ASCEND_RT_VISIBLE_DEVICES: the actor's device is 0
         timeout = timedelta(seconds=timeout_s)
         # Before joining the group: transformers' save_pretrained writes weights only on distributed rank 0.
         root = Path(model["checkpoint"]) if model["checkpoint"] else tiny_checkpoint()
-        init_group(kind, self.rank, self.world, f"tcp://{address[0]}:{address[1]}", timeout)
+        store = self.store or dist.TCPStore(address[0], address[1], self.world, is_master=False, timeout=timeout)
+        init_group(kind, self.rank, self.world, store=store, timeout=timeout)
         config = ParallelConfig(ulysses=parallel["ulysses"], ring=parallel["ring"], cfg=parallel["cfg"])
         self.pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model["dtype"],
                                                               scheduler=model["scheduler"], timeout=timeout,
                                                               compile=model["compile"])
-        self.log.info("rank %d/%d ready on %s (%s), group tcp://%s:%d, %s", self.rank, self.world, device,
-                      self.placement()["accelerators"], *address, root)
+        self.log.info("rank %d/%d ready on %s (%s), group at %s:%d, %s", self.rank, self.world, device,
+                      ray.get_runtime_context().get_accelerator_ids(), *address, root)
 
     def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, video: str,
                poster: str) -> dict:
-        """Every rank calls this with the same sample (only rank 0 gets the image). Rank 0 returns timings."""
+        """Every rank calls this with the same sample (only rank 0 gets the image). Rank 0 returns timings.
+
+        Any failure is raised as a SampleFailure: classified here, where the real exception is known.
+        """
         started = time.monotonic()
         self._progressed()
         self.log.info("sample %s: started (%d steps)", sample_id, options["steps"])
@@ -87,11 +113,24 @@ class RankWorker:
                 write_mp4(result.frames, video, fps=result.fps)
                 _write_poster(result.frames, Path(poster))
         except Exception as exc:
-            self.log.error("sample %s: failed: %s: %s", sample_id, type(exc).__name__, exc)
-            raise
+            failure = classify(exc)
+            self.log.error("sample %s: failed (%s): %s: %s", sample_id, failure.kind.value, type(exc).__name__, exc,
+                           exc_info=failure.kind is not Kind.INPUT)
+            raise SampleFailure.of(self._explained(failure, options)) from None
+        finally:
+            self._progressed()
         seconds = time.monotonic() - started
         self.log.info("sample %s: done in %.2f s", sample_id, seconds)
         return {"seconds": seconds, "frames": int(result.frames.shape[0])} if self.rank == 0 else {}
+
+    def _explained(self, failure: Failure, options: dict) -> Failure:
+        """Out of memory names the sample's size and the way out."""
+        if failure.kind is not Kind.OUT_OF_MEMORY:
+            return failure
+        size = f"{options['width']}x{options['height']}, {options['frames']} frames"
+        return Failure(failure.kind, f"out of memory on rank {self.rank} of {self.world} rendering {size} "
+                                     f"({failure.message}); lower height/width/frames, or give each replica more "
+                                     "ranks (parallel.ulysses/ring) or a larger device", failure.secondary)
 
 
 def _rank_log(path: str) -> logging.Logger:

@@ -82,7 +82,7 @@ def test_a_poison_sample_is_capped_recorded_and_the_replica_keeps_working(local_
     assert report.rebuilds == 3 and report.summary["replicas_dropped"] == 0
     (failed,) = [r for r in manifest(out) if r["status"] == "failed"]
     assert failed["prompt"] == "poison pill" and failed["attempts"] == 3
-    assert "rank lost" in failed["error"] and "after 3 attempts" in failed["error"]
+    assert "group lost: a rank died" in failed["error"] and "after 3 attempts" in failed["error"]
     assert_exactly_once(out, 2)  # rendered by the rebuilt replica after the poison
 
 

@@ -1,19 +1,33 @@
 """Placement and device visibility on a simulated multi-node cluster (logical GPUs and NPUs, real raylets).
 
-Replicas are placed but not started: what is checked is where Ray puts the ranks and which device each
-rank is given, which needs no accelerator and no model.
+Replicas are placed and their ranks created, but no model is loaded (`PlacedOnly`): what is checked is where
+Ray puts the ranks, which device each rank is given and what its backend is told, which needs no
+accelerator and no model.
 """
 
+import os
+import sys
 import time
 
 import pytest
 import ray
+from ray import cloudpickle
 from ray.cluster_utils import Cluster
 
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.job import parse_job
 from ray_jobs.plan import make_plan
-from ray_jobs.replica import Replica, ReplicaStartError
+from ray_jobs.replica import Replica, State
+from ray_jobs.worker import RankWorker
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # PlacedOnly travels by value
+
+
+class PlacedOnly(RankWorker):
+    """A rank that sets its backend's environment as `setup` does, then forms no group and loads nothing."""
+
+    def setup(self, model, parallel, accelerator, *rest) -> None:
+        os.environ.update(self.group_environment(accelerator))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +51,9 @@ def spec(accelerator: str, output, ulysses: int = 2, replicas="auto"):
 
 
 def placed(job, accelerator: str, count: int) -> list[Replica]:
-    return [Replica(i, job, accelerator) for i in range(count)]
+    replicas = [Replica(i, job, accelerator, time.monotonic(), PlacedOnly) for i in range(count)]
+    assert [replica.wait_started() for replica in replicas] == [State.IDLE] * count
+    return replicas
 
 
 def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
@@ -58,12 +74,13 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
         shared = next(group for group in by_node.values() if len(group) == 2)
         gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in replica.placements()]
         assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
-        ports = {replica.rendezvous()[1] for replica in shared}
+        ports = {ray.get(replica.address)[1] for replica in shared}
         assert len(ports) == 2  # nor a group port
         full = spec("gpu", tmp_path)
         full.resources["group_timeout_s"] = 2
-        with pytest.raises(ReplicaStartError, match="not placed within 2 s"):  # the GPUs are taken
-            Replica(3, full, "gpu")
+        late = Replica(3, full, "gpu", time.monotonic(), PlacedOnly)
+        assert late.wait_started() is State.FAILED  # the GPUs are taken
+        assert "placement group not placed within 2 s" in late.failure.message
     finally:
         for replica in replicas:
             replica.teardown()
@@ -90,6 +107,9 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
         assert sorted(r["ASCEND_RT_VISIBLE_DEVICES"] for r in ranks) == ["0", "1"]
         assert all(r["accelerators"]["NPU"] == [r["ASCEND_RT_VISIBLE_DEVICES"]] for r in ranks)
         assert all(r["CUDA_VISIBLE_DEVICES"] in (None, "") and not r["accelerators"]["GPU"] for r in ranks)
+        # Both ranks see logical NPU 0; HCCL listens on base + logical id, so each gets its own port range.
+        ports = sorted(int(r["HCCL_IF_BASE_PORT"]) for r in ranks)
+        assert ports[1] - ports[0] >= 16 and ports[0] >= 60000
     finally:
         replica.teardown()
 
