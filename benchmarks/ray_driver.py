@@ -1,4 +1,4 @@
-"""The Ray job driver: scheduling efficiency over R replicas, overhead per sample, replica start-up, memory.
+"""The Ray job driver: scheduling efficiency over R replicas, overhead per sample, replica start-up, resume, memory.
 
 1. Efficiency: R = 1..8 one-rank replicas render N samples of known, uneven cost (a worker that sleeps the
    sample's cost and writes its file; the real driver, replicas, journal and manifest). Efficiency =
@@ -6,11 +6,16 @@
 2. Overhead per sample: the same with zero-cost samples on one replica: wall / N (Ray round trip, journal
    fsync, sample building, bookkeeping).
 3. Replica start-up: placement group + actors + gloo group + tiny model load for a u2 replica on CPU,
-   against loading the same pipeline in this process (the reference).
-4. Driver memory: streaming a 1,000,000-row prompt table through the sample iterator (ids, seeds, image
+   against loading the same pipeline in this process (the reference); and the whole job's start-up with
+   R replicas whose load takes a fixed LOAD_S (a stand-in for a checkpoint read, so the 2 cores here do not
+   hide the schedule): the driver builds them all at once, so R x load should cost ~1 x load.
+4. Resume: a rerun over N finished rows (journal with row keys, a video file each): the cost per finished
+   row of reading the journal and skipping the row, against the earlier way (reading and decoding every
+   finished row's photo to recompute its content id), measured here on distinct photos.
+5. Driver memory: streaming a 1,000,000-row prompt table through the sample iterator (ids, seeds, image
    bytes by reference, de-duplication): growth of the resident set.
 
-    python benchmarks/ray_driver.py            # R = 1, 2, 4, 8; 1,000,000 rows (a few minutes on 2 cores)
+    python benchmarks/ray_driver.py            # R = 1, 2, 4, 8; 1,000,000 rows (several minutes on 2 cores)
     python benchmarks/ray_driver.py --smoke    # R = 1, 2, 6 short samples each; 5,000 rows
 """
 
@@ -29,9 +34,11 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_jobs.dataset import iter_samples  # noqa: E402
+from ray_jobs.dataset import IdentityReader, build_sample, id_basis, iter_samples  # noqa: E402
 from ray_jobs.driver import JobDriver  # noqa: E402
+from ray_jobs.feed import SampleFeed  # noqa: E402
 from ray_jobs.job import parse_job  # noqa: E402
+from ray_jobs.outputs import OutputStore  # noqa: E402
 from ray_jobs.replica import Replica  # noqa: E402
 from ray_jobs.worker import RankWorker  # noqa: E402
 
@@ -44,12 +51,14 @@ def cost_of(sample_id: str, mean_s: float) -> float:
 
 
 class SleepWorker(RankWorker):
-    """A rank whose render costs exactly `cost_of(id)` seconds: the driver is measured, not the model."""
+    """A rank whose load takes `load_s` and whose render costs exactly `cost_of(id)` seconds: the driver is
+    measured, not the model."""
 
     mean_s = 0.0
+    load_s = 0.0
 
     def setup(self, *args) -> None:
-        return None
+        time.sleep(self.load_s)
 
     def render(self, sample_id: str, prompt: str, image, options: dict, video: str, poster: str) -> dict:
         seconds = cost_of(sample_id, self.mean_s)
@@ -79,21 +88,58 @@ def scheduling(work: Path, replicas: int, per_replica: int, mean_s: float) -> di
     worker = type("BenchWorker", (SleepWorker,), {"mean_s": mean_s})
     report = JobDriver(spec, progress=False, worker=worker).run()
     wall = report.summary["render_seconds"]
-    costs = sum(cost_of(s.sample_id, mean_s) for s in iter_samples(spec))
+    costs = sum(cost_of(s.sample_id, mean_s) for s in iter_samples(spec, "cpu"))
     return {"n": report.rendered, "wall": wall, "efficiency": costs / replicas / wall if mean_s else None}
 
 
 def startup(work: Path, reference_s: float) -> str:
     spec = job_spec(write_prompts(work / "startup.jsonl", 1), work / "out-startup", 1, ulysses=2)
     started = time.perf_counter()
-    replica = Replica(0, spec, "cpu")
-    placed = time.perf_counter()
-    replica.start()
+    replica = Replica(0, spec, "cpu", time.monotonic())
+    replica.wait_started()
     ready = time.perf_counter()
     replica.teardown()
-    return (f"replica start-up (u2, tiny, CPU): place {placed - started:.2f} s + group and load "
-            f"{ready - placed:.2f} s = {ready - started:.2f} s; in-process load {reference_s:.2f} s; "
-            f"ratio {(ready - started) / reference_s:.2f}")
+    return (f"replica start-up (u2, tiny, CPU): placed, grouped and loaded in {ready - started:.2f} s; "
+            f"in-process load {reference_s:.2f} s; ratio {(ready - started) / reference_s:.2f}")
+
+
+def parallel_startup(work: Path, replicas: int, load_s: float) -> float:
+    """Wall time of a job of R zero-cost samples on R replicas whose load takes load_s, in units of load_s."""
+    spec = job_spec(write_prompts(work / f"start-{replicas}.jsonl", replicas), work / f"out-start-{replicas}",
+                    replicas)
+    worker = type("LoadWorker", (SleepWorker,), {"load_s": load_s})
+    started = time.perf_counter()
+    JobDriver(spec, progress=False, worker=worker).run()
+    return (time.perf_counter() - started) / load_s
+
+
+def resume_cost(work: Path, rows: int) -> tuple[float, float, float]:
+    """(us per finished row now, ms per finished row the earlier way, MB of resume state per 1M rows)."""
+    path = write_prompts(work / f"resume-{rows}.jsonl", rows)
+    spec = job_spec(path, work / f"out-resume-{rows}", 1)
+    store = OutputStore(spec.output)
+    with open(store.state / "completed.jsonl", "w") as journal:  # as if every row had been rendered
+        for sample in iter_samples(spec, "cpu"):
+            journal.write(json.dumps({"sample_id": sample.sample_id, "row_key": sample.row_key}) + "\n")
+            store.video_path(sample.sample_id).touch()
+    before = rss_mb()
+    started = time.perf_counter()
+    done, finished_rows = store.resume_index()
+    feed = SampleFeed(iter_samples(spec, "cpu", finished_rows), done, capacity=16)
+    assert feed.take(timeout=3600) is None and feed.skipped == rows  # every row skipped, none queued
+    now_us = (time.perf_counter() - started) / rows * 1e6
+    state_mb = (rss_mb() - before) * 1_000_000 / rows
+    photos = []  # the earlier way: every finished row's photo read and decoded for its content id
+    for i in range(100):
+        photo = work / f"photo-{i}.jpg"
+        photo.write_bytes(FACE.read_bytes() + i.to_bytes(4, "big"))  # distinct files, same decode cost
+        photos.append(str(photo))
+    reader, basis = IdentityReader(), id_basis(spec, "cpu")
+    started = time.perf_counter()
+    for photo in photos:
+        build_sample(spec, {"prompt": "a person smiles", "identity": photo}, photo, reader, basis)
+    earlier_ms = (time.perf_counter() - started) / len(photos) * 1e3
+    return now_us, earlier_ms, state_mb
 
 
 def rss_mb() -> float:
@@ -112,7 +158,7 @@ def memory(work: Path, rows: int) -> tuple[float, float, int, float]:
                                          "identity": [str(FACE)] * count}))
     spec = job_spec(path, work / "out-memory", 1)
     before, peak, seen, started = rss_mb(), 0.0, 0, time.perf_counter()
-    for sample in iter_samples(spec):
+    for sample in iter_samples(spec, "cpu"):
         seen += 1
         if seen % 10_000 == 0:
             peak = max(peak, rss_mb())
@@ -151,7 +197,16 @@ def main() -> None:
         overhead = scheduling(work, 1, 20 if args.smoke else 200, 0.0)
         print(f"driver overhead per sample (zero-cost renders, 1 replica): {1000 * overhead['wall'] / overhead['n']:.1f} ms")
         print(startup(work, reference_s))
+        load_s = 3.0
+        for replicas in counts:
+            print(f"job start-up with {replicas} replica(s) whose load takes {load_s:.0f} s: "
+                  f"{parallel_startup(work, replicas, load_s):.2f} x load (built one after another: {replicas} x)")
         ray.shutdown()
+        resume_rows = 5_000 if args.smoke else 1_000_000
+        now_us, earlier_ms, state_mb = resume_cost(work, resume_rows)
+        print(f"resume over {resume_rows:,} finished rows: {now_us:.1f} us per row (journal read, row key, skip); "
+              f"earlier way {earlier_ms:.1f} ms per row (photo read and decoded), ratio {earlier_ms * 1e3 / now_us:.0f}; "
+              f"resume state ~{state_mb:.0f} MB per 1,000,000 finished rows")
         before, growth, seen, per_row_us = memory(work, rows)
         print(f"driver memory streaming {rows:,} rows ({seen:,} samples, {per_row_us:.0f} us/row): "
               f"RSS {before:.0f} MB before, +{growth:.0f} MB peak growth")

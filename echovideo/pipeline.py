@@ -27,7 +27,9 @@ from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
 
 logger = logging.getLogger(__name__)
 CACHED_IDENTITIES = 64  # features of recent photos kept per pipeline (a few MB each on the device)
-CACHED_PROMPTS = 256
+# Prompt encodings kept on the device, by size: at full size one is 2 x 226 x 4096 bf16 = 3.7 MB, so about 34
+# fit; at small sizes hundreds do.
+CACHED_PROMPT_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class EchoVideoPipeline:
         key = (prompt, negative_prompt)
         if key not in self.prompt_cache:
             self.prompt_cache[key] = self.prompt_encoder.encode([negative_prompt, prompt], self.device, self.dtype)
-            if len(self.prompt_cache) > CACHED_PROMPTS:
+            while len(self.prompt_cache) > 1 and \
+                    sum(t.nbytes for t in self.prompt_cache.values()) > CACHED_PROMPT_BYTES:
                 self.prompt_cache.popitem(last=False)
         self.prompt_cache.move_to_end(key)
         return self.prompt_cache[key]

@@ -28,10 +28,7 @@ class ParallelConfig:
         if self.cfg not in (1, 2):
             raise EchoVideoInputError("--cfg-parallel", f"cfg degree {self.cfg!r} must be 1 or 2",
                                       "CFG has two branches: use 2, or 1 to disable")
-        if num_heads % self.ulysses:
-            divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
-            raise EchoVideoInputError("--ulysses", f"{self.ulysses} does not divide the {num_heads} attention heads",
-                                      f"use one of {divisors} and put the rest into --ring")
+        self.check_heads(num_heads, "--ulysses", "--ring")
         if world_size != self.world:
             raise EchoVideoInputError(
                 "--ulysses/--ring/--cfg-parallel",
@@ -39,6 +36,13 @@ class ParallelConfig:
                 f"but the process group has {world_size}",
                 "launch exactly u*r*c processes (torchrun --nproc-per-node) or change the degrees")
         return self
+
+    def check_heads(self, num_heads: int, field: str, ring_field: str) -> None:
+        """Ulysses splits the attention heads: its degree must divide them."""
+        if num_heads % self.ulysses:
+            divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+            raise EchoVideoInputError(field, f"{self.ulysses} does not divide the model's {num_heads} attention heads",
+                                      f"use one of {divisors} and put the rest into {ring_field}")
 
     def check_guidance(self, use_cfg: bool, field: str, fix: str) -> None:
         """CFG parallelism splits the two CFG branches; without CFG (guidance <= 1) half the ranks would only

@@ -6,6 +6,7 @@ bytes only while it is queued or in flight.
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -13,12 +14,15 @@ from typing import Iterator
 import numpy as np
 import pyarrow.dataset as pds
 import pyarrow.fs as pfs
+import torch
 
+from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
+from ray_jobs.worker import DEVICE_KIND
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 BATCH_ROWS = 1024
@@ -36,6 +40,7 @@ class Sample:
     image: bytes | None = None
     error: str | None = None
     attempts: int = 0
+    row_key: str | None = None  # the row as given (see `row_key`): how a rerun knows it without reading the photo
 
 
 def open_table(uri: str, key: str) -> pds.Dataset:
@@ -129,9 +134,13 @@ def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object]]:
         yield from ((p, identity_of(i)) for p, i in zip(prompt_rows, identity_rows))
 
 
-def sample_id(prompt: str, identity_hash: str, options: dict, model: str) -> str:
-    """Deterministic from the content: the same request is the same file, whatever the row order or rank."""
-    payload = json.dumps({"prompt": prompt, "identity": identity_hash, "options": options, "model": model},
+def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> str:
+    """Deterministic from the content: the same request is the same file, whatever the row order or rank.
+
+    `basis` is everything outside the row that changes the pixels (`id_basis`); `options` holds the row's
+    generation settings (and its seed only when the row sets one).
+    """
+    payload = json.dumps({"prompt": prompt, "identity": identity_hash, "options": options, **basis},
                          sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -142,6 +151,37 @@ def derived_seed(job_seed: int, sid: str) -> int:
 
 def model_name(spec: JobSpec) -> str:
     return f"preset:{spec.model['preset']}" if spec.model["preset"] else f"checkpoint:{spec.model['checkpoint']}"
+
+
+def id_basis(spec: JobSpec, accelerator: str) -> dict:
+    """What changes every clip's pixels besides its row: the weights, the scheduler, the dtype the ranks will
+    really run (`auto` resolved for the accelerator) and the job seed. Not `compile` (same maths), not the
+    parallel layout (every layout reproduces one device)."""
+    dtype = resolve_dtype(spec.model["dtype"], torch.device(DEVICE_KIND[accelerator]))
+    return {"model": model_name(spec), "scheduler": spec.model["scheduler"],
+            "dtype": str(dtype).removeprefix("torch."), "job_seed": spec.job["seed"]}
+
+
+def row_key(row: dict, identity_value, basis: dict) -> str:
+    """The row as given, cheaply: its columns, the identity reference (for a local file also its size and
+    modification time, one stat) and the id basis. Reading the photo is what resume must not do per row;
+    a photo replaced under the same URI is not noticed (give it a new name to render it again)."""
+    stat = None
+    if isinstance(identity_value, str) and "://" not in identity_value:
+        try:
+            info = os.stat(identity_value)
+            stat = [info.st_size, info.st_mtime_ns]
+        except OSError:
+            stat = None
+    payload = json.dumps({"row": row, "identity": identity_value, "stat": stat, **basis}, sort_keys=True,
+                         default=_digest_or_repr)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _digest_or_repr(value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.sha256(value).hexdigest()
+    return repr(value)
 
 
 def _prompt_text(value) -> str:
@@ -162,7 +202,7 @@ def _usable_id(value) -> str | None:
     return str(value)
 
 
-def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader) -> Sample:
+def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader, basis: dict) -> Sample:
     """A renderable sample, or one carrying the row's error (it then fails alone, with that reason)."""
     columns = spec.columns()
     overrides = {k: row[k] for k in OVERRIDABLE if row.get(k) is not None}
@@ -178,7 +218,8 @@ def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReade
         seed_override = {"seed": overrides["seed"]} if "seed" in overrides else {}
         GenerationOptions(**options, **seed_override).validate()
         data, digest, name = reader.get(identity_value)
-        sid = given or sample_id(prompt, digest, {**options, **seed_override}, model_name(spec))
+        row_basis = {k: v for k, v in basis.items() if not (seed_override and k == "job_seed")}
+        sid = given or sample_id(prompt, digest, {**options, **seed_override}, row_basis)
         seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
         return Sample(sid, prompt, name, {**options, "seed": seed}, image=data)
     except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
@@ -197,11 +238,19 @@ def unused_columns(spec: JobSpec) -> list[str]:
     return sorted(names - known)
 
 
-def iter_samples(spec: JobSpec) -> Iterator[Sample]:
-    """Every requested sample once (duplicates in the data collapse by id), in dataset order."""
+def iter_samples(spec: JobSpec, accelerator: str, finished_rows: dict[str, str] | None = None) -> Iterator[Sample]:
+    """Every requested sample once (duplicates in the data collapse by id), in dataset order.
+
+    A row whose key is in `finished_rows` (row key -> sample id, from the journal) yields a bare sample with
+    that id at the cost of one hash: its photo is neither read nor decoded.
+    """
     reader, seen, limit = IdentityReader(), set(), spec.dataset["limit"]
+    basis, finished_rows = id_basis(spec, accelerator), finished_rows or {}
     for row, identity_value in _pairs(spec):
-        sample = build_sample(spec, row, identity_value, reader)
+        key = row_key(row, identity_value, basis)
+        known = finished_rows.get(key)
+        sample = Sample(known, "", "") if known else build_sample(spec, row, identity_value, reader, basis)
+        sample.row_key = key
         if sample.sample_id in seen:
             continue
         seen.add(sample.sample_id)

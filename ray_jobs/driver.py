@@ -109,7 +109,9 @@ class JobDriver:
             logger.warning("dataset columns %s are not used (prompt, identity/image, sample_id and generation "
                            "settings are); check dataset.columns for a typo", ignored)
         self.store.remove_orphan_temps()
-        self.feed = SampleFeed(iter_samples(self.spec), self.store.completed_ids(), capacity=4 * plan.replicas + 16)
+        done, finished_rows = self.store.resume_index()
+        self.feed = SampleFeed(iter_samples(self.spec, plan.accelerator, finished_rows), done,
+                               capacity=4 * plan.replicas + 16)
         self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
         started = time.monotonic()
         try:
@@ -212,8 +214,9 @@ class JobDriver:
 
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
-            "sample_id": sample.sample_id, "prompt": sample.prompt, "identity": sample.identity,
-            "seed": sample.options["seed"], "options": sample.options, "attempts": sample.attempts,
+            "sample_id": sample.sample_id, "row_key": sample.row_key, "prompt": sample.prompt,
+            "identity": sample.identity, "seed": sample.options["seed"], "options": sample.options,
+            "attempts": sample.attempts,
             "path": str(self.store.video_path(sample.sample_id).relative_to(self.store.folder)),
             "seconds": round(timing["seconds"], 3), "replica": str(replica.index)})
         self.report.rendered += 1

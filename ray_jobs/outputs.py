@@ -73,28 +73,51 @@ class OutputStore:
             path.unlink(missing_ok=True)
         return len(orphans)
 
-    def _journal(self, name: str) -> list[dict]:
+    def _journal(self, name: str) -> Iterator[dict]:
+        """The journal's records, streamed (a million-line journal is never one string in memory)."""
         path = self.state / name
         if not path.exists():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a crash mid-append: that sample is simply redone
-                continue
-        return records
+            return
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a crash mid-append: that sample is simply redone
+                    continue
+
+    def _present_videos(self) -> set[str]:
+        """File names in videos/, listed once (one directory read, not a stat per record)."""
+        return {entry.name for entry in os.scandir(self.videos)}
 
     def completed(self) -> dict[str, dict]:
-        return {r["sample_id"]: r for r in self._journal("completed.jsonl") if self.video_path(r["sample_id"]).exists()}
+        present = self._present_videos()
+        return {r["sample_id"]: r for r in self._journal("completed.jsonl")
+                if self.video_path(r["sample_id"]).name in present}
 
-    def completed_ids(self) -> set[str]:
-        """What a resumed run skips (the ids only: the driver keeps no records while it streams)."""
-        return set(self.completed())
+    def resume_index(self) -> tuple[set[str], dict[str, str]]:
+        """What a rerun skips: finished sample ids, and row key -> sample id for the rows they came from.
+
+        Only ids and keys are kept (tens of bytes per finished row); a record counts only if its video exists.
+        """
+        present, done, rows = self._present_videos(), set(), {}
+        for record in self._journal("completed.jsonl"):
+            sid = record["sample_id"]
+            if self.video_path(sid).name in present:
+                done.add(sid)
+                if record.get("row_key"):
+                    rows[record["row_key"]] = sid
+        return done, rows
 
     def _append(self, name: str, record: dict) -> None:
-        with writing(self.state / name), open(self.state / name, "a") as handle:
-            handle.write(json.dumps(record, ensure_ascii=True) + "\n")
+        path = self.state / name
+        with writing(path), open(path, "a+b") as handle:
+            line = (json.dumps(record, ensure_ascii=True) + "\n").encode()
+            size = handle.seek(0, os.SEEK_END)
+            if size:  # a crash mid-append leaves a line without its newline: end it, or this record joins it
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line
+            handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
 

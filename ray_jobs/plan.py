@@ -1,17 +1,38 @@
 """Where a job runs: the accelerator, the number of replicas the cluster holds, and a readable plan."""
 
+import json
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import ray
 
 from echovideo.errors import EchoVideoInputError
+from parallel.config import ParallelConfig
 from ray_jobs.job import JobSpec
 from ray_jobs.replica import rank_bundle
 
 RESOURCE = {"gpu": "GPU", "npu": "NPU", "cpu": "CPU"}
+logger = logging.getLogger("ray_jobs")
+
+
+def attention_heads(spec: JobSpec) -> int | None:
+    """The model's head count from its config (the tiny preset's without building it); None when the
+    checkpoint is not visible from the driver (its ranks then check it as they load)."""
+    if spec.model["preset"]:
+        from echovideo.presets.tiny import TRANSFORMER_CONFIG
+
+        return TRANSFORMER_CONFIG["num_attention_heads"]
+    config = Path(spec.model["checkpoint"]) / "transformer" / "config.json"
+    try:
+        return int(json.loads(config.read_text())["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("cannot read the head count from %s (%s): the ranks will check the layout as they load",
+                       config, exc)
+        return None
 
 
 def connect(address: str | None, spec: JobSpec) -> None:
@@ -87,6 +108,9 @@ def replicas_per_node(spec: JobSpec, accelerator: str) -> dict[str, int]:
 
 def make_plan(spec: JobSpec) -> Plan:
     """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work."""
+    heads = attention_heads(spec)
+    if heads is not None:
+        ParallelConfig(ulysses=spec.parallel["ulysses"]).check_heads(heads, "parallel.ulysses", "parallel.ring")
     accelerator = choose_accelerator(spec)
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     ranks = spec.ranks_per_replica

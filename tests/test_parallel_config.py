@@ -7,7 +7,7 @@ from parallel import ParallelConfig
 
 
 @pytest.mark.parametrize("config, world, field, text", [
-    (ParallelConfig(ulysses=5), 5, "--ulysses", "does not divide the 48"),
+    (ParallelConfig(ulysses=5), 5, "--ulysses", "does not divide the model's 48"),
     (ParallelConfig(ulysses=2, ring=2), 8, "--ulysses/--ring/--cfg-parallel", "= 4 ranks, but the process group has 8"),
     (ParallelConfig(cfg=3), 3, "--cfg-parallel", "must be 1 or 2"),
     (ParallelConfig(ring=0), 0, "--ring", "positive"),

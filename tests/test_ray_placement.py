@@ -118,6 +118,7 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
     ("gpu", 8, "auto", "parallel"),  # no node has 8 GPUs
     ("npu", 4, "auto", "parallel"),  # the Ascend node has 2 NPUs
     ("gpu", 2, 4, "parallel.replicas"),  # the GPU nodes hold 3 such replicas
+    ("gpu", 5, "auto", "parallel.ulysses"),  # 5 does not divide the tiny model's 12 heads: refused first
 ])
 def test_layout_no_node_holds_is_refused_at_plan_time(cluster, tmp_path, accelerator, ulysses, replicas, field):
     with pytest.raises(EchoVideoInputError) as error:
