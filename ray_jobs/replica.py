@@ -24,6 +24,7 @@ from ray_jobs.job import JobSpec
 from ray_jobs.worker import CONCURRENCY_GROUPS, RankWorker
 
 PROBE_EVERY_S = 5.0
+ROOT_CAUSE_GRACE_S = 5.0  # after a rank fails because of another, how long to wait for that one's own report
 
 
 class State(Enum):
@@ -58,6 +59,7 @@ class Work:
     renders: dict  # ObjectRef -> rank, for ranks that have not returned
     result: dict | None = None
     failures: list = field(default_factory=list)
+    failed_at: float | None = None  # driver clock of the first failure
     probes: dict = field(default_factory=dict)  # rank -> Probe
 
 
@@ -111,6 +113,8 @@ class Replica:
             self._started_one(ref)
         elif self.state is State.BUSY:
             return self._rank_returned(ref, now)
+        else:  # a rank's answer after the replica failed: read, so Ray does not report it as unhandled
+            _discard(ref)
         return None
 
     def check(self, now: float) -> Outcome | None:
@@ -166,10 +170,11 @@ class Replica:
                 work.result = value
         except Exception as exc:  # classified; the group decides below whether the others can be awaited
             work.failures.append(classify(exc))
+            work.failed_at = now if work.failed_at is None else work.failed_at
         failure = root_cause(work.failures) if work.failures else None
-        if failure is not None and not failure.kind.keeps_replica:
+        if failure is not None and not failure.kind.keeps_replica and not (failure.secondary and work.renders):
             return self._fail(failure)
-        if work.renders:
+        if work.renders:  # a secondary failure waits (ROOT_CAUSE_GRACE_S at most) for the rank that caused it
             return None
         self.work, self.state = None, State.IDLE  # every rank has returned: the group is between samples
         return Outcome(work.sample, None if failure else work.result, failure)
@@ -191,6 +196,10 @@ class Replica:
     def _check_progress(self, now: float) -> Outcome | None:
         """Ask every rank still rendering for its own clock (at most every PROBE_EVERY_S); a rank that cannot
         answer within step_timeout_s of the driver's clock counts as stalled too."""
+        if self.work.failures and now - self.work.failed_at > ROOT_CAUSE_GRACE_S:
+            failure = root_cause(self.work.failures)
+            if not failure.kind.keeps_replica:
+                return self._fail(failure)
         every = min(PROBE_EVERY_S, self.step_timeout / 3)
         for rank in set(self.work.renders.values()):
             probe = self.work.probes.get(rank)
@@ -236,3 +245,10 @@ class Replica:
 
     def placements(self) -> list[dict]:
         return ray.get([a.placement.remote() for a in self.actors], timeout=self.timeout)
+
+
+def _discard(ref: ray.ObjectRef) -> None:
+    try:
+        ray.get(ref, timeout=0)
+    except Exception:  # whatever it says, the replica has already failed
+        pass

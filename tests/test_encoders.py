@@ -25,3 +25,15 @@ def test_prompts_are_padded_to_226_tokens_and_long_ones_warn(tiny_pipe, caplog):
     assert "truncated to 226" in caplog.text
     assert embeds.shape == (2, 226, 64)
     assert next(tiny_pipe.prompt_encoder.text_encoder.parameters()).device.type == "cpu"
+
+
+def test_the_prompt_cache_is_bounded_by_bytes_and_keeps_the_latest(tiny_pipe, monkeypatch):
+    import echovideo.pipeline as pipeline
+
+    one = tiny_pipe.encode_prompts("a person waves", "").nbytes
+    monkeypatch.setattr(pipeline, "CACHED_PROMPT_BYTES", 2 * one)
+    tiny_pipe.prompt_cache.clear()
+    for i in range(5):
+        tiny_pipe.encode_prompts(f"a person waves {i}", "")
+    assert sum(t.nbytes for t in tiny_pipe.prompt_cache.values()) <= 2 * one
+    assert list(tiny_pipe.prompt_cache) == [("a person waves 3", ""), ("a person waves 4", "")]

@@ -102,12 +102,12 @@ def test_any_failure_preparing_a_sample_fails_every_rank_together_and_the_retry_
     dataset = prompts(tmp_path, face_path, ["cursed photo", "person 1 smiles", "person 2 smiles"])
     report = run_job(job(dataset, out, **{"parallel.replicas": 1, "job.retries": 2}), progress=False,
                      worker=PrepareFailsWorker)
+    assert assert_ranks_in_lockstep(out) == 2 * (2 + 2)  # 2 ranks x (2 attempts + 2 clips)
+    assert_exactly_once(out, 2)
     (failed,) = [r for r in manifest(out) if r["status"] == "failed"]
     assert failed["prompt"] == "cursed photo" and failed["attempts"] == 2
     assert failed["error"].startswith("sample error: ValueError: OpenCV") and "after 2 attempts" in failed["error"]
     assert report.rebuilds == 2  # not a bad input: the replica is rebuilt after each failure
-    assert_exactly_once(out, 2)
-    assert assert_ranks_in_lockstep(out) == 2 * (2 + 2)  # 2 ranks x (2 attempts + 2 clips)
 
 
 def test_out_of_memory_fails_its_sample_once_naming_its_size_with_one_rebuild(local_ray, face_path, tmp_path):

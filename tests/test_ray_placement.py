@@ -6,6 +6,7 @@ accelerator and no model.
 """
 
 import os
+import socket
 import sys
 import time
 
@@ -76,6 +77,9 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
         assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
         ports = {ray.get(replica.address)[1] for replica in shared}
         assert len(ports) == 2  # nor a group port
+        for port in ports:  # rank 0 holds its port from choosing it until the group forms: no one can take it
+            with socket.socket() as probe, pytest.raises(OSError):
+                probe.bind(("", port))
         full = spec("gpu", tmp_path)
         full.resources["group_timeout_s"] = 2
         late = Replica(3, full, "gpu", time.monotonic(), PlacedOnly)
@@ -115,7 +119,7 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
 
 
 @pytest.mark.parametrize("accelerator, ulysses, replicas, field", [
-    ("gpu", 8, "auto", "parallel"),  # no node has 8 GPUs
+    ("gpu", 6, "auto", "parallel"),  # no node has 6 GPUs
     ("npu", 4, "auto", "parallel"),  # the Ascend node has 2 NPUs
     ("gpu", 2, 4, "parallel.replicas"),  # the GPU nodes hold 3 such replicas
     ("gpu", 5, "auto", "parallel.ulysses"),  # 5 does not divide the tiny model's 12 heads: refused first
