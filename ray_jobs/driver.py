@@ -82,6 +82,7 @@ class JobDriver:
         self.clock = LookClock()
         self.feed: SampleFeed | None = None
         self.waiting_sample: Sample | None = None  # taken from the feed while no replica was idle
+        self.up_at: dict[int, float] = {}  # when each slot's first replica was ready: start-up and render time
         self.bar = None
         self.accelerator = "cpu"
 
@@ -113,13 +114,12 @@ class JobDriver:
         self.feed = SampleFeed(iter_samples(self.spec, plan.accelerator, finished_rows), done,
                                capacity=4 * plan.replicas + 16)
         self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
-        started = time.monotonic()
+        begun = time.monotonic()
         try:
             now = self.clock.tick()
             for index in range(plan.replicas):  # all placed and started at once, inside the loop
                 self.replicas[index] = Replica(index, self.spec, plan.accelerator, now, self.worker)
-            started = time.monotonic()  # render time: from the first request to the last result
-            self._loop(started)
+            self._loop()
         finally:
             self.feed.stop()
             self._count_skipped()
@@ -129,14 +129,18 @@ class JobDriver:
             self.store.remove_orphan_temps()  # renders cut short by a teardown
         run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds", self.report.rendered,
                      self.report.skipped, self.report.failed, self.report.rebuilds)
+        ended = time.monotonic()
+        first_up = min(self.up_at.values(), default=ended)
         self.report.summary = self.store.finalize({
             "job": self.spec.source, "rendered_this_run": self.report.rendered, "skipped_done": self.report.skipped,
             "replicas": plan.replicas, "ranks_per_replica": plan.ranks, "accelerator": plan.accelerator,
             "replica_rebuilds": self.report.rebuilds, "replicas_dropped": self.report.dropped_replicas,
-            "render_seconds": round(time.monotonic() - started, 2)})
+            "startup_seconds": round(max(self.up_at.values(), default=begun) - begun, 2),
+            "render_seconds": round(ended - first_up, 2),
+            "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)})
         return self.report
 
-    def _loop(self, started: float) -> None:
+    def _loop(self) -> None:
         """Until every sample is settled: hand out work, wait for any event, advance the replicas it concerns."""
         while True:
             now = self.clock.tick()
@@ -149,9 +153,11 @@ class JobDriver:
             self._advance(now)
             for replica in list(self.replicas.values()):
                 self._settle(replica, replica.check(self.clock.tick()))
+                if replica.state in (State.IDLE, State.BUSY):
+                    self.up_at.setdefault(replica.index, time.monotonic())
             self._replace_failed()
             self._count_skipped()
-            elapsed = max(time.monotonic() - started, 1e-9)
+            elapsed = max(time.monotonic() - min(self.up_at.values(), default=time.monotonic()), 1e-9)
             self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed,
                                  clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
 
@@ -180,7 +186,7 @@ class JobDriver:
             if sample is None:
                 return
             replica.submit(sample, str(self.store.video_path(sample.sample_id)),
-                           str(self.store.poster_path(sample.sample_id)))
+                           str(self.store.poster_path(sample.sample_id)), self.clock.tick())
 
     def _next(self) -> Sample | None:
         """A retry first, else the dataset's next sample; rows rejected while reading fail on the way."""

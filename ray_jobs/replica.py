@@ -151,12 +151,13 @@ class Replica:
         if not self.waiting:
             self.state = State.IDLE
 
-    def submit(self, sample, video: str, poster: str) -> None:
-        """IDLE -> BUSY: every rank gets the sample (only rank 0 the image)."""
+    def submit(self, sample, video: str, poster: str, now: float) -> None:
+        """IDLE -> BUSY: every rank gets the sample (only rank 0 the image); the first probe follows later."""
         assert self.state is State.IDLE, self.state
         renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
                                        sample.options, video, poster): rank for rank, actor in enumerate(self.actors)}
         self.work, self.state = Work(sample, renders), State.BUSY
+        self.work.probes = {rank: Probe(now, None) for rank in range(self.world)}
 
     def _rank_returned(self, ref: ray.ObjectRef, now: float) -> Outcome | None:
         work = self.work
