@@ -198,7 +198,7 @@ def main() -> None:
         overhead = scheduling(work, 1, 20 if args.smoke else 200, 0.0)
         print(f"driver overhead per sample (zero-cost renders, 1 replica): {1000 * overhead['wall'] / overhead['n']:.1f} ms")
         print(startup(work, reference_s))
-        load_s = 5.0 if args.smoke else 10.0
+        load_s = 2.0 if args.smoke else 10.0
         one = parallel_startup(work, 1, load_s)
         for replicas in counts:
             seconds = one if replicas == 1 else parallel_startup(work, replicas, load_s)
