@@ -1,5 +1,6 @@
 """What a job remembers between runs, without Ray: sample ids cover exactly what changes the pixels, a rerun
-knows its finished rows without reading their photos, and a journal torn by a crash loses nothing after it."""
+knows its finished rows without reading their photos, a journal torn by a crash loses nothing after it, and
+the driver's deadlines count only time it was watching."""
 
 import shutil
 from itertools import islice
@@ -73,3 +74,12 @@ def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_record(tmp_pat
         journal.write('{"sample_id": "torn", "row_ke')  # the driver died mid-append
     store.record_success({"sample_id": "b", "row_key": "kb"})
     assert store.resume_index() == ({"a", "b"}, {"ka": "a", "kb": "b"})
+
+
+def test_the_driver_clock_counts_only_time_it_was_watching():
+    from ray_jobs.driver import LookClock
+
+    clock = LookClock()
+    start = clock.tick()
+    clock.last -= 120  # the loop was held for two minutes (a suspended process, a stuck disk)
+    assert clock.tick() - start <= LookClock.MAX_GAP_S + 0.5  # no replica's deadline moved by those two minutes
