@@ -145,6 +145,8 @@ class JobDriver:
         while True:
             now = self.clock.tick()
             self._dispatch()
+            if self.waiting_sample is None:  # read ahead: a dataset with nothing left ends the job at once,
+                self.waiting_sample = self._from_feed()  # without waiting for replicas still loading
             busy = [r for r in self.replicas.values() if r.state is State.BUSY]
             if not busy and not self.retry and self.waiting_sample is None and self.feed.exhausted:
                 return
@@ -158,7 +160,7 @@ class JobDriver:
             self._replace_failed()
             self._count_skipped()
             elapsed = max(time.monotonic() - min(self.up_at.values(), default=time.monotonic()), 1e-9)
-            self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed,
+            self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed, refresh=False,
                                  clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
 
     def _advance(self, now: float) -> None:
@@ -174,7 +176,7 @@ class JobDriver:
 
     def _wait_for_feed(self) -> None:
         if self.waiting_sample is None:
-            self.waiting_sample = self.feed.take(timeout=LOOP_WAIT_S)
+            self.waiting_sample = self._from_feed(timeout=LOOP_WAIT_S)
 
     def _dispatch(self) -> None:
         """Each idle replica pulls the next sample: a retry first, then the dataset's next one."""
@@ -188,14 +190,17 @@ class JobDriver:
                            str(self.store.poster_path(sample.sample_id)), self.clock.tick())
 
     def _next(self) -> Sample | None:
-        """A retry first, else the dataset's next sample; rows rejected while reading fail on the way."""
+        """A retry first, else the dataset's next sample."""
         if self.retry:
             return self.retry.popleft()
-        while True:
-            sample, self.waiting_sample = self.waiting_sample or self.feed.take(), None
-            if sample is None or not sample.error:
-                return sample
+        sample, self.waiting_sample = self.waiting_sample or self._from_feed(), None
+        return sample
+
+    def _from_feed(self, timeout: float = 0.0) -> Sample | None:
+        """The next renderable sample if one is ready; rows rejected while reading fail on the way."""
+        while (sample := self.feed.take(timeout)) is not None and sample.error:
             self._fail(sample, sample.error)
+        return sample
 
     def _settle(self, replica: Replica, outcome: Outcome | None) -> None:
         """Record a settled sample: done, failed for good, or queued again, as `decide` says."""
