@@ -69,8 +69,8 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 
 def parse_job(raw: dict, source: str = "") -> JobSpec:
-    """Relative paths in the job are relative to the working directory (what `ray job submit --working-dir`
-    ships), not to the job file."""
+    """Relative paths in the job are relative to the driver's working directory (what `ray job submit
+    --working-dir` ships), not to the job file, and are made absolute before anything reaches a rank."""
     if not isinstance(raw, dict):
         raise EchoVideoInputError(source or "job", "the job file is not a YAML mapping", "see configs/jobs/demo.yaml")
     unknown = sorted(set(raw) - set(SCHEMA))
@@ -93,7 +93,18 @@ def parse_job(raw: dict, source: str = "") -> JobSpec:
         sections[section] = values
     spec = JobSpec(**sections, source=source)
     _check_meaning(spec)
+    _make_paths_absolute(spec)
     return spec
+
+
+def _make_paths_absolute(spec: JobSpec) -> None:
+    """Local paths resolved here, in the driver: a rank actor's working directory is not the driver's (on a
+    running cluster it is a Ray session folder), so a relative output or checkpoint would land elsewhere."""
+    for section, key in (("job", "output"), ("model", "checkpoint"), ("dataset", "prompts"),
+                         ("dataset", "identities")):
+        value = getattr(spec, section)[key]
+        if value is not None and "://" not in value:
+            getattr(spec, section)[key] = str(Path(value).expanduser().absolute())
 
 
 def _check_meaning(spec: JobSpec) -> None:

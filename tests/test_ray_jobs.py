@@ -70,6 +70,16 @@ def test_job_file_errors_name_the_key(dataset, tmp_path):
         job(dataset, tmp_path, **{"parallel.cfg": 2, "generation.guidance": 1.0})
 
 
+def test_relative_paths_are_resolved_in_the_driver(tmp_path, monkeypatch, face_path):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a", "identity": str(face_path)}])
+    spec = job("prompts.jsonl", "out/relative", **{"model.preset": None, "model.checkpoint": "ckpts"})
+    assert spec.output == tmp_path / "out" / "relative"  # a rank anywhere writes where the driver looks
+    assert spec.model["checkpoint"] == str(tmp_path / "ckpts")
+    assert spec.dataset["prompts"] == str(tmp_path / "prompts.jsonl")
+    assert job("s3://bucket/prompts.jsonl", tmp_path).dataset["prompts"] == "s3://bucket/prompts.jsonl"
+
+
 def test_run_with_a_bad_job_file_exits_2_before_any_work(tmp_path):
     from echovideo.cli import main
 
