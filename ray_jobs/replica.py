@@ -60,7 +60,7 @@ class Work:
     result: dict | None = None
     failures: list = field(default_factory=list)
     failed_at: float | None = None  # driver clock of the first failure
-    probes: dict = field(default_factory=dict)  # rank -> Probe
+    probes: dict = field(default_factory=dict)  # rank -> Probe, for ranks that have not returned
 
 
 def rank_bundle(accelerator: str, cpus: float) -> dict:
@@ -156,8 +156,8 @@ class Replica:
         assert self.state is State.IDLE, self.state
         renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
                                        sample.options, video, poster): rank for rank, actor in enumerate(self.actors)}
-        self.work, self.state = Work(sample, renders), State.BUSY
-        self.work.probes = {rank: Probe(now, None) for rank in range(self.world)}
+        self.work = Work(sample, renders, probes={rank: Probe(now, None) for rank in range(self.world)})
+        self.state = State.BUSY
 
     def _rank_returned(self, ref: ray.ObjectRef, now: float) -> Outcome | None:
         work = self.work
@@ -203,8 +203,8 @@ class Replica:
                 return self._fail(failure)
         every = min(PROBE_EVERY_S, self.step_timeout / 3)
         for rank in set(self.work.renders.values()):
-            probe = self.work.probes.get(rank)
-            if probe is None or (probe.ref is None and now - probe.sent_at >= every):
+            probe = self.work.probes[rank]
+            if probe.ref is None and now - probe.sent_at >= every:
                 self.work.probes[rank] = Probe(now, self.actors[rank].seconds_since_progress.remote())
             elif probe.ref is not None and now - probe.sent_at > self.step_timeout:
                 return self._fail(Failure(Kind.GROUP_LOST, f"no progress: rank {rank} has not answered its "
@@ -213,15 +213,10 @@ class Replica:
 
     def _fail(self, failure: Failure) -> Outcome | None:
         """Any state -> FAILED: the ranks are killed at once, so none can go on into another sample."""
-        self.failure = failure
-        outcome = self._failed_outcome()
+        work, self.work, self.failure = self.work, None, failure
         self.teardown()
         self.state = State.FAILED
-        return outcome
-
-    def _failed_outcome(self) -> Outcome | None:
-        work, self.work = self.work, None
-        return Outcome(work.sample, None, self.failure) if work is not None else None
+        return Outcome(work.sample, None, failure) if work is not None else None
 
     def teardown(self) -> None:
         """Kill the ranks and free the bundles (non-blocking; safe to call again)."""
