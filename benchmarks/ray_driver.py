@@ -61,10 +61,11 @@ class SleepWorker(RankWorker):
     def setup(self, *args) -> None:
         time.sleep(self.load_s)
 
-    def render(self, sample_id: str, prompt: str, image, options: dict, video: str, poster: str) -> dict:
+    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict) -> dict:
         seconds = cost_of(sample_id, self.mean_s)
         time.sleep(seconds)
-        Path(video).write_bytes(b"\0")
+        if files:
+            Path(files["video"]).write_bytes(b"\0")
         return {"seconds": seconds, "frames": 1}
 
 

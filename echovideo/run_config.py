@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.sampling import GenerationOptions
+from echovideo.yaml_files import read_yaml_file
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,6 @@ def _check_keys(values: Any, allowed: set[str], where: str) -> dict[str, Any]:
     if unknown:
         raise EchoVideoInputError(where, f"unknown keys {unknown}", f"allowed: {sorted(allowed)}")
     return values
-
-
-def read_yaml_file(path: str | Path, field: str, example: str):
-    """A YAML file's content ({} when empty); a missing file or bad syntax is an input error naming `field`."""
-    path = Path(path)
-    if not path.is_file():
-        raise EchoVideoInputError(field, f"{path} does not exist", f"pass e.g. {example}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EchoVideoInputError(field, f"{path} is not valid YAML ({exc.__class__.__name__})",
-                                  "fix the file's syntax") from None
 
 
 def load_run_config(path: str | Path) -> RunConfig:

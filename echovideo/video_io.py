@@ -5,6 +5,7 @@ video, and an interrupted run leaves no partial mp4 under the final name.
 """
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,9 @@ from typing import Iterator
 
 import imageio_ffmpeg
 import numpy as np
+
+TEMP_MARK = ".echovideo-tmp"  # in every temp name we create, and in no name anything else makes
+_OUR_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMP_MARK) + r"\.[a-z0-9]+$")
 
 # mkstemp creates files 0600; finished outputs get the permissions a plain open() would give them.
 _UMASK = os.umask(0)
@@ -23,7 +27,7 @@ def atomic_output(path: str | Path, suffix: str) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync and rename it into place, on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -34,6 +38,11 @@ def atomic_output(path: str | Path, suffix: str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_our_temp(name: str) -> bool:
+    """A temp file `atomic_output` made (a render that died mid-write leaves one): safe to remove."""
+    return bool(_OUR_TEMP.match(name))
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> Path:

@@ -6,27 +6,29 @@ bytes only while it is queued or in flight.
 
 import hashlib
 import json
+import math
 import os
+import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import Iterator
 
 import numpy as np
-import pyarrow.dataset as pds
-import pyarrow.fs as pfs
 import torch
 
 from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
-from echovideo.images import decode_identity_image
+from echovideo.images import check_identity_header
 from echovideo.sampling import GenerationOptions
+from ray_jobs.identities import read_identity
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
+from ray_jobs.tables import BATCH_ROWS, Row, Table, open_table
 from ray_jobs.worker import DEVICE_KIND
 
-FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-BATCH_ROWS = 1024
-OVERRIDABLE = {f for f in GenerationOptions.__dataclass_fields__}  # per-row columns that override the job
+OVERRIDABLE = {f.name: f for f in fields(GenerationOptions)}  # per-row columns that override the job's settings
+ID_COLUMNS = ("prompt", "identity", "image", "sample_id")
 
 
 @dataclass
@@ -41,35 +43,17 @@ class Sample:
     error: str | None = None
     attempts: int = 0
     row_key: str | None = None  # the row as given (see `row_key`): how a rerun knows it without reading the photo
-
-
-def open_table(uri: str, key: str) -> pds.Dataset:
-    suffix = next((s for s in FORMATS if uri.lower().endswith(s)), None)
-    if suffix is None:
-        raise EchoVideoInputError(key, f"{uri!r} is not .parquet, .jsonl or .csv", "convert or rename the table")
-    try:
-        return pds.dataset(uri, format=FORMATS[suffix])
-    except (OSError, ValueError) as exc:
-        raise EchoVideoInputError(key, f"cannot open {uri!r} ({exc})", "check the path or URI") from None
-
-
-def iter_rows(table: pds.Dataset) -> Iterator[dict]:
-    for batch in table.to_batches(batch_size=BATCH_ROWS):
-        yield from batch.to_pylist()
-
-
-def read_bytes(reference: str) -> bytes:
-    """A local path or a pyarrow filesystem URI (s3://, gs://, hdfs://, file://)."""
-    filesystem, path = pfs.FileSystem.from_uri(reference) if "://" in reference else (pfs.LocalFileSystem(), reference)
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read()
+    identity_sha: str | None = None  # the photo's content hash: its gallery thumbnail's name
+    where: str = ""  # the row's place in the dataset ("prompts.jsonl line 7")
+    duplicate: bool = False  # a repeat of an earlier row (same id, same content): counted, never rendered
 
 
 class IdentityReader:
     """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job).
 
-    Each new image is decoded once here, so an unreadable, empty or oversized photo fails its rows in the
-    driver instead of occupying a replica.
+    Each new photo's header is checked here (format, size, structure; no pixel decoded), so an unreadable,
+    empty or oversized photo fails its rows in the driver instead of occupying a replica, at a cost the
+    driver can afford for any photo.
     """
 
     def __init__(self, capacity: int = 64) -> None:
@@ -88,50 +72,49 @@ class IdentityReader:
             raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
         if key not in self.cache:
             if data is None:
-                data = self._read(value, name)
-            decode_identity_image(data, name, "identity")
+                data = read_identity(value, name)
+            check_identity_header(data, name, "identity")
             self.cache[key] = (data, hashlib.sha256(data).hexdigest())
             if len(self.cache) > self.capacity:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(key)
         return (*self.cache[key], name)
 
-    @staticmethod
-    def _read(reference: str, name: str) -> bytes:
-        try:
-            return read_bytes(reference)
-        except (OSError, ValueError) as exc:
-            raise EchoVideoInputError("identity", f"cannot read {name} ({type(exc).__name__}: {redact(str(exc))})",
-                                      "check the path or URI") from None
 
-
-def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object]]:
-    """(prompt row, identity value) in the dataset mode's order."""
+def tables(spec: JobSpec) -> tuple[Table, Table | None]:
+    """The prompts table, and the identities table in cross and sampled modes."""
     d, columns = spec.dataset, spec.columns()
-    prompts = open_table(d["prompts"], "dataset.prompts")
+    text = {columns[k] for k in ID_COLUMNS} | {"negative_prompt"}
+    prompts = open_table(d["prompts"], "dataset.prompts", text)
+    return prompts, open_table(d["identities"], "dataset.identities", text) if d["mode"] != "rows" else None
 
-    def identity_of(row: dict):  # a path/URI column, or the image bytes column
-        value = row.get(columns["identity"])
-        return value if value is not None else row.get(columns["image"])
 
-    if d["mode"] == "rows":
-        yield from ((row, identity_of(row)) for row in iter_rows(prompts))
+def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object, str]]:
+    """(prompt row, identity value, where) in the dataset mode's order."""
+    d, columns = spec.dataset, spec.columns()
+    prompts, identities = tables(spec)
+
+    def identity_of(row: Row):  # a path/URI column, or the image bytes column
+        value = row.values.get(columns["identity"])
+        return value if value is not None else row.values.get(columns["image"])
+
+    if identities is None:
+        yield from ((row.values, identity_of(row), row.where) for row in prompts.rows())
         return
-    identities = open_table(d["identities"], "dataset.identities")
-
     if d["mode"] == "cross":
-        for prompt_batch in prompts.to_batches(batch_size=BATCH_ROWS):
-            for identity_row in iter_rows(identities):
-                for row in prompt_batch.to_pylist():
-                    yield row, identity_of(identity_row)
+        prompt_rows = prompts.rows()
+        while chunk := list(islice(prompt_rows, BATCH_ROWS)):
+            for identity_row in identities.rows():
+                for row in chunk:
+                    yield row.values, identity_of(identity_row), f"{row.where}, {identity_row.where}"
         return
-    rng = np.random.default_rng(d["seed"])  # sampled: seeded pairs of row indices, fetched a chunk at a time
-    n_prompts, n_identities = prompts.count_rows(), identities.count_rows()
-    for start in range(0, d["count"], BATCH_ROWS):
-        size = min(BATCH_ROWS, d["count"] - start)
-        p_index, i_index = rng.integers(0, n_prompts, size), rng.integers(0, n_identities, size)
-        prompt_rows, identity_rows = prompts.take(p_index).to_pylist(), identities.take(i_index).to_pylist()
-        yield from ((p, identity_of(i)) for p, i in zip(prompt_rows, identity_rows))
+    # sampled: distinct (prompt, identity) pairs, seeded, drawn without replacement, fetched a chunk at a time
+    n_identities = identities.count()
+    picks = np.random.default_rng(d["seed"]).choice(prompts.count() * n_identities, size=d["count"], replace=False)
+    for start in range(0, len(picks), BATCH_ROWS):
+        chunk = picks[start:start + BATCH_ROWS]
+        for p, i in zip(prompts.take(chunk // n_identities), identities.take(chunk % n_identities)):
+            yield p.values, identity_of(i), f"{p.where}, {i.where}"
 
 
 def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> str:
@@ -185,6 +168,7 @@ def _digest_or_repr(value) -> str:
 
 
 def _prompt_text(value) -> str:
+    """The prompt as NFC text: the same words typed on two systems (NFC, NFD) are one request."""
     if isinstance(value, bytes):  # a binary column: text only if it is UTF-8
         try:
             value = value.decode("utf-8")
@@ -192,7 +176,7 @@ def _prompt_text(value) -> str:
             raise EchoVideoInputError("prompt", "is not UTF-8 text", "re-encode the prompt column as UTF-8") from None
     if not isinstance(value, str) or not value.strip():
         raise EchoVideoInputError("prompt", f"{value!r} is empty or not text", "write what the person does")
-    return value
+    return unicodedata.normalize("NFC", value)
 
 
 def _usable_id(value) -> str | None:
@@ -202,10 +186,39 @@ def _usable_id(value) -> str | None:
     return str(value)
 
 
-def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader, basis: dict) -> Sample:
-    """A renderable sample, or one carrying the row's error (it then fails alone, with that reason)."""
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _missing(value) -> bool:
+    """An empty cell: None, or the NaN pandas writes for one."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def row_settings(row: dict) -> dict:
+    """The row's own generation settings. An empty cell means the job's value; a whole float is an integer
+    (pandas writes 64.0 for 64 in a column with gaps); a value of another kind ("64" for an integer, 64.5)
+    is this row's error, naming the column."""
+    settings = {}
+    for name, spec_field in OVERRIDABLE.items():
+        value = row.get(name)
+        if _missing(value):
+            continue
+        kind = type(spec_field.default)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 6 and 6.0 are one request (and one sample id)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise EchoVideoInputError(name, f"{value!r} is a {type(value).__name__}, expected {KIND_NAMES[kind]}",
+                                      f"write {KIND_NAMES[kind]} in the {name} column, or leave it empty")
+        settings[name] = unicodedata.normalize("NFC", value) if kind is str else value
+    return settings
+
+
+def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader, basis: dict,
+                 where: str = "") -> Sample:
+    """A renderable sample, or one carrying the row's error (it then fails alone, with that reason and place)."""
     columns = spec.columns()
-    overrides = {k: row[k] for k in OVERRIDABLE if row.get(k) is not None}
     given_value = row.get(columns["sample_id"])
     given = _usable_id(given_value)
     fallback_id = given or hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24]
@@ -214,6 +227,7 @@ def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReade
         if given_value is not None and given is None:
             raise EchoVideoInputError("sample_id", f"{given_value!r} is not a non-empty text or integer id",
                                       "fill the column or drop it to use content ids")
+        overrides = row_settings(row)
         options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
         seed_override = {"seed": overrides["seed"]} if "seed" in overrides else {}
         GenerationOptions(**options, **seed_override).validate()
@@ -221,51 +235,111 @@ def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReade
         row_basis = {k: v for k, v in basis.items() if not (seed_override and k == "job_seed")}
         sid = given or sample_id(prompt, digest, {**options, **seed_override}, row_basis)
         seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
-        return Sample(sid, prompt, name, {**options, "seed": seed}, image=data)
+        return Sample(sid, prompt, name, {**options, "seed": seed}, image=data, identity_sha=digest, where=where)
     except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
         prompt = row.get(columns["prompt"])
         shown = redact(identity_value)[:300] if isinstance(identity_value, str) else "<bytes>"
-        return Sample(fallback_id, redact(str(prompt))[:200], shown, overrides, error=redact(str(exc)))
+        given_settings = {k: row[k] for k in OVERRIDABLE if not _missing(row.get(k))}
+        reason = f"{where}: {exc}" if where else str(exc)
+        return Sample(fallback_id, redact(str(prompt))[:200], shown, given_settings, error=redact(reason), where=where)
 
 
 def unused_columns(spec: JobSpec) -> list[str]:
     """Columns the job will not read (a misspelt override such as `hieght` would otherwise pass silently)."""
-    columns, d = spec.columns(), spec.dataset
-    known = {columns[k] for k in ("prompt", "identity", "image", "sample_id")} | OVERRIDABLE
-    names = set(open_table(d["prompts"], "dataset.prompts").schema.names)
-    if d["identities"] is not None and d["mode"] != "rows":
-        names |= set(open_table(d["identities"], "dataset.identities").schema.names)
-    return sorted(names - known)
+    columns = spec.columns()
+    known = {columns[k] for k in ID_COLUMNS} | set(OVERRIDABLE)
+    return sorted({name for table in tables(spec) if table is not None for name in table.columns()} - known)
+
+
+def _content(sample: Sample) -> str:
+    """What a sample asks for, for telling a reused dataset id from a repeated row."""
+    what = sample.error or [sample.prompt, sample.identity_sha, sample.options]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def iter_samples(spec: JobSpec, accelerator: str, finished_rows: dict[str, str] | None = None) -> Iterator[Sample]:
-    """Every requested sample once (duplicates in the data collapse by id), in dataset order.
+    """Every requested sample once, in dataset order; a repeated row comes back marked `duplicate` (counted,
+    not rendered), and a dataset id reused for different content fails that row under `id@where`.
 
     A row whose key is in `finished_rows` (row key -> sample id, from the journal) yields a bare sample with
     that id at the cost of one hash: its photo is neither read nor decoded.
     """
-    reader, seen, limit = IdentityReader(), set(), spec.dataset["limit"]
+    reader, limit, id_column = IdentityReader(), spec.dataset["limit"], spec.columns()["sample_id"]
     basis, finished_rows = id_basis(spec, accelerator), finished_rows or {}
-    for row, identity_value in _pairs(spec):
+    first: dict[str, tuple[str, str] | None] = {}  # id -> (content, where) for dataset ids; None for content ids
+    for row, identity_value, where in _pairs(spec):
         key = row_key(row, identity_value, basis)
         known = finished_rows.get(key)
-        sample = Sample(known, "", "") if known else build_sample(spec, row, identity_value, reader, basis)
+        sample = Sample(known, "", "", where=where) if known else \
+            build_sample(spec, row, identity_value, reader, basis, where)
         sample.row_key = key
-        if sample.sample_id in seen:
+        given = None if known or row.get(id_column) is None else (_content(sample), where)
+        if sample.sample_id in first:
+            earlier = first[sample.sample_id]
+            if given is not None and earlier is not None and given[0] != earlier[0]:
+                yield _reused(sample, earlier[1])
+            else:
+                sample.duplicate = True
+                yield sample
             continue
-        seen.add(sample.sample_id)
+        first[sample.sample_id] = given
         yield sample
-        if limit is not None and len(seen) >= limit:
+        if limit is not None and len(first) >= limit:
             return
 
 
-def count_requested(spec: JobSpec) -> int | None:
-    """Rows the job asks for before de-duplication (metadata for parquet; a streamed scan otherwise)."""
+def _reused(sample: Sample, first_where: str) -> Sample:
+    reason = (f"{sample.where}: sample_id {sample.sample_id!r} is reused for different content (first used at "
+              f"{first_where}); give each row its own sample_id")
+    return Sample(f"{sample.sample_id}@{sample.where}", sample.prompt, sample.identity, sample.options,
+                  error=reason, where=sample.where)
+
+
+def validate_dataset(spec: JobSpec) -> int:
+    """What can be known about the dataset before any replica starts; -> samples requested (rows before
+    de-duplication). A text table is read through here (in rows mode only up to `limit`), so a malformed
+    line stops the job now, naming its line, not hours into a run."""
     d = spec.dataset
-    if d["mode"] == "sampled":
-        total = d["count"]
-    else:
-        total = open_table(d["prompts"], "dataset.prompts").count_rows()
-        if d["mode"] == "cross":
-            total *= open_table(d["identities"], "dataset.identities").count_rows()
+    prompts, identities = tables(spec)
+    _check_columns(spec, prompts, ("prompt",) if identities else ("prompt", "identity"))
+    if identities is not None:
+        _check_columns(spec, identities, ("identity",))
+    n_prompts = prompts.count(d["limit"] if identities is None else None)
+    if identities is None:
+        return _has_rows(prompts, n_prompts)
+    pairs = _has_rows(prompts, n_prompts) * _has_rows(identities, identities.count())
+    if d["mode"] == "sampled" and d["count"] > pairs:
+        raise EchoVideoInputError("dataset.count", f"{d['count']} is more than the {pairs} distinct prompt x "
+                                  "identity pairs", f"use at most {pairs}, or mode: cross for all of them")
+    total = d["count"] if d["mode"] == "sampled" else pairs
     return min(total, d["limit"]) if d["limit"] is not None else total
+
+
+def _has_rows(table: Table, count: int) -> int:
+    if count == 0:
+        raise EchoVideoInputError(table.key, f"{table.name} has no rows", "add rows, or point at another table")
+    return count
+
+
+def _check_columns(spec: JobSpec, table: Table, roles: tuple[str, ...]) -> None:
+    """The columns the job reads exist (an identity may come from its path column or its image column), and
+    the prompt column holds text: a wrong mapping is one job error, not a failure per row."""
+    names, columns, mapped = table.columns(), spec.columns(), spec.dataset["columns"]
+    if not names:
+        return  # an empty table: `_has_rows` says so
+    for role in roles:
+        wanted = (role, "image") if role == "identity" else (role,)
+        if any(columns[r] in names for r in wanted):
+            continue
+        shown = f"it has {names[:12]}"
+        if role in mapped:
+            raise EchoVideoInputError(f"dataset.columns.{role}", f"column {columns[role]!r} is not in {table.name} "
+                                      f"({shown})", "map it to one of those")
+        raise EchoVideoInputError(table.key, f"{table.name} has no {' or '.join(repr(columns[r]) for r in wanted)} "
+                                  f"column ({shown})", f"rename one, or map yours with dataset.columns.{role}")
+    if "prompt" in roles:
+        first = next(table.rows(), None)
+        value = None if first is None else first.values.get(columns["prompt"])
+        if value is not None and not isinstance(value, (str, bytes)):
+            raise EchoVideoInputError("dataset.columns.prompt", f"column {columns['prompt']!r} of {table.name} holds "
+                                      f"{type(value).__name__} values, not text", "map the prompt column to text")

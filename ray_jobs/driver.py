@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import ray
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ray_jobs.dataset import Sample, count_requested, iter_samples, unused_columns
+from echovideo.errors import EchoVideoInputError
+from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_dataset
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
@@ -84,24 +86,25 @@ class JobDriver:
         self.waiting_sample: Sample | None = None  # taken from the feed while no replica was idle
         self.up_at: dict[int, float] = {}  # when each slot's first replica was ready: start-up and render time
         self.bar = None
-        self.accelerator = "cpu"
+        self.plan, self.accelerator, self.requested, self.started = None, "cpu", 0, False
 
-    def run(self) -> JobReport:
-        """The job, with the driver's log in `logs/driver.log` next to each rank's."""
-        handler = logging.FileHandler(self.store.folder / "logs" / "driver.log")
+    def run(self, requested: int | None = None) -> JobReport:
+        """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
+        `validate_dataset` answered (asked here if not given)."""
+        handler = logging.FileHandler(self.store.log_path("driver.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
         for target in (logger, run_log):  # warnings also reach the console; run-log lines only the file
             target.addHandler(handler)
         try:
-            return self._run()
+            return self._run(validate_dataset(self.spec) if requested is None else requested)
         finally:
             for target in (logger, run_log):
                 target.removeHandler(handler)
             handler.close()
 
-    def _run(self) -> JobReport:
-        plan, requested = make_plan(self.spec), count_requested(self.spec)
-        self.accelerator = plan.accelerator
+    def _run(self, requested: int) -> JobReport:
+        plan = make_plan(self.spec)
+        self.plan, self.accelerator = plan, plan.accelerator
         run_log.info("plan: %s", plan.describe(requested))
         if self.progress:
             print(f"plan: {plan.describe(requested)}", file=sys.stderr)
@@ -114,31 +117,56 @@ class JobDriver:
         self.feed = SampleFeed(iter_samples(self.spec, plan.accelerator, finished_rows), done,
                                capacity=4 * plan.replicas + 16)
         self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
-        begun = time.monotonic()
+        self.requested, begun, ended_by = requested, time.monotonic(), "interrupted"
         try:
-            now = self.clock.tick()
-            for index in range(plan.replicas):  # all placed and started at once, inside the loop
-                self.replicas[index] = Replica(index, self.spec, plan.accelerator, now, self.worker)
-            self._loop()
+            with logging_redirect_tqdm(loggers=[logger]):  # warnings on their own line, above the bar
+                self._loop()
+            ended_by = "complete"
+        except (JobFailure, EchoVideoInputError) as exc:
+            ended_by = f"failed: {exc}"
+            raise
         finally:
             self.feed.stop()
             self._count_skipped()
             self.bar.close()
             for replica in self.replicas.values():
                 replica.teardown()
-            self.store.remove_orphan_temps()  # renders cut short by a teardown
-        run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds", self.report.rendered,
-                     self.report.skipped, self.report.failed, self.report.rebuilds)
+            self._finish(begun, ended_by)
+        return self.report
+
+    def _finish(self, begun: float, ended_by: str) -> None:
+        """However the run ended (done, a job error, Ctrl-C), what finished is in the manifest, summary and gallery.
+
+        Finalising after a failure is best effort: the disk that stopped the job may refuse this too, and the
+        journal, which a rerun reads, already holds every finished clip.
+        """
+        self.store.remove_orphan_temps()  # renders cut short by a teardown
+        run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds; %s", self.report.rendered,
+                     self.report.skipped, self.report.failed, self.report.rebuilds, ended_by)
         ended = time.monotonic()
         first_up = min(self.up_at.values(), default=ended)
-        self.report.summary = self.store.finalize({
-            "job": self.spec.source, "rendered_this_run": self.report.rendered, "skipped_done": self.report.skipped,
-            "replicas": plan.replicas, "ranks_per_replica": plan.ranks, "accelerator": plan.accelerator,
+        summary = {
+            "job": self.spec.source, "ended": ended_by, "rendered_this_run": self.report.rendered,
+            "skipped_done": self.report.skipped, "replicas": self.plan.replicas,
+            "ranks_per_replica": self.plan.ranks, "accelerator": self.plan.accelerator,
             "replica_rebuilds": self.report.rebuilds, "replicas_dropped": self.report.dropped_replicas,
             "startup_seconds": round(max(self.up_at.values(), default=begun) - begun, 2),
             "render_seconds": round(ended - first_up, 2),
-            "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)})
-        return self.report
+            "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
+        try:
+            self.report.summary = self.store.finalize(summary)
+        except OutputError as exc:
+            if ended_by == "complete":
+                raise
+            logger.warning("could not write the manifest after the job ended (%s); rerunning the job writes it", exc)
+
+    def _start_replicas(self) -> None:
+        """All placed and started at once, inside the loop; only once there is a sample to render (a dataset
+        that is all done, or all bad, never builds one)."""
+        now = self.clock.tick()
+        for index in range(self.plan.replicas):
+            self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
+        self.started = True
 
     def _loop(self) -> None:
         """Until every sample is settled: hand out work, wait for any event, advance the replicas it concerns."""
@@ -150,7 +178,9 @@ class JobDriver:
             busy = [r for r in self.replicas.values() if r.state is State.BUSY]
             if not busy and not self.retry and self.waiting_sample is None and self.feed.exhausted:
                 return
-            if not self.replicas:
+            if self.waiting_sample is not None and not self.started:
+                self._start_replicas()
+            if self.started and not self.replicas:
                 raise JobFailure("every replica was lost; rerun the job to resume the rest")
             self._advance(now)
             for replica in list(self.replicas.values()):
@@ -186,8 +216,7 @@ class JobDriver:
             sample = self._next()
             if sample is None:
                 return
-            replica.submit(sample, str(self.store.video_path(sample.sample_id)),
-                           str(self.store.poster_path(sample.sample_id)), self.clock.tick())
+            replica.submit(sample, self.store.files_for(sample.sample_id, sample.identity_sha), self.clock.tick())
 
     def _next(self) -> Sample | None:
         """A retry first, else the dataset's next sample."""
@@ -225,8 +254,8 @@ class JobDriver:
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
             "sample_id": sample.sample_id, "row_key": sample.row_key, "prompt": sample.prompt,
-            "identity": sample.identity, "seed": sample.options["seed"], "options": sample.options,
-            "attempts": sample.attempts,
+            "identity": sample.identity, "identity_sha": sample.identity_sha, "seed": sample.options["seed"],
+            "options": sample.options, "attempts": sample.attempts,
             "path": str(self.store.video_path(sample.sample_id).relative_to(self.store.folder)),
             "seconds": round(timing["seconds"], 3), "replica": str(replica.index)})
         self.report.rendered += 1
@@ -268,13 +297,21 @@ class JobDriver:
         self.bar.update(1)
 
     def _count_skipped(self) -> None:
+        """Rows done before advance the bar; repeated rows come off its total (they are no work)."""
         new = self.feed.skipped - self.report.skipped
         if new:
             self.report.skipped += new
             self.bar.update(new)
+        if self.requested - self.feed.duplicates != self.bar.total:
+            self.bar.total = self.requested - self.feed.duplicates
+            self.bar.refresh()
 
 
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on_result=None,
             worker: type = RankWorker) -> JobReport:
-    connect(address, spec)
-    return JobDriver(spec, progress, on_result, worker).run()
+    """Validate the dataset, hold the output folder, join or start the cluster, run the job."""
+    requested = validate_dataset(spec)  # a bad table is exit 2 before any cluster starts
+    driver = JobDriver(spec, progress, on_result, worker)
+    with driver.store.locked():
+        connect(address, spec)
+        return driver.run(requested)

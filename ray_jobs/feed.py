@@ -16,9 +16,10 @@ END = object()
 
 class SampleFeed:
     def __init__(self, samples: Iterator[Sample], done: set[str], capacity: int) -> None:
-        """`samples` in dataset order; those whose id is in `done` are counted in `skipped`, not queued."""
+        """`samples` in dataset order; those whose id is in `done` are counted in `skipped`, repeats of an
+        earlier row in `duplicates`; neither is queued."""
         self.queue: queue.Queue = queue.Queue(maxsize=capacity)
-        self.done, self.skipped, self.exhausted = done, 0, False
+        self.done, self.skipped, self.duplicates, self.exhausted = done, 0, 0, False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._fill, args=(samples,), name="sample-feed", daemon=True)
         self.thread.start()
@@ -26,7 +27,9 @@ class SampleFeed:
     def _fill(self, samples: Iterator[Sample]) -> None:
         try:
             for sample in samples:
-                if sample.sample_id in self.done:
+                if sample.duplicate:
+                    self.duplicates += 1
+                elif sample.sample_id in self.done:
                     self.skipped += 1
                 elif not self._put(sample):
                     return

@@ -1,13 +1,14 @@
 """The job file (YAML): validated against a schema with errors that name the key, overridable with `--set`."""
 
+import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.run_config import read_yaml_file
 from echovideo.sampling import GenerationOptions
+from echovideo.yaml_files import read_yaml_file
 from parallel.config import ParallelConfig
 
 # section -> key -> (accepted types, default). `None` default with no type check means "optional".
@@ -31,7 +32,8 @@ DEFAULT_COLUMNS = {"prompt": "prompt", "identity": "identity", "image": "image",
 def _check_type(path: str, value, types: tuple[type, ...]) -> None:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # YAML true is no int
         names = " or ".join(t.__name__ for t in types)
-        raise EchoVideoInputError(path, f"{value!r} is a {type(value).__name__}, expected {names}", "fix the job file")
+        raise EchoVideoInputError(path, f"{reprlib.repr(value)} is a {type(value).__name__}, expected {names}",
+                                  "fix the job file")
 
 
 @dataclass
@@ -73,17 +75,17 @@ def parse_job(raw: dict, source: str = "") -> JobSpec:
     --working-dir` ships), not to the job file, and are made absolute before anything reaches a rank."""
     if not isinstance(raw, dict):
         raise EchoVideoInputError(source or "job", "the job file is not a YAML mapping", "see configs/jobs/demo.yaml")
-    unknown = sorted(set(raw) - set(SCHEMA))
+    unknown = sorted(set(raw) - set(SCHEMA), key=str)
     if unknown:
-        raise EchoVideoInputError(unknown[0], "unknown section", f"use only {sorted(SCHEMA)}")
+        raise EchoVideoInputError(str(unknown[0])[:60], "unknown section", f"use only {sorted(SCHEMA)}")
     sections = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
-            raise EchoVideoInputError(section, f"{given!r} is not a mapping", "indent its keys under it")
-        extra = sorted(set(given) - set(keys))
+            raise EchoVideoInputError(section, f"{reprlib.repr(given)} is not a mapping", "indent its keys under it")
+        extra = sorted(set(given) - set(keys), key=str)
         if extra:
-            raise EchoVideoInputError(f"{section}.{extra[0]}", "unknown key", f"{section} takes {sorted(keys)}")
+            raise EchoVideoInputError(f"{section}.{str(extra[0])[:60]}", "unknown key", f"{section} takes {sorted(keys)}")
         values = {}
         for key, (types, default) in keys.items():
             value = given.get(key, default)
@@ -112,23 +114,29 @@ def _check_meaning(spec: JobSpec) -> None:
     if (m["preset"] is None) == (m["checkpoint"] is None):
         raise EchoVideoInputError("model", "give exactly one of preset or checkpoint", "e.g. preset: tiny")
     if m["preset"] not in (None, "tiny"):
-        raise EchoVideoInputError("model.preset", f"unknown preset {m['preset']!r}", "use tiny or a checkpoint")
+        raise EchoVideoInputError("model.preset", f"unknown preset {reprlib.repr(m['preset'])}", "use tiny or a checkpoint")
     for key in ("ulysses", "ring"):
         if p[key] < 1:
             raise EchoVideoInputError(f"parallel.{key}", f"{p[key]} must be >= 1", "use 1 to disable")
     if p["cfg"] not in (1, 2):
         raise EchoVideoInputError("parallel.cfg", f"{p['cfg']} must be 1 or 2", "CFG has two branches")
     if p["replicas"] != "auto" and (isinstance(p["replicas"], str) or p["replicas"] < 1):
-        raise EchoVideoInputError("parallel.replicas", f"{p['replicas']!r} is not auto or >= 1", "e.g. auto")
+        raise EchoVideoInputError("parallel.replicas", f"{reprlib.repr(p['replicas'])} is not auto or >= 1", "e.g. auto")
     if r["accelerator"] not in ACCELERATORS:
-        raise EchoVideoInputError("resources.accelerator", f"{r['accelerator']!r} is unknown", f"use {ACCELERATORS}")
+        raise EchoVideoInputError("resources.accelerator", f"{reprlib.repr(r['accelerator'])} is unknown", f"use {ACCELERATORS}")
     if d["prompts"] is None:
         raise EchoVideoInputError("dataset.prompts", "missing", "a parquet, jsonl or csv path or URI")
     if d["mode"] not in MODES:
-        raise EchoVideoInputError("dataset.mode", f"{d['mode']!r} is unknown", f"use one of {MODES}")
+        raise EchoVideoInputError("dataset.mode", f"{reprlib.repr(d['mode'])} is unknown", f"use one of {MODES}")
     if d["mode"] in ("cross", "sampled") and d["identities"] is None:
         raise EchoVideoInputError("dataset.identities", f"mode {d['mode']} pairs prompts with identities",
                                   "give an identities table")
+    for role, column in d["columns"].items():
+        if role not in DEFAULT_COLUMNS or not isinstance(column, str):
+            raise EchoVideoInputError(f"dataset.columns.{str(role)[:60]}", f"{reprlib.repr(column)} is not a column "
+                                      "name for a known role", f"map {sorted(DEFAULT_COLUMNS)} to column names")
+    if d["limit"] is not None and d["limit"] < 1:
+        raise EchoVideoInputError("dataset.limit", f"{d['limit']} must be >= 1", "leave it out to render every row")
     if d["mode"] == "sampled" and (d["count"] is None or d["count"] < 1):
         raise EchoVideoInputError("dataset.count", "sampled mode needs a positive count", "e.g. count: 1000")
     if spec.job["output"] is None:

@@ -1,15 +1,22 @@
-"""The output folder: videos, posters, a completion journal, and at the end manifest, failures, summary, gallery.
+"""The output folder: videos, posters, identity thumbnails, a completion journal, and at the end manifest,
+failures, summary, gallery.
 
 Exactly-once: a worker renames the finished mp4 into place, then the driver appends the completion to
 `state/completed.jsonl` (flushed and fsynced). Resume skips ids that are recorded AND whose file exists;
 everything else is rendered again (at-least-once execution, idempotent keyed outputs).
+
+One job at a time per folder (`locked`), and nothing is written through a symbolic link inside it: a
+link planted in the folder could otherwise send videos, journal lines or deletions elsewhere.
 """
 
+import fcntl
 import hashlib
-import html
 import json
+import logging
 import os
 import re
+import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,20 +26,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.video_io import atomic_output
+from echovideo.video_io import atomic_output, is_our_temp
 from ray_jobs.failures import OutputError
+from ray_jobs.gallery import thumbnail_name, write_gallery
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
+logger = logging.getLogger("ray_jobs")
 
 
 def safe_name(sample_id: str) -> str:
-    """A file name that stays inside its folder whatever the id holds (../, /, NUL, 300 characters).
+    """A file name that stays inside its folder whatever the id holds (../, /, NUL, 300 characters), and that
+    no other id's name equals even where storage ignores case.
 
-    Ids that are already safe keep their name; any other gets a readable prefix and a hash of the whole
-    id, so two different ids never share a file ("a/b" and "a_b").
+    Ids that are already safe and lower-case keep their name (content ids are lower-case hex); any other
+    gets a readable prefix and a hash of the whole id, so two different ids never share a file ("a/b" and
+    "a_b", "Case" and "case").
     """
     name = SAFE.sub("_", sample_id).lstrip(".")[:80]
-    if name == sample_id:
+    if name == sample_id and name == name.lower():
         return name
     return f"{name or 'sample'}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
@@ -48,17 +59,60 @@ def writing(what: Path) -> Iterator[None]:
 
 
 class OutputStore:
+    FOLDERS = ("videos", "posters", "identities", "state", "logs", "pages")
+
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.videos, self.posters, self.state = self.folder / "videos", self.folder / "posters", self.folder / "state"
         try:
-            for path in (self.videos, self.posters, self.state, self.folder / "logs"):
-                path.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._refuse_links()
+            for name in self.FOLDERS:
+                (self.folder / name).mkdir(exist_ok=True)
             with atomic_output(self.state / "writable", ".probe") as probe:
                 probe.write_text("ok")
         except OSError as exc:
             raise EchoVideoInputError("job.output", f"{self.folder} cannot be written ({exc.strerror or exc})",
                                       "choose a writable folder with free space") from None
+
+    def _refuse_links(self) -> None:
+        """Our folders, and every file the driver appends to (state/, logs/), are never symbolic links."""
+        links = [self.folder / name for name in self.FOLDERS if (self.folder / name).is_symlink()]
+        for name in ("state", "logs"):
+            if (self.folder / name).is_dir() and not (self.folder / name).is_symlink():
+                links += [Path(e.path) for e in os.scandir(self.folder / name) if e.is_symlink()]
+        if links:
+            raise EchoVideoInputError("job.output", f"{links[0]} is a symbolic link",
+                                      "nothing is written through links inside the output folder: remove it")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder for one job: an exclusive lock on `state/job.lock`, which names its holder.
+
+        A second job into the same folder stops at once (exit 2) instead of rendering the same clips twice.
+        The kernel drops the lock when its holder dies, so a crashed or killed job never leaves a stale one
+        (flock; on NFSv4 it holds across hosts). A filesystem without locks gets a warning, not a refusal.
+        """
+        path = self.state / "job.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "unknown holder"
+                raise EchoVideoInputError("job.output", f"another job is writing into {self.folder} ({holder})",
+                                          "wait for it to end, or give this job another job.output") from None
+            except OSError as exc:
+                logger.warning("cannot lock %s (%s): do not run two jobs into this folder at once", path, exc)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def log_path(self, name: str) -> Path:
+        return self.folder / "logs" / name
 
     def video_path(self, sample_id: str) -> Path:
         return self.videos / f"{safe_name(sample_id)}.mp4"
@@ -66,19 +120,26 @@ class OutputStore:
     def poster_path(self, sample_id: str) -> Path:
         return self.posters / f"{safe_name(sample_id)}.jpg"
 
+    def files_for(self, sample_id: str, identity_sha: str) -> dict[str, str]:
+        """Where rank 0 writes a sample's video and poster, and its identity's thumbnail."""
+        return {"video": str(self.video_path(sample_id)), "poster": str(self.poster_path(sample_id)),
+                "thumbnail": str(self.folder / thumbnail_name(identity_sha))}
+
     def remove_orphan_temps(self) -> int:
-        """Temp files of renders that died mid-write (never under a final name)."""
-        orphans = [p for folder in (self.videos, self.posters) for p in folder.glob(".*.tmp*")]
+        """Temp files of renders that died mid-write: only names we make (nothing else matches), never a link."""
+        orphans = [Path(e.path) for folder in (self.videos, self.posters, self.folder / "identities")
+                   for e in os.scandir(folder) if is_our_temp(e.name) and not e.is_symlink()]
         for path in orphans:
             path.unlink(missing_ok=True)
         return len(orphans)
 
     def _journal(self, name: str) -> Iterator[dict]:
         """The journal's records, streamed (a million-line journal is never one string in memory)."""
-        path = self.state / name
-        if not path.exists():
+        try:
+            fd = os.open(self.state / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             return
-        with open(path) as handle:
+        with open(fd) as handle:
             for line in handle:
                 try:
                     yield json.loads(line)
@@ -110,7 +171,8 @@ class OutputStore:
 
     def _append(self, name: str, record: dict) -> None:
         path = self.state / name
-        with writing(path), open(path, "a+b") as handle:
+        with writing(path), open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644),
+                                 "a+b") as handle:
             line = (json.dumps(record, ensure_ascii=True) + "\n").encode()
             size = handle.seek(0, os.SEEK_END)
             if size:  # a crash mid-append leaves a line without its newline: end it, or this record joins it
@@ -147,25 +209,12 @@ class OutputStore:
         summary = {**summary, "ok": len(done), "failed": len(failed)}
         with atomic_output(self.folder / "summary.json", ".json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-        self._write_gallery(list(done.values()), list(failed.values()))
+        write_gallery(self.folder, list(done.values()), list(failed.values()))
         return summary
 
     def _write_parquet(self, table: pa.Table, name: str) -> None:
         with atomic_output(self.folder / name, ".parquet") as tmp:
             pq.write_table(table, str(tmp))
-
-    def _write_gallery(self, done: list[dict], failed: list[dict]) -> None:
-        cards = [f'<figure><video controls preload="none" src="videos/{safe_name(r["sample_id"])}.mp4" '
-                 f'poster="posters/{safe_name(r["sample_id"])}.jpg" width="256"></video>'
-                 f'<figcaption>{html.escape(r["prompt"][:200])}<br><small>{html.escape(r["sample_id"])} · '
-                 f'seed {r["seed"]}</small></figcaption></figure>' for r in sorted(done, key=lambda r: r["sample_id"])]
-        failures = [f'<li>{html.escape(r["sample_id"])}: {html.escape(str(r.get("error"))[:300])}</li>' for r in failed]
-        page = ("<!doctype html><meta charset=utf-8><title>echovideo gallery</title><style>body{font-family:sans-serif}"
-                "figure{display:inline-block;width:256px;margin:8px;vertical-align:top}</style>"
-                f"<h1>{len(done)} clips, {len(failed)} failed</h1>{''.join(cards)}"
-                + (f"<h2>Failures</h2><ul>{''.join(failures)}</ul>" if failures else ""))
-        with atomic_output(self.folder / "index.html", ".html") as tmp:
-            tmp.write_text(page)
 
 
 def _cell(value):

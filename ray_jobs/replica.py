@@ -151,11 +151,13 @@ class Replica:
         if not self.waiting:
             self.state = State.IDLE
 
-    def submit(self, sample, video: str, poster: str, now: float) -> None:
-        """IDLE -> BUSY: every rank gets the sample (only rank 0 the image); the first probe follows later."""
+    def submit(self, sample, files: dict[str, str], now: float) -> None:
+        """IDLE -> BUSY: every rank gets the sample (only rank 0 the image and where to write); the first probe
+        follows later."""
         assert self.state is State.IDLE, self.state
         renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
-                                       sample.options, video, poster): rank for rank, actor in enumerate(self.actors)}
+                                       sample.options, files if rank == 0 else {}): rank
+                   for rank, actor in enumerate(self.actors)}
         self.work = Work(sample, renders, probes={rank: Probe(now, None) for rank in range(self.world)})
         self.state = State.BUSY
 

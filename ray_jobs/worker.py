@@ -16,6 +16,7 @@ import numpy as np
 import ray
 from PIL import Image
 
+from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
 from echovideo.video_io import atomic_output, write_mp4
 from ray_jobs.failures import Failure, Kind, SampleFailure, classify
@@ -23,6 +24,7 @@ from ray_jobs.failures import Failure, Kind, SampleFailure, classify
 DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
 PROBES = "probes"  # the concurrency group of the read-only calls
 CONCURRENCY_GROUPS = {PROBES: 1}
+THUMBNAIL_SIDE = 160
 HCCL_BASE_PORT, HCCL_PORTS_PER_DEVICE = 60000, 16  # HCCL listens on base + logical device id (0..15)
 
 
@@ -94,12 +96,13 @@ class RankWorker:
         self.pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model["dtype"],
                                                               scheduler=model["scheduler"], timeout=timeout,
                                                               compile=model["compile"])
-        self.log.info("rank %d/%d ready on %s (%s), group at %s:%d, %s", self.rank, self.world, device,
-                      ray.get_runtime_context().get_accelerator_ids(), *address, root)
+        given = {kind: ids for kind, ids in ray.get_runtime_context().get_accelerator_ids().items() if ids}
+        self.log.info("rank %d/%d ready on %s%s, group at %s:%d, %s", self.rank, self.world, device,
+                      f" ({given})" if given else "", *address, root)
 
-    def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, video: str,
-               poster: str) -> dict:
-        """Every rank calls this with the same sample (only rank 0 gets the image). Rank 0 returns timings.
+    def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, files: dict[str, str]) -> dict:
+        """Every rank calls this with the same sample (only rank 0 gets the image and `files`: where the video,
+        its poster and the identity's thumbnail go). Rank 0 returns timings.
 
         Any failure is raised as a SampleFailure: classified here, where the real exception is known.
         """
@@ -110,8 +113,9 @@ class RankWorker:
             result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed)
             self._progressed()
             if self.rank == 0:
-                write_mp4(result.frames, video, fps=result.fps)
-                _write_poster(result.frames, Path(poster))
+                write_mp4(result.frames, files["video"], fps=result.fps)
+                _write_jpeg(result.frames[len(result.frames) // 2], Path(files["poster"]))
+                _write_thumbnail(image, Path(files["thumbnail"]))
         except Exception as exc:
             failure = classify(exc)
             self.log.error("sample %s: failed (%s): %s: %s", sample_id, failure.kind.value, type(exc).__name__, exc,
@@ -144,7 +148,17 @@ def _rank_log(path: str) -> logging.Logger:
     return logging.getLogger("ray_jobs.worker")
 
 
-def _write_poster(frames: np.ndarray, path: Path) -> None:
-    """The middle frame as a JPEG: what the gallery shows before a clip is played."""
+def _write_jpeg(pixels: np.ndarray, path: Path) -> None:
+    """A poster (the clip's middle frame, shown before it plays) or a thumbnail, as a JPEG."""
     with atomic_output(path, ".jpg") as tmp:
-        Image.fromarray(frames[len(frames) // 2]).save(tmp, format="JPEG", quality=85)
+        Image.fromarray(pixels).save(tmp, format="JPEG", quality=85)
+
+
+def _write_thumbnail(image: bytes, path: Path) -> None:
+    """The identity photo, small, once per photo (named by its hash): the gallery shows it on every card."""
+    if path.exists():
+        return
+    pixels = decode_identity_image(image, "identity")
+    scale = THUMBNAIL_SIDE / max(pixels.shape[:2])
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    _write_jpeg(np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)), path)

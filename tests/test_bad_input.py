@@ -7,6 +7,7 @@ Each case is one dataset row keyed by its own `sample_id`; the expected outcome 
 import io
 import logging
 import math
+import os
 import struct
 import zlib
 
@@ -51,6 +52,8 @@ def cases(tmp_path, face_path):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     photo = str(face_path)
+    fifo = tmp_path / "photo.fifo"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
     unreachable = (f"s3://AKIDEXAMPLE:{SECRET}@bucket/face.jpg?endpoint_override=127.0.0.1:1&scheme=http"
                    f"&session_token={SECRET}")
 
@@ -64,7 +67,12 @@ def cases(tmp_path, face_path):
         "not-an-image": (row(identity=str(tmp_path / "notes.jpg")), "not a readable image"),
         "zero-bytes": (row(identity=str(tmp_path / "empty.jpg")), "empty (0 bytes)"),
         "no-face": (row(identity=str(tmp_path / "tiny.png")), "no face"),  # 1x1: found nothing to align
-        "huge": (row(identity=str(tmp_path / "huge.png")), "too many pixels"),
+        "huge": (row(identity=str(tmp_path / "huge.png")), "too large (over 179 megapixels)"),
+        "dev-zero": (row(identity="/dev/zero"), "not a regular file (a device)"),
+        "fifo": (row(identity=str(fifo)), "not a regular file (a FIFO)"),
+        "directory": (row(identity=str(tmp_path)), "not a regular file (a directory)"),
+        "Case": (row(prompt="a person smiles broadly"), "ok"),  # ids differing only in case: two files
+        "case": (row(prompt="a person smiles widely"), "ok"),
         "several-faces": (row(identity=str(tmp_path / "two-faces.jpg")), "ok"),  # the largest wins, as released
         "rgba": (row(identity=str(tmp_path / "rgba.png")), "ok"),
         "grayscale": (row(identity=str(tmp_path / "gray.png")), "ok"),
@@ -78,7 +86,8 @@ def cases(tmp_path, face_path):
         "frames-8": (row(frames=8), "4k+1"),
         "steps-0": (row(steps=0), "--steps"),
         "guidance-negative": (row(guidance=-1.0), "--guidance"),
-        "guidance-nan": (row(guidance=math.nan), "--guidance"),
+        "guidance-nan": (row(guidance=math.nan), "ok"),  # an empty cell (pandas writes NaN): the job's value
+        "guidance-inf": (row(guidance=math.inf), "--guidance"),
         "seed-negative": (row(seed=-1), "--seed"),
         "unknown-column": (row(hieght=480), "ok"),  # ignored, with a warning naming it
         **{hostile: (row(), "ok") for hostile in HOSTILE_IDS},
@@ -89,6 +98,7 @@ def cases(tmp_path, face_path):
 def write_table(path, cases: dict) -> None:
     rows = [{"sample_id": sid, **row} for sid, (row, _) in cases.items()]
     rows.append({"sample_id": "rgba", **cases["rgba"][0]})  # a duplicate row: rendered once
+    rows.append({"sample_id": "grayscale", **cases["rgba"][0]})  # an id reused for other content: fails alone
     columns = sorted({key for r in rows for key in r})
     types = {"prompt": pa.binary(), "image": pa.binary(), "identity": pa.string(), "sample_id": pa.string(),
              "guidance": pa.float64()}
@@ -106,6 +116,10 @@ def test_each_bad_row_fails_alone_with_its_reason_and_the_rest_render(local_ray,
     assert "hieght" in caplog.text  # the unused column is named
 
     outcome = {r["sample_id"]: r for r in manifest(out)}
+    first_row, reused_row = list(cases).index("grayscale") + 1, len(cases) + 2
+    reused = outcome.pop(f"grayscale@rows.parquet row {reused_row}")
+    assert reused["status"] == "failed" and \
+        f"reused for different content (first used at rows.parquet row {first_row})" in reused["error"]
     assert sorted(outcome) == sorted(cases)  # one row per case: the duplicate collapsed
     for sid, (_, expected) in cases.items():
         row = outcome[sid]
@@ -117,6 +131,7 @@ def test_each_bad_row_fails_alone_with_its_reason_and_the_rest_render(local_ray,
     assert report.exit_code == 3
 
     # Hostile ids land inside the output folder under safe, distinct names; nothing is written elsewhere.
+    assert len({outcome[sid]["path"].lower() for sid in ("Case", "case")}) == 2  # apart on case-blind storage
     for hostile in HOSTILE_IDS:
         assert (out / "videos" / f"{safe_name(hostile)}.mp4").resolve().parent == (out / "videos").resolve()
     created = {p for p in tmp_path.rglob("*")} - inputs
