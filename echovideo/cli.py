@@ -9,6 +9,7 @@ from echovideo.errors import EchoVideoInputError, ParallelGroupError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
 GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps")
@@ -157,14 +158,16 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
 
 
 def _plan_job(args: argparse.Namespace) -> int:
-    from ray_jobs.dataset import count_requested
+    """Without --address, the plan is for this machine, read without starting a cluster."""
+    from ray_jobs.dataset import validate_dataset
     from ray_jobs.job import load_job
-    from ray_jobs.plan import connect, make_plan
+    from ray_jobs.plan import connect, local_nodes, make_plan
 
     spec = load_job(args.job, args.set)
-    count = count_requested(spec)
-    connect(args.address, spec)
-    print(make_plan(spec).describe(count))
+    count = validate_dataset(spec)
+    if args.address:
+        connect(args.address, spec)
+    print(make_plan(spec, None if args.address else local_nodes(spec)).describe(count))
     return 0
 
 
@@ -176,10 +179,14 @@ def _run_job(args: argparse.Namespace) -> int:
     try:
         report = run_job(spec, args.address)
     except JobFailure as exc:
-        print(f"echovideo: job failed: {exc}", file=sys.stderr)
+        print(f"echovideo: job failed: {exc}; finished clips and the manifest are in {spec.output}", file=sys.stderr)
         return EXIT_FAILED_JOB
+    except KeyboardInterrupt:
+        print(f"echovideo: interrupted; finished clips and the manifest are in {spec.output}; run the same command "
+              "again to render the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
     s = report.summary
-    print(f"{s['ok']} ok, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} already done); "
+    print(f"{s['ok']} ok, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} settled before); "
           f"outputs in {spec.output} (manifest.parquet, failures.parquet, summary.json, index.html)")
     return report.exit_code
 

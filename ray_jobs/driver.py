@@ -66,6 +66,7 @@ class JobReport:
     failed: int = 0
     rebuilds: int = 0
     dropped_replicas: int = 0
+    replicas_started: int = 0
     summary: dict = field(default_factory=dict)
 
     @property
@@ -149,7 +150,8 @@ class JobDriver:
             "job": self.spec.source, "ended": ended_by, "rendered_this_run": self.report.rendered,
             "skipped_done": self.report.skipped, "replicas": self.plan.replicas,
             "ranks_per_replica": self.plan.ranks, "accelerator": self.plan.accelerator,
-            "replica_rebuilds": self.report.rebuilds, "replicas_dropped": self.report.dropped_replicas,
+            "replicas_started": self.report.replicas_started, "replica_rebuilds": self.report.rebuilds,
+            "replicas_dropped": self.report.dropped_replicas,
             "startup_seconds": round(max(self.up_at.values(), default=begun) - begun, 2),
             "render_seconds": round(ended - first_up, 2),
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
@@ -167,6 +169,7 @@ class JobDriver:
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
         self.started = True
+        self.report.replicas_started += self.plan.replicas
 
     def _loop(self) -> None:
         """Until every sample is settled: hand out work, wait for any event, advance the replicas it concerns."""
@@ -228,7 +231,7 @@ class JobDriver:
     def _from_feed(self, timeout: float = 0.0) -> Sample | None:
         """The next renderable sample if one is ready; rows rejected while reading fail on the way."""
         while (sample := self.feed.take(timeout)) is not None and sample.error:
-            self._fail(sample, sample.error)
+            self._fail(sample, sample.error, Kind.INPUT)
         return sample
 
     def _settle(self, replica: Replica, outcome: Outcome | None) -> None:
@@ -249,7 +252,7 @@ class JobDriver:
             self.retry.append(sample)
             return
         attempts = f" (after {sample.attempts} attempts)" if sample.attempts > 1 else ""
-        self._fail(sample, f"{failure.kind.value}: {failure.message}{attempts}")
+        self._fail(sample, f"{failure.kind.value}: {failure.message}{attempts}", failure.kind)
 
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
@@ -283,14 +286,18 @@ class JobDriver:
                                   f"sample (job.max_rebuilds); last cause: {failure.message}")
                 continue
             self.report.rebuilds += 1
+            self.report.replicas_started += 1
             self.replicas[index] = Replica(index, self.spec, self.accelerator, self.clock.tick(), self.worker)
 
     def _drop(self, index: int, reason: str) -> None:
         logger.warning("replica %d dropped, the others go on: %s", index, reason)
         self.report.dropped_replicas += 1
 
-    def _fail(self, sample: Sample, reason: str) -> None:
-        self.store.record_failure({"sample_id": sample.sample_id, "prompt": sample.prompt, "identity": sample.identity,
+    def _fail(self, sample: Sample, reason: str, kind: Kind) -> None:
+        """Recorded with its kind and row key: a rerun skips an unchanged row that was bad input (it would fail
+        the same way) and retries every other failure."""
+        self.store.record_failure({"sample_id": sample.sample_id, "row_key": sample.row_key, "kind": kind.value,
+                                   "prompt": sample.prompt, "identity": sample.identity,
                                    "seed": sample.options.get("seed"), "options": sample.options,
                                    "attempts": sample.attempts, "error": reason})
         self.report.failed += 1

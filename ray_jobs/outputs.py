@@ -11,6 +11,7 @@ link planted in the folder could otherwise send videos, journal lines or deletio
 
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,11 +28,12 @@ import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.video_io import atomic_output, is_our_temp
-from ray_jobs.failures import OutputError
+from ray_jobs.failures import Kind, OutputError
 from ray_jobs.gallery import thumbnail_name, write_gallery
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 logger = logging.getLogger("ray_jobs")
+INPUT_KIND = Kind.INPUT.value
 
 
 def safe_name(sample_id: str) -> str:
@@ -156,17 +158,20 @@ class OutputStore:
                 if self.video_path(r["sample_id"]).name in present}
 
     def resume_index(self) -> tuple[set[str], dict[str, str]]:
-        """What a rerun skips: finished sample ids, and row key -> sample id for the rows they came from.
+        """What a rerun skips: settled sample ids, and row key -> sample id for the rows they came from.
 
-        Only ids and keys are kept (tens of bytes per finished row); a record counts only if its video exists.
+        Settled: finished with its video present, or failed as bad input (that row, unchanged, fails the same
+        way: its key covers the row and the photo file's size and time, so a fixed row or photo is new work).
+        Only ids and keys are kept (tens of bytes per settled row).
         """
         present, done, rows = self._present_videos(), set(), {}
-        for record in self._journal("completed.jsonl"):
-            sid = record["sample_id"]
-            if self.video_path(sid).name in present:
-                done.add(sid)
-                if record.get("row_key"):
-                    rows[record["row_key"]] = sid
+        settled = itertools.chain(
+            (r for r in self._journal("completed.jsonl") if self.video_path(r["sample_id"]).name in present),
+            (r for r in self._journal("failed.jsonl") if r.get("kind") == INPUT_KIND))
+        for record in settled:
+            done.add(record["sample_id"])
+            if record.get("row_key"):
+                rows[record["row_key"]] = record["sample_id"]
         return done, rows
 
     def _append(self, name: str, record: dict) -> None:

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from ray_jobs.job import JobSpec
 from ray_jobs.replica import rank_bundle
 
 RESOURCE = {"gpu": "GPU", "npu": "NPU", "cpu": "CPU"}
+CONNECT_TIMEOUT_S = 5.0
 logger = logging.getLogger("ray_jobs")
 
 
@@ -40,14 +42,46 @@ def connect(address: str | None, spec: JobSpec) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise EchoVideoInputError("--address", f"cannot join the cluster at {address} ({str(exc)[:200]})",
+                                      "start one with `ray start --head`, or fix the address") from None
         return
-    needed = 0
-    if spec.parallel["replicas"] != "auto":  # room for the replicas asked for, even on a small machine
-        needed = spec.parallel["replicas"] * spec.ranks_per_replica * spec.resources["cpus_per_rank"]
     with _loopback_only():
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+        ray.init(address="local", num_cpus=embedded_cpus(spec), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port that nothing answers fails in seconds with our message (Ray itself retries for minutes)."""
+    if address in ("auto", "local"):
+        return  # Ray answers these at once
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise EchoVideoInputError("--address", f"nothing answers at {address} ({exc})",
+                                  "start the cluster (`ray start --head`), or pass its host:port or auto") from None
+
+
+def embedded_cpus(spec: JobSpec) -> int:
+    """The embedded cluster's CPUs: the machine's, or room for the replicas asked for on a small machine."""
+    needed = 0
+    if spec.parallel["replicas"] != "auto":
+        needed = spec.parallel["replicas"] * spec.ranks_per_replica * spec.resources["cpus_per_rank"]
+    return max(os.cpu_count() or 1, int(needed + 0.999))
+
+
+def local_nodes(spec: JobSpec) -> list[dict]:
+    """The node an embedded cluster would have, without starting one (`echovideo plan` with no --address)."""
+    import torch
+
+    resources = {"CPU": float(embedded_cpus(spec))}
+    if torch.cuda.is_available():
+        resources["GPU"] = float(torch.cuda.device_count())
+    return [{"NodeID": "local", "Alive": True, "Resources": resources}]
 
 
 @contextmanager
@@ -69,9 +103,13 @@ def _loopback_only() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def choose_accelerator(spec: JobSpec) -> str:
+def choose_accelerator(spec: JobSpec, nodes: list[dict]) -> str:
     wanted = spec.resources["accelerator"]
-    total = ray.cluster_resources()
+    total: dict[str, float] = {}
+    for node in nodes:
+        if node.get("Alive"):
+            for kind, amount in node.get("Resources", {}).items():
+                total[kind] = total.get(kind, 0) + amount
     if wanted == "auto":
         return "gpu" if total.get("GPU", 0) >= 1 else "npu" if total.get("NPU", 0) >= 1 else "cpu"
     if wanted != "cpu" and total.get(RESOURCE[wanted], 0) < 1:
@@ -96,25 +134,28 @@ class Plan:
                 f"samples requested: {samples if samples is not None else 'unknown'}")
 
 
-def replicas_per_node(spec: JobSpec, accelerator: str) -> dict[str, int]:
-    """How many whole replicas (STRICT_PACK: one node each) every live node holds when empty."""
+def replicas_per_node(spec: JobSpec, accelerator: str, nodes: list[dict] | None = None) -> dict[str, int]:
+    """How many whole replicas (STRICT_PACK: one node each) every live node holds when empty (`nodes` as
+    `ray.nodes()` gives them, the cluster's own by default)."""
     bundle, ranks, per_node = rank_bundle(accelerator, spec.resources["cpus_per_rank"]), spec.ranks_per_replica, {}
-    for node in ray.nodes():
+    for node in ray.nodes() if nodes is None else nodes:
         if node.get("Alive"):
             have = node.get("Resources", {})
             per_node[node["NodeID"]] = int(min(have.get(k, 0) // (v * ranks) for k, v in bundle.items()))
     return per_node
 
 
-def make_plan(spec: JobSpec) -> Plan:
-    """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work."""
+def make_plan(spec: JobSpec, nodes: list[dict] | None = None) -> Plan:
+    """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work.
+    `nodes`: the cluster's (`ray.nodes()`, the default) or `local_nodes` for a plan without a cluster."""
     heads = attention_heads(spec)
     if heads is not None:
         ParallelConfig(ulysses=spec.parallel["ulysses"]).check_heads(heads, "parallel.ulysses", "parallel.ring")
-    accelerator = choose_accelerator(spec)
+    nodes = ray.nodes() if nodes is None else nodes
+    accelerator = choose_accelerator(spec, nodes)
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     ranks = spec.ranks_per_replica
-    per_node = replicas_per_node(spec, accelerator)
+    per_node = replicas_per_node(spec, accelerator, nodes)
     capacity = sum(per_node.values())
     if capacity == 0:
         raise EchoVideoInputError("parallel", f"no node holds one replica of {ranks} ranks x {bundle}",

@@ -13,7 +13,16 @@ SECRET_PARAMETER = re.compile(r"(?i)(key|secret|token|password|passwd|signature|
 
 def redact(text: str) -> str:
     """`text` with every URI in it stripped of credentials."""
-    return URI.sub(lambda match: _redact_uri(match.group(0)), text)
+    return URI.sub(lambda match: _redact_uri_in_text(match.group(0)), text)
+
+
+def _redact_uri_in_text(found: str) -> str:
+    """Punctuation that ends a sentence or closes a bracket around a URI stays outside it: "(s3://b/x.jpg?token=t)"
+    keeps its ")" instead of losing it with the secret."""
+    uri = found.rstrip(".,;:!?")
+    while uri.endswith(")") and uri.count(")") > uri.count("("):
+        uri = uri[:-1].rstrip(".,;:!?")
+    return _redact_uri(uri) + found[len(uri):]
 
 
 def _redact_uri(uri: str) -> str:

@@ -1,7 +1,12 @@
 """Mass generation on a real local Ray cluster with the tiny model: outputs, bad rows, resume, job-file errors."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -58,6 +63,9 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
     driver_log = (out / "logs" / "driver.log").read_text()
     assert "plan: accelerator cpu; 2 replica(s)" in driver_log and "finished: 1 rendered, 2 skipped" in driver_log
 
+    again = run_job(job(dataset, out), progress=False)  # all settled: answered without building a replica
+    assert again.rendered == 0 and again.summary["replicas_started"] == 0 and again.summary["ok"] == 3
+
 
 def test_job_file_errors_name_the_key(dataset, tmp_path):
     with pytest.raises(EchoVideoInputError, match="parallel.replicaz: unknown key"):
@@ -87,3 +95,29 @@ def test_run_with_a_bad_job_file_exits_2_before_any_work(tmp_path):
     bad.write_text("model: {preset: tiny}\nparallel: {ulysses: two}\n")
     assert main(["run", str(bad)]) == 2
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_ctrl_c_ends_the_job_in_one_line_with_the_manifest_of_what_finished(tmp_path, face_path, tiny_root):
+    rows = [{"prompt": f"a woman waves {i}", "identity": str(face_path)} for i in range(6)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / "out"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(f"model: {{preset: tiny, dtype: fp32}}\nparallel: {{replicas: 1}}\n"
+                        f"resources: {{accelerator: cpu}}\ndataset: {{prompts: {prompts}}}\n"
+                        f"generation: {{height: 32, width: 32, frames: 5, steps: 8}}\njob: {{output: {out}}}\n")
+    env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "echovideo", "run", str(job_file)], env=env,
+                           stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    journal = out / "state" / "completed.jsonl"
+    deadline = time.monotonic() + 240
+    while not (journal.exists() and journal.read_text().strip()) and run.poll() is None:
+        assert time.monotonic() < deadline, "no clip finished"
+        time.sleep(0.5)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "interrupted; finished clips and the manifest are in" in err
+    summary = json.loads((out / "summary.json").read_text())
+    finished = [r for r in manifest(out) if r["status"] == "ok"]
+    assert summary["ended"] == "interrupted" and summary["ok"] == len(finished) >= 1
+    assert all(read_frames(out / r["path"]) == FRAMES for r in finished)
