@@ -107,6 +107,17 @@ def _make_paths_absolute(spec: JobSpec) -> None:
         value = getattr(spec, section)[key]
         if value is not None and "://" not in value:
             getattr(spec, section)[key] = str(Path(value).expanduser().absolute())
+    if in_ray_package(spec.job["output"]):
+        raise EchoVideoInputError(
+            "job.output", f"{spec.job['output']} is inside the folder Ray unpacked `--working-dir` into, which is "
+            "deleted with the Ray session and is a new folder for every submission (outputs lost, no resume)",
+            "give an absolute path on durable shared storage, e.g. --set job.output=/mnt/shared/out")
+
+
+def in_ray_package(path: str) -> bool:
+    """Inside a runtime-env package Ray unpacked (`.../runtime_resources/<kind>_files/_ray_pkg_<hash>/...`)."""
+    parts = Path(path).parts
+    return "runtime_resources" in parts and any(part.startswith("_ray_pkg_") for part in parts)
 
 
 def _check_meaning(spec: JobSpec) -> None:

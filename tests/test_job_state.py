@@ -52,7 +52,7 @@ def test_a_rerun_knows_finished_rows_without_reading_their_photos(rows, tmp_path
     def no_photo_reads(*args):
         raise AssertionError("a finished row's photo was read")
 
-    monkeypatch.setattr(dataset.IdentityReader, "_read", staticmethod(no_photo_reads))
+    monkeypatch.setattr(dataset, "read_identity", no_photo_reads)
     again = list(islice(dataset.iter_samples(spec, "cpu", finished), 3))  # the 4th row is new: it is read
     assert [s.sample_id for s in again] == [s.sample_id for s in first[:3]]
 
