@@ -5,6 +5,8 @@ per-row settings from pandas-made files mean what they say; repeats, reused ids 
 
 import json
 import math
+import socket
+import time
 import unicodedata
 
 import pyarrow as pa
@@ -200,3 +202,26 @@ def test_ids_differing_only_in_case_get_names_that_differ_without_case():
     names = {safe_name(sid) for sid in ("Case", "case", "CASE")}
     assert len({name.lower() for name in names}) == 3
     assert safe_name("0a1b2c") == "0a1b2c"  # content ids (lower-case hex) keep their names
+
+
+def test_plan_reads_the_file_and_this_machine_without_starting_a_cluster(tmp_path, face_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", _rows(3, str(face_path)))
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_JOB.replace("PROMPTS", str(prompts)).replace("OUT", str(tmp_path / "out")))
+    assert main(["plan", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "accelerator cpu; 1 replica(s)" in printed and "samples requested: 3" in printed
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_an_address_nothing_answers_at_fails_in_seconds_with_our_message(tmp_path, face_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", _rows(1, str(face_path)))
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_JOB.replace("PROMPTS", str(prompts)).replace("OUT", str(tmp_path / "out")))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    assert main(["run", str(path), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"--address: nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert time.monotonic() - started < 30 and not ray.is_initialized()

@@ -52,6 +52,9 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
     assert any("--height" in r and "multiple of 16" in r for r in reasons)
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(f"{r['sample_id']}.mp4" for r in ok)
     assert (out / "index.html").read_text().count("<video") == 3
+    (thumbnail,) = (out / "identities").glob("*.jpg")  # one photo: one thumbnail, on every card
+    assert max(Image.open(thumbnail).size) == 160
+    assert (out / "index.html").read_text().count(f'src="identities/{thumbnail.name}"') == 3
     assert json.loads((out / "summary.json").read_text())["ok"] == 3
 
     # Per-replica logs: each rank records its samples; the no-face sample failed on the replica that took it.
@@ -60,6 +63,7 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
     rank0 = "".join(text for name, text in rank_logs.items() if name.endswith("rank-0.log"))
     assert all(f"sample {r['sample_id']}: done" in rank0 for r in ok)
     assert "NoFaceFoundError" in rank0 or "no face" in rank0.lower()
+    assert "ready on cpu, group at" in rank0  # no empty accelerator dict on a CPU rank
     driver_log = (out / "logs" / "driver.log").read_text()
     assert "plan: accelerator cpu; 2 replica(s)" in driver_log and "finished: 1 rendered, 2 skipped" in driver_log
 
