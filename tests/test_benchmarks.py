@@ -50,3 +50,9 @@ def test_fidelity_shift_is_zero_where_the_released_and_drifted_recipes_agree():
     assert rope > 1e-4 and pad > 1e-4
     rope, pad, _, _ = rows["32x48"]  # the base grid's aspect: crop from 0, padding exactly 768
     assert rope == 0 and pad == 0
+
+
+def test_identity_check_costs_the_driver_no_decode():
+    headline = run("identity_check.py")[-1]
+    header_mb, decode_mb = map(float, re.search(r"\+(\d+) MB vs \+(\d+) MB", headline).groups())
+    assert header_mb < 20 < 100 < decode_mb  # a 6000x6000 photo decodes to 108 MB of RGB alone

@@ -18,6 +18,7 @@ from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
 from jobs import job, write_jsonl
 from ray_jobs import dataset
+from ray_jobs.feed import SampleFeed
 from ray_jobs.outputs import safe_name
 
 GOOD_JOB = """model: {preset: tiny, dtype: fp32}
@@ -225,3 +226,14 @@ def test_an_address_nothing_answers_at_fails_in_seconds_with_our_message(tmp_pat
     assert main(["run", str(path), "--address", f"127.0.0.1:{port}"]) == 2
     assert f"--address: nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert time.monotonic() - started < 30 and not ray.is_initialized()
+
+
+def test_repeated_rows_come_off_the_progress_total(tmp_path, face_path):
+    rows = [{"prompt": "the same clip", "identity": str(face_path)}] * 1000 + _rows(1, str(face_path))
+    spec = job(write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "out")
+    feed = SampleFeed(dataset.iter_samples(spec, "cpu"), set(), capacity=4)
+    taken = []
+    while not feed.exhausted:
+        if (sample := feed.take(timeout=5)) is not None:
+            taken.append(sample)
+    assert len(taken) == 2 and dataset.validate_dataset(spec) - feed.duplicates == 2  # the bar's total

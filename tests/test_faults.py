@@ -5,6 +5,7 @@ injected and checks that no sample is lost, none is rendered twice and no partia
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -98,21 +99,35 @@ def test_a_hung_rank_is_caught_by_the_step_timeout_and_its_sample_retried(local_
     assert {r["prompt"]: r["attempts"] for r in rows} == {"hang on": 2, "person 1 smiles": 1}
 
 
+def fill_with_a_full_disk(folder) -> None:
+    """Mount a tiny tmpfs over `folder` and fill it: a real full disk (ENOSPC), nothing simulated."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({done.stderr.decode()[:200]})")
+    try:
+        with open(folder / "filler", "wb", buffering=0) as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+    except OSError:  # ENOSPC: full
+        pass
+
+
 def test_a_full_disk_stops_the_job_cleanly_and_a_rerun_finishes_it(local_ray, face_path, tmp_path):
     dataset = prompts(tmp_path, face_path, [f"person {i} smiles" for i in range(4)])
     out = tmp_path / "out"
-    journal, kept = out / "state" / "completed.jsonl", tmp_path / "completed.kept"
+    state = out / "state"
 
-    def fill_disk(sample, replica):  # from the 2nd record on, every append fails with ENOSPC, as on a full disk
-        if not kept.exists():
-            journal.rename(kept)
-            journal.symlink_to("/dev/full")
+    def fill_disk(sample, replica):  # after the 1st record, the journal's disk is full
+        if not os.path.ismount(state):
+            fill_with_a_full_disk(state)
 
-    with pytest.raises(OutputError, match="No space left on device.*rerun the same job"):
-        run_job(job(dataset, out), progress=False, on_result=fill_disk)
+    try:
+        with pytest.raises(OutputError, match="No space left on device.*rerun the same job"):
+            run_job(job(dataset, out), progress=False, on_result=fill_disk)
+    finally:
+        if os.path.ismount(state):
+            subprocess.run(["umount", "-l", str(state)], check=True)  # space freed: the first record is back
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    journal.unlink()  # space freed
-    kept.rename(journal)
     report = run_job(job(dataset, out), progress=False)
     assert report.exit_code == 0 and report.skipped == 1 and report.rendered == 3
     assert_exactly_once(out, 4)
