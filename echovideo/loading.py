@@ -119,5 +119,6 @@ def load_components(root: Path, device: torch.device, dtype: torch.dtype, schedu
         components.tokenizer = T5Tokenizer.from_pretrained(str(root / "tokenizer"))
         components.vision_model = load_siglip_vision(root / "clip_visual_encoder").to(device, dtype).eval()
         components.image_processor = siglip_processor(root / "clip_visual_encoder")
-        components.face_stage = load_face_stage(root / "face_encoder", device)
+        components.face_stage = load_face_stage(root / "face_encoder", device,
+                                                components.transformer.config.face_features_embed_dim)
     return components
