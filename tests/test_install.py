@@ -1,0 +1,26 @@
+"""Installing an extra never swaps the user's torch or OpenCV: pip's own resolver, asked what the `face` and
+`cluster` extras would install from scratch, lists no torch, torchvision, CUDA wheel or second OpenCV."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+NEVER = re.compile(r"^(torch|torchvision|torchaudio|nvidia-.*|triton|opencv-python|opencv-contrib-python)$")
+
+
+@pytest.mark.parametrize("extra", ["face", "cluster"])
+def test_an_extra_resolves_without_torch_or_a_second_opencv(extra):
+    requirements = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"][extra]
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                           "--report", "-", *requirements], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and re.search(r"(?i)connection|network|no matching distribution", done.stderr):
+        pytest.skip(f"no package index here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(done.stdout)["install"]}
+    assert not {name for name in names if NEVER.match(name)}, sorted(names)
