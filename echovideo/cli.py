@@ -191,12 +191,36 @@ def _run_job(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="pack a job's finished clips for training (WebDataset, CSV, CogVideoX lists)")
+    p.add_argument("output", metavar="OUTPUT", help="the job's output folder or URI (holds manifest.parquet)")
+    p.add_argument("--format", required=True, choices=["webdataset", "csv", "prompts-videos"],
+                   help="webdataset: tar shards of <key>.mp4/.json/.txt; csv: clips.csv; prompts-videos: "
+                        "prompt.txt + videos.txt + videos/ (CogVideoX fine-tuning)")
+    p.add_argument("--to", required=True, help="destination folder or URI (s3://, gs://, ...)")
+    p.add_argument("--shard-size", type=int, default=1000, help="clips per WebDataset shard (default 1000)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ray_jobs.export import export
+    from ray_jobs.redact import redact
+
+    done = export(args.output, args.to, args.format, args.shard_size)
+    if args.format == "webdataset":
+        print(f"{done['shards']} shard(s) written, {done['skipped']} already there; in {redact(args.to)}")
+    else:
+        print(f"{done['rows']} clip(s) listed in {redact(args.to)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echovideo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_jobs(sub)
+    _add_export(sub)
     return parser
 
 

@@ -33,3 +33,17 @@ def local_ray(tiny_root):
              log_to_driver=False, runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback for the session; skipped, with the reason, if it
+    cannot start here."""
+    import object_store as server
+
+    try:
+        store = server.start(tmp_path_factory.mktemp("seaweedfs"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc)[:500])
+    yield store
+    server.stop(store)

@@ -1,0 +1,175 @@
+"""Training-ready exports of a job's finished clips: WebDataset tar shards, a CSV, or CogVideoX's
+`prompt.txt` + `videos.txt` pair, to a local folder or any pyarrow filesystem URI.
+
+Shard membership is deterministic from the manifest (finished clips sorted by sample id, `shard_size` per
+shard), each shard is built in a local temp folder and uploaded whole, and `shards.json` records what each
+shard holds and its size: a rerun skips every shard already at the destination with that content and size.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pfs
+import pyarrow.parquet as pq
+
+from echovideo.errors import EchoVideoInputError
+from ray_jobs.redact import redact
+
+FORMATS = ("webdataset", "csv", "prompts-videos")
+KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _filesystem(location: str) -> tuple[pfs.FileSystem, str]:
+    if "://" in location:
+        return pfs.FileSystem.from_uri(location)
+    return pfs.LocalFileSystem(), str(Path(location).absolute())
+
+
+def public_location(location: str) -> str:
+    """Where a location is, without what lets one in: no user:secret@, no query (endpoint, tokens)."""
+    if "://" not in location:
+        return str(Path(location).absolute())
+    parts = urlsplit(location)
+    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}".rstrip("/")
+
+
+def finished_clips(output: str) -> list[dict]:
+    """The manifest's finished clips, sorted by sample id (what makes shard membership deterministic)."""
+    filesystem, root = _filesystem(output)
+    try:
+        with filesystem.open_input_file(f"{root}/manifest.parquet") as handle:
+            rows = pq.read_table(handle).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
+                                  "pass a job's output folder (run the job first)") from None
+    clips = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["sample_id"])
+    for clip in clips:
+        clip["options"] = json.loads(clip["options"]) if isinstance(clip["options"], str) else clip["options"]
+    return clips
+
+
+def sample_key(sample_id: str) -> str:
+    """A WebDataset key: no dots (the format splits a member name at its first dot), distinct per id."""
+    key = KEY_SAFE.sub("_", sample_id)[:80]
+    if key == sample_id:
+        return key
+    return f"{key}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+
+def caption(prompt: str) -> str:
+    return " ".join(prompt.split())  # one line: the list formats hold one caption per line
+
+
+def _metadata(clip: dict) -> dict:
+    return {"sample_id": clip["sample_id"], "prompt": clip["prompt"], "seed": clip["seed"],
+            "identity": clip["identity"], "settings": clip["options"], "scores": clip.get("scores") or {}}
+
+
+class Exporter:
+    def __init__(self, output: str, destination: str) -> None:
+        self.output, self.destination = output, destination
+        self.source_fs, self.source_root = _filesystem(output)
+        self.fs, self.root = _filesystem(destination)
+        self.fs.create_dir(self.root, recursive=True)
+        self.clips = finished_clips(output)
+
+    def _video(self, clip: dict) -> bytes:
+        with self.source_fs.open_input_stream(f"{self.source_root}/{clip['path']}") as stream:
+            return stream.read()
+
+    def _upload(self, local: Path, name: str) -> None:
+        """A whole local file to `name` under the destination (copied once complete, never streamed from code
+        that could fail half way)."""
+        pfs.copy_files(str(local), f"{self.root}/{name}", source_filesystem=pfs.LocalFileSystem(),
+                       destination_filesystem=self.fs)
+
+    def _size(self, name: str) -> int | None:
+        info = self.fs.get_file_info(f"{self.root}/{name}")
+        return info.size if info.type == pfs.FileType.File else None
+
+    def webdataset(self, shard_size: int) -> dict:
+        """-> {"shards": written now, "skipped": already there}."""
+        if shard_size < 1:
+            raise EchoVideoInputError("--shard-size", f"{shard_size} must be >= 1", "e.g. --shard-size 1000")
+        index = self._index()
+        written = skipped = 0
+        for number, start in enumerate(range(0, len(self.clips), shard_size)):
+            members = [clip["sample_id"] for clip in self.clips[start:start + shard_size]]
+            name = f"shard-{number:06d}.tar"
+            recorded = index.get(name)
+            if recorded and recorded["members"] == members and self._size(name) == recorded["size"]:
+                skipped += 1
+                continue
+            index[name] = {"members": members, "size": self._write_shard(name, self.clips[start:start + shard_size])}
+            self._write_text("shards.json", json.dumps(index, indent=1, sort_keys=True))
+            written += 1
+        return {"shards": written, "skipped": skipped}
+
+    def _index(self) -> dict:
+        if self._size("shards.json") is None:
+            return {}
+        with self.fs.open_input_stream(f"{self.root}/shards.json") as stream:
+            return json.loads(stream.read())
+
+    def _write_shard(self, name: str, clips: list[dict]) -> int:
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / name
+            with tarfile.open(local, "w", format=tarfile.PAX_FORMAT) as tar:
+                for clip in clips:
+                    key = sample_key(clip["sample_id"])
+                    for suffix, data in ((".mp4", self._video(clip)),
+                                         (".json", json.dumps(_metadata(clip), sort_keys=True).encode()),
+                                         (".txt", caption(clip["prompt"]).encode())):
+                        member = tarfile.TarInfo(key + suffix)
+                        member.size, member.mtime = len(data), 0  # same bytes for the same clips
+                        tar.addfile(member, io.BytesIO(data))
+            self._upload(local, name)
+            return local.stat().st_size
+
+    def _write_text(self, name: str, text: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / Path(name).name
+            local.write_text(text, encoding="utf-8")
+            self._upload(local, name)
+
+    def csv(self) -> dict:
+        """`clips.csv`: video (the clip's location in the output), caption, seed, identity, settings."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["video", "caption", "seed", "identity", "settings", "sample_id"])
+        for clip in self.clips:
+            writer.writerow([f"{public_location(self.output)}/{clip['path']}", caption(clip["prompt"]), clip["seed"],
+                             clip["identity"], json.dumps(clip["options"], sort_keys=True), clip["sample_id"]])
+        self._write_text("clips.csv", buffer.getvalue())
+        return {"rows": len(self.clips)}
+
+    def prompts_videos(self) -> dict:
+        """CogVideoX fine-tuning's pair: `prompt.txt` and `videos.txt` (line i of each is clip i), videos copied
+        under `videos/`; a video already there with the same size is not copied again."""
+        copied = 0
+        for clip in self.clips:
+            info = self.source_fs.get_file_info(f"{self.source_root}/{clip['path']}")
+            if self._size(clip["path"]) != info.size:
+                self.fs.create_dir(f"{self.root}/videos", recursive=True)
+                pfs.copy_files(f"{self.source_root}/{clip['path']}", f"{self.root}/{clip['path']}",
+                               source_filesystem=self.source_fs, destination_filesystem=self.fs)
+                copied += 1
+        self._write_text("prompt.txt", "".join(caption(c["prompt"]) + "\n" for c in self.clips))
+        self._write_text("videos.txt", "".join(c["path"] + "\n" for c in self.clips))
+        return {"videos_copied": copied, "rows": len(self.clips)}
+
+
+def export(output: str, destination: str, fmt: str, shard_size: int = 1000) -> dict:
+    if fmt not in FORMATS:
+        raise EchoVideoInputError("--format", f"{fmt!r} is unknown", f"use one of {FORMATS}")
+    exporter = Exporter(output, destination)
+    if fmt == "webdataset":
+        return exporter.webdataset(shard_size)
+    return exporter.csv() if fmt == "csv" else exporter.prompts_videos()

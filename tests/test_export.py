@@ -1,0 +1,112 @@
+"""`echovideo export`: a job's finished clips as WebDataset shards (read back with tarfile), a CSV, and the
+CogVideoX `prompt.txt` + `videos.txt` pair; shards deterministic and resumable one by one."""
+
+import csv
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from echovideo.cli import main
+from echovideo.video_io import write_mp4
+from ray_jobs.export import sample_key
+from ray_jobs.outputs import OutputStore
+
+
+def finished_job(folder, count: int, failed: int = 1):
+    """An output folder as a job leaves it: real mp4s, journal records, manifest (no cluster needed)."""
+    store = OutputStore(folder)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sid = f"clip.{i:03d}" if i == 0 else f"{i:024x}"  # one id with a dot: WebDataset keys must not have one
+        write_mp4(rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), store.video_path(sid), fps=8)
+        store.record_success({"sample_id": sid, "prompt": f"a person\nwaves {i}", "identity": f"faces/{i % 2}.jpg",
+                              "seed": i, "options": {"steps": 2, "height": 32}, "attempts": 1, "seconds": 1.0,
+                              "path": str(store.video_path(sid).relative_to(store.folder)), "replica": "0"})
+    for i in range(failed):
+        store.record_failure({"sample_id": f"bad-{i}", "prompt": "x", "identity": "y", "error": "no face"})
+    store.finalize({})
+    return store
+
+
+def test_webdataset_shards_hold_every_clip_once_with_its_metadata_and_resume_per_shard(tmp_path, capsys):
+    store = finished_job(tmp_path / "out", 5)
+    shards = tmp_path / "shards"
+    assert main(["export", str(store.folder), "--format", "webdataset", "--shard-size", "2", "--to", str(shards)]) == 0
+    names = sorted(p.name for p in shards.glob("shard-*.tar"))
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    seen = {}
+    for name in names:
+        with tarfile.open(shards / name) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for member, data in members.items():
+            key, suffix = member.split(".", 1)
+            seen.setdefault(key, {})[suffix] = data
+    records = {r["sample_id"]: r for r in map(json.loads, (store.state / "completed.jsonl").read_text().splitlines())}
+    assert len(seen) == 5 and set(seen) == {sample_key(sid) for sid in records}
+    for sid, record in records.items():
+        item = seen[sample_key(sid)]
+        assert item["mp4"] == (store.folder / record["path"]).read_bytes()
+        meta = json.loads(item["json"])
+        assert (meta["sample_id"], meta["prompt"], meta["seed"], meta["identity"], meta["settings"]) == \
+            (sid, record["prompt"], record["seed"], record["identity"], record["options"])
+        assert item["txt"].decode() == record["prompt"].replace("\n", " ")
+
+    first = (shards / "shard-000000.tar").stat().st_mtime_ns
+    assert main(["export", str(store.folder), "--format", "webdataset", "--shard-size", "2", "--to", str(shards)]) == 0
+    assert "0 shard(s) written, 3 already there" in capsys.readouterr().out
+    assert (shards / "shard-000000.tar").stat().st_mtime_ns == first
+
+
+def test_csv_and_prompts_videos_list_each_clip_once_line_for_line(tmp_path):
+    store = finished_job(tmp_path / "out", 3)
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "clips.csv")))
+    assert len(rows) == 3 and all(row["video"].endswith(".mp4") for row in rows)
+    target = tmp_path / "cogvideox"
+    assert main(["export", str(store.folder), "--format", "prompts-videos", "--to", str(target)]) == 0
+    prompts = (target / "prompt.txt").read_text().splitlines()
+    videos = (target / "videos.txt").read_text().splitlines()
+    assert len(prompts) == len(videos) == 3
+    for prompt, video in zip(prompts, videos):
+        assert (target / video).read_bytes() == (store.folder / video).read_bytes() and "\n" not in prompt
+
+
+def test_exporting_a_folder_without_a_manifest_is_exit_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--format", "csv", "--to", str(tmp_path / "x")]) == 2
+    assert "OUTPUT: no manifest.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_a_shard_size_below_one_is_exit_2(tmp_path, size):
+    store = finished_job(tmp_path / "out", 1)
+    assert main(["export", str(store.folder), "--format", "webdataset", "--shard-size", str(size),
+                 "--to", str(tmp_path / "s")]) == 2
+
+
+def test_webdataset_export_from_and_to_an_object_store(tmp_path, object_store):
+    store = finished_job(tmp_path / "out", 3)
+    fs = object_store.filesystem()
+    import pyarrow.fs as pfs
+
+    pfs.copy_files(str(store.folder), "echovideo/jobs/out", source_filesystem=pfs.LocalFileSystem(),
+                   destination_filesystem=fs)  # the job's output as it would sit in a bucket
+    destination = object_store.uri("exports/wds")
+    assert main(["export", object_store.uri("jobs/out"), "--format", "webdataset", "--shard-size", "2",
+                 "--to", destination]) == 0
+    shards = sorted(i.path for i in fs.get_file_info(pfs.FileSelector("echovideo/exports/wds"))
+                    if i.path.endswith(".tar"))
+    assert [s.rsplit("/", 1)[1] for s in shards] == ["shard-000000.tar", "shard-000001.tar"]
+    keys = []
+    for shard in shards:
+        local = tmp_path / shard.rsplit("/", 1)[1]
+        with fs.open_input_stream(shard) as stream:
+            local.write_bytes(stream.read())
+        with tarfile.open(local) as tar:
+            keys += [m.name for m in tar.getmembers() if m.name.endswith(".mp4")]
+    assert len(keys) == len(set(keys)) == 3
+    assert main(["export", object_store.uri("jobs/out"), "--format", "csv", "--to", destination]) == 0
+    with fs.open_input_stream("echovideo/exports/wds/clips.csv") as stream:
+        text = stream.read().decode()
+    assert "s3://echovideo/jobs/out/videos/" in text and "secret" not in text  # no credentials in the data
