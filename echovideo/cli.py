@@ -22,7 +22,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .mp4 path")
     p.add_argument("--config", help="preset file (configs/presets/*.yaml): model and generation defaults")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--ckpt", help="released checkpoint folder (ckpts/ with transformer/, vae/, ...)")
+    src.add_argument("--ckpt", help="released checkpoint folder (ckpts/ with transformer/, vae/, ...), or its URI "
+                                    "(s3://..., downloaded once per node into ECHOVIDEO_CACHE)")
     src.add_argument("--preset", choices=["tiny"], help="small random weights, built offline and cached")
     # Defaults are None so that a flag given on the command line wins over the --config file.
     p.add_argument("--height", type=int, help="multiple of 16 (default 480)")
@@ -111,6 +112,7 @@ def _wants_parallel(args: argparse.Namespace) -> bool:
 def _generate(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
+    from echovideo.checkpoint_cache import checkpoint_folder
     from echovideo.images import load_identity_image
     from echovideo.presets.tiny import tiny_checkpoint
     from echovideo.video_io import atomic_output, write_mp4
@@ -130,7 +132,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise EchoVideoInputError("--ckpt", "no model given", "pass --ckpt ckpts/ (released weights) or --preset tiny")
     if model.preset not in (None, "tiny"):
         raise EchoVideoInputError("model.preset", f"unknown preset {model.preset!r}", "use tiny or a checkpoint")
-    root = Path(model.checkpoint) if model.checkpoint else tiny_checkpoint()
+    root = checkpoint_folder(model.checkpoint) if model.checkpoint else tiny_checkpoint()
     pipe, rank = _load(args, model, root)
     try:
         result = pipe(args.prompt, image, options)

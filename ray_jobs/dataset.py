@@ -20,6 +20,7 @@ import torch
 from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
+from echovideo.locations import is_uri, public_name
 from echovideo.sampling import GenerationOptions
 from ray_jobs.identities import read_identity
 from ray_jobs.job import JobSpec
@@ -133,7 +134,11 @@ def derived_seed(job_seed: int, sid: str) -> int:
 
 
 def model_name(spec: JobSpec) -> str:
-    return f"preset:{spec.model['preset']}" if spec.model["preset"] else f"checkpoint:{spec.model['checkpoint']}"
+    """The weights, by name: a checkpoint URI without its credentials (rotating a key keeps every id)."""
+    if spec.model["preset"]:
+        return f"preset:{spec.model['preset']}"
+    checkpoint = spec.model["checkpoint"]
+    return f"checkpoint:{public_name(checkpoint) if is_uri(checkpoint) else checkpoint}"
 
 
 def id_basis(spec: JobSpec, accelerator: str) -> dict:

@@ -14,12 +14,12 @@ import re
 import tarfile
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import is_uri, public_name
 from ray_jobs.redact import redact
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
@@ -27,17 +27,14 @@ KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _filesystem(location: str) -> tuple[pfs.FileSystem, str]:
-    if "://" in location:
+    if is_uri(location):
         return pfs.FileSystem.from_uri(location)
     return pfs.LocalFileSystem(), str(Path(location).absolute())
 
 
 def public_location(location: str) -> str:
-    """Where a location is, without what lets one in: no user:secret@, no query (endpoint, tokens)."""
-    if "://" not in location:
-        return str(Path(location).absolute())
-    parts = urlsplit(location)
-    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}".rstrip("/")
+    """Where a location is, without what lets one in (credentials, query)."""
+    return public_name(location) if is_uri(location) else str(Path(location).absolute())
 
 
 def finished_clips(output: str) -> list[dict]:

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow.fs as pfs
 import ray
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import is_uri, public_name
 from parallel.config import ParallelConfig
 from ray_jobs.job import JobSpec
+from ray_jobs.redact import redact
 from ray_jobs.replica import rank_bundle
 
 RESOURCE = {"gpu": "GPU", "npu": "NPU", "cpu": "CPU"}
@@ -28,12 +31,17 @@ def attention_heads(spec: JobSpec) -> int | None:
         from echovideo.presets.tiny import TRANSFORMER_CONFIG
 
         return TRANSFORMER_CONFIG["num_attention_heads"]
-    config = Path(spec.model["checkpoint"]) / "transformer" / "config.json"
+    location = spec.model["checkpoint"]
+    config = f"{location.rstrip('/')}/transformer/config.json"
     try:
-        return int(json.loads(config.read_text())["num_attention_heads"])
+        if is_uri(location):  # one small object, read where it is (the ranks download the folder)
+            filesystem, path = pfs.FileSystem.from_uri(location)
+            with filesystem.open_input_stream(f"{path.rstrip('/')}/transformer/config.json") as stream:
+                return int(json.loads(stream.read())["num_attention_heads"])
+        return int(json.loads(Path(config).read_text())["num_attention_heads"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("cannot read the head count from %s (%s): the ranks will check the layout as they load",
-                       config, exc)
+                       public_name(config) if is_uri(config) else config, redact(str(exc)))
         return None
 
 

@@ -79,6 +79,7 @@ class RankWorker:
         """Join the replica's group (rank 0's store at `address`) and load the parallel pipeline on this rank."""
         import torch.distributed as dist
 
+        from echovideo.checkpoint_cache import checkpoint_folder
         from echovideo.presets.tiny import tiny_checkpoint
         from parallel import ParallelConfig
         from parallel.launch import init_group, local_device
@@ -89,7 +90,7 @@ class RankWorker:
         device = local_device(kind, 0)  # Ray sets CUDA_/ASCEND_RT_VISIBLE_DEVICES: the actor's device is 0
         timeout = timedelta(seconds=timeout_s)
         # Before joining the group: transformers' save_pretrained writes weights only on distributed rank 0.
-        root = Path(model["checkpoint"]) if model["checkpoint"] else tiny_checkpoint()
+        root = checkpoint_folder(model["checkpoint"]) if model["checkpoint"] else tiny_checkpoint()
         store = self.store or dist.TCPStore(address[0], address[1], self.world, is_master=False, timeout=timeout)
         init_group(kind, self.rank, self.world, store=store, timeout=timeout)
         config = ParallelConfig(ulysses=parallel["ulysses"], ring=parallel["ring"], cfg=parallel["cfg"])

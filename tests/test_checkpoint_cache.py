@@ -1,0 +1,68 @@
+"""`model.checkpoint` as an object-store URI: each node downloads it once (concurrent ranks wait for that one
+download), a half download is never used, and a job with two replicas on one node renders from it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.fs as pfs
+
+from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, cache_root, local_checkpoint
+from jobs import job, manifest, write_jsonl
+from object_store import SECRET_KEY
+from ray_jobs.driver import run_job
+
+LOAD = textwrap.dedent("""
+    import sys
+    from echovideo.checkpoint_cache import local_checkpoint
+    print(local_checkpoint(sys.argv[1]))
+""")
+
+
+def upload(object_store, folder, key: str) -> str:
+    pfs.copy_files(str(folder.resolve()), f"echovideo/{key}", source_filesystem=pfs.LocalFileSystem(),
+                   destination_filesystem=object_store.filesystem())
+    return object_store.uri(key)
+
+
+def downloads(cache, key: str) -> list[str]:
+    log = cache / "checkpoints" / DOWNLOADS_LOG
+    return [line for line in log.read_text().splitlines() if f"/{key} " in line] if log.exists() else []
+
+
+def test_concurrent_ranks_on_a_node_download_once_and_a_half_download_is_never_used(object_store, tiny_root,
+                                                                                     tmp_path, monkeypatch):
+    uri = upload(object_store, tiny_root, "ckpts/concurrent")
+    env = {**os.environ, "ECHOVIDEO_CACHE": str(tmp_path)}
+    ranks = [subprocess.Popen([sys.executable, "-c", LOAD, uri], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    folders = {rank.communicate(timeout=300)[0].strip() for rank in ranks}
+    assert all(rank.returncode == 0 for rank in ranks) and len(folders) == 1
+    assert len(downloads(tmp_path, "ckpts/concurrent")) == 1
+    (folder,) = folders
+    sizes = {p.relative_to(tiny_root): p.stat().st_size for p in tiny_root.rglob("*") if p.is_file()}
+    assert {p.relative_to(folder): p.stat().st_size for p in __import__("pathlib").Path(folder).rglob("*")
+            if p.is_file() and p.name != LISTING} == sizes
+
+    monkeypatch.setenv("ECHOVIDEO_CACHE", str(tmp_path))
+    (cache_root() / folder / "transformer" / "config.json").write_text("{")  # damaged after the download
+    assert str(local_checkpoint(uri)) == folder and len(downloads(tmp_path, "ckpts/concurrent")) == 2
+    assert not [p for p in cache_root().iterdir() if ".partial-" in p.name]
+    assert SECRET_KEY not in (cache_root() / DOWNLOADS_LOG).read_text()
+
+
+def test_a_job_with_two_replicas_on_one_node_loads_the_checkpoint_from_the_store(object_store, tiny_root, local_ray,
+                                                                                 tmp_path, face_path):
+    uri = upload(object_store, tiny_root, "ckpts/job")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"a person waves {i}", "identity": str(face_path)}
+                                                 for i in range(2)])
+    spec = job(prompts, tmp_path / "out", **{"model.preset": None, "model.checkpoint": uri, "parallel.ulysses": 1,
+                                             "parallel.replicas": 2})
+    report = run_job(spec, progress=False)
+    assert report.rendered == 2 and report.summary["replicas_started"] == 2
+    assert len(downloads(tiny_root.parent, "ckpts/job")) == 1  # the workers' cache (ECHOVIDEO_CACHE)
+    assert all(row["status"] == "ok" for row in manifest(tmp_path / "out"))
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file() and path.suffix not in (".mp4", ".jpg"):
+            assert SECRET_KEY.encode() not in path.read_bytes(), path
