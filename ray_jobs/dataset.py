@@ -85,6 +85,8 @@ class IdentityReader:
 def tables(spec: JobSpec) -> tuple[Table, Table | None]:
     """The prompts table, and the identities table in cross and sampled modes."""
     d, columns = spec.dataset, spec.columns()
+    if spec.rows is not None:
+        return spec.rows, None
     text = {columns[k] for k in ID_COLUMNS} | {"negative_prompt"}
     prompts = open_table(d["prompts"], "dataset.prompts", text)
     return prompts, open_table(d["identities"], "dataset.identities", text) if d["mode"] != "rows" else None

@@ -26,6 +26,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
 }
 MODES = ("rows", "cross", "sampled")
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
+IN_PROCESS = "<in-process dataset>"  # dataset.prompts when the rows come from the Python API
 DEFAULT_COLUMNS = {"prompt": "prompt", "identity": "identity", "image": "image", "sample_id": "sample_id"}
 
 
@@ -45,6 +46,7 @@ class JobSpec:
     generation: dict
     job: dict
     source: str = ""
+    rows: object = None  # a `tables.Table` given in-process (the Ray Data API) instead of dataset.prompts
 
     @property
     def output(self) -> Path:
@@ -105,7 +107,7 @@ def _make_paths_absolute(spec: JobSpec) -> None:
     for section, key in (("job", "output"), ("model", "checkpoint"), ("dataset", "prompts"),
                          ("dataset", "identities")):
         value = getattr(spec, section)[key]
-        if value is not None and "://" not in value:
+        if value is not None and "://" not in value and value != IN_PROCESS:
             getattr(spec, section)[key] = str(Path(value).expanduser().absolute())
     if in_ray_package(spec.job["output"]):
         raise EchoVideoInputError(

@@ -184,6 +184,28 @@ class CsvTable(TextTable):
         return next(csv.reader(line for _, line in self._lines()), [])
 
 
+class RayDataTable(Table):
+    """Rows of a `ray.data.Dataset`, streamed (a lazy 10-million-row dataset is never materialised here)."""
+
+    def __init__(self, dataset, key: str = "dataset") -> None:
+        self.uri, self.key, self.name, self.dataset = "ray.data.Dataset", key, "dataset", dataset
+
+    def rows(self) -> Iterator[Row]:
+        for number, values in enumerate(self.dataset.iter_rows(), 1):
+            yield Row(dict(values), f"dataset row {number}")
+
+    def columns(self) -> list[str]:
+        schema = self.dataset.schema()
+        return list(schema.names) if schema is not None else []
+
+    def count(self, stop_at: int | None = None) -> int:
+        return (self.dataset.limit(stop_at) if stop_at is not None else self.dataset).count()
+
+    def take(self, indices) -> list[Row]:
+        raise EchoVideoInputError("dataset.mode", "a Ray Dataset is read in rows mode only",
+                                  "pair prompts and identities in the Dataset itself (e.g. with a join)")
+
+
 def _scalar(cell: str):
     """A CSV cell as the value it spells: None, an int, a float, a bool, or the text itself."""
     if not cell.strip():
