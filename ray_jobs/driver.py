@@ -120,7 +120,7 @@ class JobDriver:
         self.bar = tqdm(total=requested, disable=not self.progress, desc="clips", unit="clip")
         self.requested, begun, ended_by = requested, time.monotonic(), "interrupted"
         try:
-            with logging_redirect_tqdm(loggers=[logger]):  # warnings on their own line, above the bar
+            with logging_redirect_tqdm():  # the console's log lines (root handler) go above the bar, not into it
                 self._loop()
             ended_by = "complete"
         except (JobFailure, EchoVideoInputError) as exc:
