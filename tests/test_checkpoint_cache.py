@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyarrow.fs as pfs
 
@@ -42,7 +43,7 @@ def test_concurrent_ranks_on_a_node_download_once_and_a_half_download_is_never_u
     assert len(downloads(tmp_path, "ckpts/concurrent")) == 1
     (folder,) = folders
     sizes = {p.relative_to(tiny_root): p.stat().st_size for p in tiny_root.rglob("*") if p.is_file()}
-    assert {p.relative_to(folder): p.stat().st_size for p in __import__("pathlib").Path(folder).rglob("*")
+    assert {p.relative_to(folder): p.stat().st_size for p in Path(folder).rglob("*")
             if p.is_file() and p.name != LISTING} == sizes
 
     monkeypatch.setenv("ECHOVIDEO_CACHE", str(tmp_path))

@@ -2,6 +2,7 @@
 driver (its memory stays flat), the manifest back as a Ray Dataset."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,9 +26,8 @@ RUN = textwrap.dedent("""
 
 
 def test_a_lazy_million_row_dataset_streams_through_the_driver(tmp_path, face_path, tiny_root):
-    env_cache = {"ECHOVIDEO_CACHE": str(tiny_root.parent)}
     done = subprocess.run([sys.executable, "-c", RUN, str(face_path), str(tmp_path / "out")], capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, **env_cache})
+                          text=True, timeout=600, env={**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(r["prompt"] for r in result["rows"]) == [f"a person waves {i}" for i in range(3)]
