@@ -20,14 +20,14 @@ from pathlib import Path
 import pyarrow.fs as pfs
 
 from echovideo.errors import CheckpointError
-from echovideo.locations import is_uri, public_name
+from echovideo.locations import default_cache_dir, is_uri, public_name
 
 LISTING = ".echovideo-files.json"  # relative path -> size, written last: marks a complete entry
 DOWNLOADS_LOG = "downloads.log"  # one line per download: what a node really fetched
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ECHOVIDEO_CACHE", Path.home() / ".cache" / "echovideo")) / "checkpoints"
+    return default_cache_dir() / "checkpoints"
 
 
 def checkpoint_folder(location: str) -> Path:

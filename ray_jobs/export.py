@@ -19,17 +19,11 @@ import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import is_uri, public_name
+from echovideo.locations import filesystem, is_uri, public_name
 from ray_jobs.redact import redact
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def _filesystem(location: str) -> tuple[pfs.FileSystem, str]:
-    if is_uri(location):
-        return pfs.FileSystem.from_uri(location)
-    return pfs.LocalFileSystem(), str(Path(location).absolute())
 
 
 def public_location(location: str) -> str:
@@ -39,9 +33,9 @@ def public_location(location: str) -> str:
 
 def finished_clips(output: str) -> list[dict]:
     """The manifest's finished clips, sorted by sample id (what makes shard membership deterministic)."""
-    filesystem, root = _filesystem(output)
+    store, root = filesystem(output)
     try:
-        with filesystem.open_input_file(f"{root}/manifest.parquet") as handle:
+        with store.open_input_file(f"{root}/manifest.parquet") as handle:
             rows = pq.read_table(handle).to_pylist()
     except (OSError, ValueError) as exc:
         raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
@@ -72,8 +66,8 @@ def _metadata(clip: dict) -> dict:
 class Exporter:
     def __init__(self, output: str, destination: str) -> None:
         self.output, self.destination = output, destination
-        self.source_fs, self.source_root = _filesystem(output)
-        self.fs, self.root = _filesystem(destination)
+        self.source_fs, self.source_root = filesystem(output)
+        self.fs, self.root = filesystem(destination)
         self.fs.create_dir(self.root, recursive=True)
         self.clips = finished_clips(output)
 

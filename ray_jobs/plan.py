@@ -6,14 +6,12 @@ import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-import pyarrow.fs as pfs
 import ray
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import is_uri, public_name
+from echovideo.locations import filesystem, is_uri, public_name
 from parallel.config import ParallelConfig
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
@@ -33,12 +31,10 @@ def attention_heads(spec: JobSpec) -> int | None:
         return TRANSFORMER_CONFIG["num_attention_heads"]
     location = spec.model["checkpoint"]
     config = f"{location.rstrip('/')}/transformer/config.json"
-    try:
-        if is_uri(location):  # one small object, read where it is (the ranks download the folder)
-            filesystem, path = pfs.FileSystem.from_uri(location)
-            with filesystem.open_input_stream(f"{path.rstrip('/')}/transformer/config.json") as stream:
-                return int(json.loads(stream.read())["num_attention_heads"])
-        return int(json.loads(Path(config).read_text())["num_attention_heads"])
+    try:  # one small file, read where it is (the ranks download a checkpoint given as a URI)
+        store, path = filesystem(location)
+        with store.open_input_stream(f"{path.rstrip('/')}/transformer/config.json") as stream:
+            return int(json.loads(stream.read())["num_attention_heads"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("cannot read the head count from %s (%s): the ranks will check the layout as they load",
                        public_name(config) if is_uri(config) else config, redact(str(exc)))

@@ -17,9 +17,9 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pds
-import pyarrow.fs as pfs
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import filesystem
 from ray_jobs.redact import redact
 
 BATCH_ROWS = 1024
@@ -107,11 +107,8 @@ class TextTable(Table):
 
     def _lines(self) -> Iterator[tuple[int, str]]:
         try:
-            if "://" in self.uri:
-                filesystem, path = pfs.FileSystem.from_uri(self.uri)
-                stream = io.BufferedReader(filesystem.open_input_stream(path))
-            else:
-                stream = open(self.uri, "rb")
+            store, path = filesystem(self.uri)
+            stream = io.BufferedReader(store.open_input_stream(path, compression=None))
         except (OSError, ValueError) as exc:
             raise EchoVideoInputError(self.key, f"cannot open {redact(self.uri)} ({redact(str(exc))})",
                                       "check the path or URI") from None

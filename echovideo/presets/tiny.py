@@ -18,6 +18,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 from transformers import SiglipConfig, SiglipModel, T5Config, T5EncoderModel
 
 from echovideo.face.standin import save_standin
+from echovideo.locations import default_cache_dir
 from echovideo.models import EchoVideoTransformer3DModel
 
 VERSION = "tiny-v1"
@@ -50,10 +51,6 @@ SCHEDULER_CONFIG = dict(
     prediction_type="v_prediction", rescale_betas_zero_snr=True, snr_shift_scale=1.0,
     timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True, steps_offset=0,
 )
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ECHOVIDEO_CACHE", Path.home() / ".cache" / "echovideo"))
 
 
 def tiny_checkpoint(cache_dir: Path | None = None) -> Path:
