@@ -185,7 +185,12 @@ class RayDataTable(Table):
     """Rows of a `ray.data.Dataset`, streamed (a lazy 10-million-row dataset is never materialised here)."""
 
     def __init__(self, dataset, key: str = "dataset") -> None:
-        self.uri, self.key, self.name, self.dataset = "ray.data.Dataset", key, "dataset", dataset
+        # Rows are named and limited by position, so a rerun must see them in the same order: Ray Data
+        # yields blocks as they finish unless told otherwise. The order is set on a copy of the Dataset's
+        # context (derived Datasets share one), leaving the caller's Dataset as it was.
+        ordered = type(dataset).copy(dataset, _deep_copy=True)
+        ordered.context.execution_options.preserve_order = True
+        self.uri, self.key, self.name, self.dataset = "ray.data.Dataset", key, "dataset", ordered
 
     def rows(self) -> Iterator[Row]:
         for number, values in enumerate(self.dataset.iter_rows(), 1):

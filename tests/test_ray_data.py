@@ -1,5 +1,5 @@
 """The Ray Data API: a lazy 1,000,000-row `ray.data.Dataset` rendered with a `limit`, streamed through the
-driver (its memory stays flat), the manifest back as a Ray Dataset."""
+driver (its memory stays flat) in the Dataset's order, the manifest back as a Ray Dataset."""
 
 import json
 import os
@@ -8,13 +8,17 @@ import sys
 import textwrap
 
 RUN = textwrap.dedent("""
-    import json, resource, sys
+    import json, resource, sys, time
     import ray
     from ray_jobs.api import render_dataset
 
     face, out = sys.argv[1], sys.argv[2]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    rows = ray.data.range(1_000_000).map(lambda r: {"prompt": f"a person waves {r['id']}", "identity": face})
+    def row_of(r):  # the first block finishes last: Ray Data yields finished blocks first unless ordered
+        if r["id"] == 0:
+            time.sleep(3)
+        return {"prompt": f"a person waves {r['id']}", "identity": face}
+    rows = ray.data.range(1_000_000).map(row_of)
     job = {"model": {"preset": "tiny", "dtype": "fp32"}, "parallel": {"replicas": 1},
            "resources": {"accelerator": "cpu"}, "dataset": {"limit": 3},
            "generation": {"height": 32, "width": 32, "frames": 5, "steps": 2}, "job": {"output": out}}
