@@ -65,7 +65,7 @@ class SleepWorker(RankWorker):
         seconds = cost_of(sample_id, self.mean_s)
         time.sleep(seconds)
         if files:
-            Path(files["video"]).write_bytes(b"\0")
+            Path(self.destination.path(files["video"])).write_bytes(b"\0")
         return {"seconds": seconds, "frames": 1}
 
 

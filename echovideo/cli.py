@@ -181,15 +181,15 @@ def _run_job(args: argparse.Namespace) -> int:
     try:
         report = run_job(spec, args.address)
     except JobFailure as exc:
-        print(f"echovideo: job failed: {exc}; finished clips and the manifest are in {spec.output}", file=sys.stderr)
+        print(f"echovideo: job failed: {exc}; finished clips and the manifest are in {spec.output_name}", file=sys.stderr)
         return EXIT_FAILED_JOB
     except KeyboardInterrupt:
-        print(f"echovideo: interrupted; finished clips and the manifest are in {spec.output}; run the same command "
+        print(f"echovideo: interrupted; finished clips and the manifest are in {spec.output_name}; run the same command "
               "again to render the rest", file=sys.stderr)
         return EXIT_INTERRUPTED
     s = report.summary
     print(f"{s['ok']} ok, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} settled before); "
-          f"outputs in {spec.output} (manifest.parquet, failures.parquet, summary.json, index.html)")
+          f"outputs in {spec.output_name} (manifest.parquet, failures.parquet, summary.json, index.html)")
     return report.exit_code
 
 

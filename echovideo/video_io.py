@@ -45,6 +45,17 @@ def is_our_temp(name: str) -> bool:
     return bool(_OUR_TEMP.match(name))
 
 
+def check_mp4(path: str | Path, frames: int) -> None:
+    """Decode the whole file and count its frames: a clip is published only if it plays to its last frame."""
+    try:
+        decoded, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except RuntimeError as exc:  # ffmpeg's whole banner and log: its last line says why
+        raise RuntimeError(f"the encoded clip {Path(path).name} does not decode: "
+                           f"{str(exc).strip().splitlines()[-1][:200]}") from None
+    if decoded != frames:
+        raise RuntimeError(f"the encoded clip {Path(path).name} decodes to {decoded} of its {frames} frames")
+
+
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> Path:
     """Encode (F, H, W, 3) uint8 frames as H.264 yuv420p (plays everywhere)."""
     frames = np.ascontiguousarray(frames, dtype=np.uint8)

@@ -15,6 +15,7 @@ import ray
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.yaml_files import read_yaml_file
+from ray_jobs.destination import Destination
 from ray_jobs.driver import run_job
 from ray_jobs.job import IN_PROCESS, apply_override, parse_job
 from ray_jobs.tables import RayDataTable
@@ -35,4 +36,5 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
     spec = parse_job({**raw, "dataset": dataset}, str(job) if not isinstance(job, dict) else "python")
     spec.rows = RayDataTable(rows)
     run_job(spec, address, progress)
-    return ray.data.read_parquet(str(spec.output / "manifest.parquet"))
+    outputs = Destination(spec.output)
+    return ray.data.read_parquet(outputs.path("manifest.parquet"), filesystem=outputs.fs)

@@ -25,13 +25,14 @@ from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_data
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
-from ray_jobs.outputs import OutputStore
+from ray_jobs.outputs import open_outputs
 from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Outcome, Replica, State
 from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 LOOP_WAIT_S = 0.5  # the longest the loop waits for an event before reading its clocks again
+LOG_UPLOAD_WAIT_S = 30.0  # at the end, how long the ranks get to upload their logs to an object store
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
 run_log.setLevel(logging.INFO)
@@ -77,7 +78,7 @@ class JobReport:
 class JobDriver:
     def __init__(self, spec: JobSpec, progress: bool = True, on_result=None, worker: type = RankWorker) -> None:
         self.spec, self.progress, self.on_result, self.worker = spec, progress, on_result, worker
-        self.store = OutputStore(spec.output)
+        self.store = open_outputs(spec.output)
         self.report = JobReport()
         self.retry: deque[Sample] = deque()
         self.rebuilds_in_a_row: dict[int, int] = {}
@@ -130,10 +131,19 @@ class JobDriver:
             self.feed.stop()
             self._count_skipped()
             self.bar.close()
+            self._collect_rank_logs()
             for replica in self.replicas.values():
                 replica.teardown()
             self._finish(begun, ended_by)
         return self.report
+
+    def _collect_rank_logs(self) -> None:
+        """An object-store output gets every rank's last lines before the ranks go (best effort)."""
+        if not self.store.destination.remote:
+            return
+        refs = [ref for replica in self.replicas.values() for ref in replica.upload_logs()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=LOG_UPLOAD_WAIT_S)
 
     def _finish(self, begun: float, ended_by: str) -> None:
         """However the run ended (done, a job error, Ctrl-C), what finished is in the manifest, summary and gallery.
@@ -157,6 +167,7 @@ class JobDriver:
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
         try:
             self.report.summary = self.store.finalize(summary)
+            self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":
                 raise
@@ -259,7 +270,7 @@ class JobDriver:
             "sample_id": sample.sample_id, "row_key": sample.row_key, "prompt": sample.prompt,
             "identity": sample.identity, "identity_sha": sample.identity_sha, "seed": sample.options["seed"],
             "options": sample.options, "attempts": sample.attempts,
-            "path": str(self.store.video_path(sample.sample_id).relative_to(self.store.folder)),
+            "path": self.store.video_name(sample.sample_id),
             "seconds": round(timing["seconds"], 3), "replica": str(replica.index)})
         self.report.rendered += 1
         self.rebuilds_in_a_row[replica.index] = 0

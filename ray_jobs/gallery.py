@@ -8,9 +8,8 @@ script: it opens from a laptop's disk, a bucket or any static server.
 import html
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
-from echovideo.video_io import atomic_output
+from ray_jobs.destination import Destination
 
 PAGE_CARDS = 200
 SHOWN_FAILURES = 2000
@@ -31,8 +30,8 @@ def page_name(number: int) -> str:
     return "index.html" if number == 1 else f"pages/page-{number}.html"
 
 
-def write_gallery(folder: Path, done: list[dict], failed: list[dict]) -> int:
-    """Write every page; -> the number of clip pages. Clips sorted by prompt, then identity, then id."""
+def write_gallery(destination: Destination, done: list[dict], failed: list[dict]) -> int:
+    """Write every page to the output's `Destination`; -> the number of clip pages. Clips sorted by prompt, then identity, then id."""
     done = sorted(done, key=lambda r: (r["prompt"], r.get("identity") or "", r["sample_id"]))
     pages = max(1, -(-len(done) // PAGE_CARDS))
     title = f"{len(done)} clips, {len(failed)} failed"
@@ -41,15 +40,15 @@ def write_gallery(folder: Path, done: list[dict], failed: list[dict]) -> int:
         cards = done[(number - 1) * PAGE_CARDS:number * PAGE_CARDS]
         body = "".join(_grouped(cards, prefix))
         failures = f' · <a href="{prefix}failures.html">failures</a>' if failed else ""
-        _write(folder / page_name(number), f"<h1>{title}</h1><p>grouped by prompt{failures}</p>"
+        _write(destination, page_name(number), f"<h1>{title}</h1><p>grouped by prompt{failures}</p>"
                                            f"{_nav(number, pages, prefix)}{body}{_nav(number, pages, prefix)}")
     items = "".join(f"<li><b>{html.escape(r['sample_id'])}</b>: {html.escape(str(r.get('error'))[:300])}</li>"
                     for r in failed[:SHOWN_FAILURES])
     more = f"<p>{len(failed) - SHOWN_FAILURES} more in failures.parquet</p>" if len(failed) > SHOWN_FAILURES else ""
-    for stale in folder.glob("pages/page-*.html"):  # a page of an earlier, larger gallery
-        if (match := PAGE.fullmatch(stale.name)) and int(match.group(1)) > pages:
-            stale.unlink()
-    _write(folder / "failures.html", f'<h1>{len(failed)} failed</h1><p><a href="index.html">clips</a></p>'
+    for stale in destination.names("pages"):  # a page of an earlier, larger gallery
+        if (match := PAGE.fullmatch(stale)) and int(match.group(1)) > pages:
+            destination.delete(f"pages/{stale}")
+    _write(destination, "failures.html", f'<h1>{len(failed)} failed</h1><p><a href="index.html">clips</a></p>'
                                      f"<ul>{items}</ul>{more}")
     return pages
 
@@ -82,7 +81,7 @@ def _nav(number: int, pages: int, prefix: str) -> str:
     return f"<nav>page {number} of {pages}: {' '.join(links)}</nav>"
 
 
-def _write(path: Path, body: str) -> None:
-    with atomic_output(path, ".html") as tmp:
+def _write(destination: Destination, name: str, body: str) -> None:
+    with destination.output(name, ".html") as tmp:
         tmp.write_text(f"<!doctype html><meta charset=utf-8><title>echovideo gallery</title><style>{STYLE}</style>"
                        f"{body}", encoding="utf-8")

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import is_uri, public_name
 from echovideo.sampling import GenerationOptions
 from echovideo.yaml_files import read_yaml_file
 from parallel.config import ParallelConfig
@@ -49,8 +50,14 @@ class JobSpec:
     rows: object = None  # a `tables.Table` given in-process (the Ray Data API) instead of dataset.prompts
 
     @property
-    def output(self) -> Path:
-        return Path(self.job["output"])
+    def output(self) -> str:
+        """A local folder (made absolute by the driver) or an object-store URI."""
+        return self.job["output"]
+
+    @property
+    def output_name(self) -> str:
+        """The output as shown to people and logs: a URI without credentials or query."""
+        return public_name(self.output) if is_uri(self.output) else self.output
 
     @property
     def ranks_per_replica(self) -> int:
@@ -109,7 +116,7 @@ def _make_paths_absolute(spec: JobSpec) -> None:
         value = getattr(spec, section)[key]
         if value is not None and "://" not in value and value != IN_PROCESS:
             getattr(spec, section)[key] = str(Path(value).expanduser().absolute())
-    if in_ray_package(spec.job["output"]):
+    if not is_uri(spec.job["output"]) and in_ray_package(spec.job["output"]):
         raise EchoVideoInputError(
             "job.output", f"{spec.job['output']} is inside the folder Ray unpacked `--working-dir` into, which is "
             "deleted with the Ray session and is a new folder for every submission (outputs lost, no resume)",

@@ -1,12 +1,13 @@
-"""The output folder: videos, posters, identity thumbnails, a completion journal, and at the end manifest,
-failures, summary, gallery.
+"""A job's outputs: videos, posters, identity thumbnails, completion records, and at the end manifest,
+failures, summary, gallery; in a local folder (`OutputStore`) or an object store (`ObjectStoreOutputs`).
 
-Exactly-once: a worker renames the finished mp4 into place, then the driver appends the completion to
-`state/completed.jsonl` (flushed and fsynced). Resume skips ids that are recorded AND whose file exists;
-everything else is rendered again (at-least-once execution, idempotent keyed outputs).
+Exactly-once: rank 0 puts the finished mp4 in place whole (see `destination`), then the driver records
+the completion. Resume skips ids that are recorded AND whose video is listed; everything else is rendered
+again (at-least-once execution, idempotent keyed outputs).
 
-One job at a time per folder (`locked`), and nothing is written through a symbolic link inside it: a
-link planted in the folder could otherwise send videos, journal lines or deletions elsewhere.
+A local folder keeps its records in a journal (`state/completed.jsonl`, appended, fsynced), is held by one
+job at a time with a lock, and nothing is written through a symbolic link inside it: a link planted in
+the folder could otherwise send videos, journal lines or deletions elsewhere.
 """
 
 import fcntl
@@ -27,7 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import is_uri
 from echovideo.video_io import atomic_output, is_our_temp
+from ray_jobs.destination import Destination
 from ray_jobs.failures import Kind, OutputError
 from ray_jobs.gallery import thumbnail_name, write_gallery
 
@@ -51,7 +54,7 @@ def safe_name(sample_id: str) -> str:
 
 
 @contextmanager
-def writing(what: Path) -> Iterator[None]:
+def writing(what: str | Path) -> Iterator[None]:
     """OS errors while writing the output become one clear job-level error (disk full, read-only, gone)."""
     try:
         yield
@@ -60,8 +63,97 @@ def writing(what: Path) -> Iterator[None]:
                           "then rerun the same job: finished clips are kept and only the rest is rendered") from exc
 
 
-class OutputStore:
+class JobOutputs:
+    """What both kinds of output share: where rank 0 writes a sample, what a rerun skips, the final files.
+
+    A subclass keeps the completion records (`_completion_records`, `_failure_records`, `record_*`), holds
+    the output for one job (`locked`), and says where logs are written (`log_path`, `publish_logs`)."""
+
     FOLDERS = ("videos", "posters", "identities", "state", "logs", "pages")
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.name = destination.name  # for messages: never holds credentials
+
+    def video_name(self, sample_id: str) -> str:
+        return f"videos/{safe_name(sample_id)}.mp4"
+
+    def files_for(self, sample_id: str, identity_sha: str) -> dict[str, str]:
+        """Where rank 0 writes a sample's video and poster, and its identity's thumbnail (relative names)."""
+        return {"video": self.video_name(sample_id), "poster": f"posters/{safe_name(sample_id)}.jpg",
+                "thumbnail": thumbnail_name(identity_sha)}
+
+    def remove_orphan_temps(self) -> int:
+        """Temp files of renders that died mid-write: only names we make (nothing else matches)."""
+        return self.destination.remove_temps(("videos", "posters", "identities"))
+
+    def _present_videos(self) -> set[str]:
+        """File names in videos/, listed once (one listing, not a look-up per record)."""
+        return set(self.destination.names("videos"))
+
+    def _completion_records(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def _failure_records(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def _settled_completions(self) -> Iterator[dict]:
+        present = self._present_videos()
+        return (r for r in self._completion_records() if self.video_name(r["sample_id"]).removeprefix("videos/")
+                in present)
+
+    def completed(self) -> dict[str, dict]:
+        return {r["sample_id"]: r for r in self._settled_completions()}
+
+    def resume_index(self) -> tuple[set[str], dict[str, str]]:
+        """What a rerun skips: settled sample ids, and row key -> sample id for the rows they came from.
+
+        Settled: finished with its video present, or failed as bad input (that row, unchanged, fails the same
+        way: its key covers the row and the photo file's size and time, so a fixed row or photo is new work).
+        Only ids and keys are kept (tens of bytes per settled row).
+        """
+        done, rows = set(), {}
+        settled = itertools.chain(self._settled_completions(),
+                                  (r for r in self._failure_records() if r.get("kind") == INPUT_KIND))
+        for record in settled:
+            done.add(record["sample_id"])
+            if record.get("row_key"):
+                rows[record["row_key"]] = record["sample_id"]
+        return done, rows
+
+    def finalize(self, summary: dict) -> dict:
+        """manifest.parquet (one row per sample, latest outcome), failures.parquet, summary.json, index.html."""
+        with writing(self.name):
+            return self._finalize(summary)
+
+    def _finalize(self, summary: dict) -> dict:
+        done = self.completed()
+        failed = {r["sample_id"]: r for r in self._failure_records() if r["sample_id"] not in done}
+        rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \
+               [{**r, "status": "failed", "path": None} for r in failed.values()]
+        columns = ["sample_id", "status", "prompt", "identity", "seed", "options", "path", "error", "attempts",
+                   "seconds", "replica"]
+        table = pa.table({c: [_cell(r.get(c)) for r in rows] for c in columns},
+                         schema=pa.schema([(c, pa.int64() if c in ("seed", "attempts") else
+                                            pa.float64() if c == "seconds" else pa.string()) for c in columns]))
+        self._write_parquet(table, "manifest.parquet")
+        self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
+        summary = {**summary, "ok": len(done), "failed": len(failed)}
+        with self.destination.output("summary.json", ".json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+        write_gallery(self.destination, list(done.values()), list(failed.values()))
+        return summary
+
+    def _write_parquet(self, table: pa.Table, name: str) -> None:
+        with self.destination.output(name, ".parquet") as tmp:
+            pq.write_table(table, str(tmp))
+
+    def publish_logs(self) -> None:
+        """Logs written on this machine reach the output (a local folder holds them already)."""
+
+
+class OutputStore(JobOutputs):
+    """A local (or shared, mounted) folder."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -76,6 +168,7 @@ class OutputStore:
         except OSError as exc:
             raise EchoVideoInputError("job.output", f"{self.folder} cannot be written ({exc.strerror or exc})",
                                       "choose a writable folder with free space") from None
+        super().__init__(Destination(self.folder))
 
     def _refuse_links(self) -> None:
         """Our folders, and every file the driver appends to (state/, logs/), are never symbolic links."""
@@ -107,8 +200,7 @@ class OutputStore:
             except OSError as exc:
                 logger.warning("cannot lock %s (%s): do not run two jobs into this folder at once", path, exc)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+            os.pwrite(fd, f"{holder_description()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -117,18 +209,10 @@ class OutputStore:
         return self.folder / "logs" / name
 
     def video_path(self, sample_id: str) -> Path:
-        return self.videos / f"{safe_name(sample_id)}.mp4"
-
-    def poster_path(self, sample_id: str) -> Path:
-        return self.posters / f"{safe_name(sample_id)}.jpg"
-
-    def files_for(self, sample_id: str, identity_sha: str) -> dict[str, str]:
-        """Where rank 0 writes a sample's video and poster, and its identity's thumbnail."""
-        return {"video": str(self.video_path(sample_id)), "poster": str(self.poster_path(sample_id)),
-                "thumbnail": str(self.folder / thumbnail_name(identity_sha))}
+        return self.folder / self.video_name(sample_id)
 
     def remove_orphan_temps(self) -> int:
-        """Temp files of renders that died mid-write: only names we make (nothing else matches), never a link."""
+        """As for any output, but never through a link."""
         orphans = [Path(e.path) for folder in (self.videos, self.posters, self.folder / "identities")
                    for e in os.scandir(folder) if is_our_temp(e.name) and not e.is_symlink()]
         for path in orphans:
@@ -149,30 +233,13 @@ class OutputStore:
                     continue
 
     def _present_videos(self) -> set[str]:
-        """File names in videos/, listed once (one directory read, not a stat per record)."""
         return {entry.name for entry in os.scandir(self.videos)}
 
-    def completed(self) -> dict[str, dict]:
-        present = self._present_videos()
-        return {r["sample_id"]: r for r in self._journal("completed.jsonl")
-                if self.video_path(r["sample_id"]).name in present}
+    def _completion_records(self) -> Iterator[dict]:
+        return self._journal("completed.jsonl")
 
-    def resume_index(self) -> tuple[set[str], dict[str, str]]:
-        """What a rerun skips: settled sample ids, and row key -> sample id for the rows they came from.
-
-        Settled: finished with its video present, or failed as bad input (that row, unchanged, fails the same
-        way: its key covers the row and the photo file's size and time, so a fixed row or photo is new work).
-        Only ids and keys are kept (tens of bytes per settled row).
-        """
-        present, done, rows = self._present_videos(), set(), {}
-        settled = itertools.chain(
-            (r for r in self._journal("completed.jsonl") if self.video_path(r["sample_id"]).name in present),
-            (r for r in self._journal("failed.jsonl") if r.get("kind") == INPUT_KIND))
-        for record in settled:
-            done.add(record["sample_id"])
-            if record.get("row_key"):
-                rows[record["row_key"]] = record["sample_id"]
-        return done, rows
+    def _failure_records(self) -> Iterator[dict]:
+        return self._journal("failed.jsonl")
 
     def _append(self, name: str, record: dict) -> None:
         path = self.state / name
@@ -194,32 +261,19 @@ class OutputStore:
     def record_failure(self, record: dict) -> None:
         self._append("failed.jsonl", record)
 
-    def finalize(self, summary: dict) -> dict:
-        """manifest.parquet (one row per sample, latest outcome), failures.parquet, summary.json, index.html."""
-        with writing(self.folder):
-            return self._finalize(summary)
 
-    def _finalize(self, summary: dict) -> dict:
-        done = self.completed()
-        failed = {r["sample_id"]: r for r in self._journal("failed.jsonl") if r["sample_id"] not in done}
-        rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \
-               [{**r, "status": "failed", "path": None} for r in failed.values()]
-        columns = ["sample_id", "status", "prompt", "identity", "seed", "options", "path", "error", "attempts",
-                   "seconds", "replica"]
-        table = pa.table({c: [_cell(r.get(c)) for r in rows] for c in columns},
-                         schema=pa.schema([(c, pa.int64() if c in ("seed", "attempts") else
-                                            pa.float64() if c == "seconds" else pa.string()) for c in columns]))
-        self._write_parquet(table, "manifest.parquet")
-        self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
-        summary = {**summary, "ok": len(done), "failed": len(failed)}
-        with atomic_output(self.folder / "summary.json", ".json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
-        write_gallery(self.folder, list(done.values()), list(failed.values()))
-        return summary
+def holder_description() -> str:
+    """Who holds an output: host, process, since when."""
+    return f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
 
-    def _write_parquet(self, table: pa.Table, name: str) -> None:
-        with atomic_output(self.folder / name, ".parquet") as tmp:
-            pq.write_table(table, str(tmp))
+
+def open_outputs(location: str) -> JobOutputs:
+    """A local folder, or an object-store prefix for a URI."""
+    if is_uri(location):
+        from ray_jobs.object_outputs import ObjectStoreOutputs
+
+        return ObjectStoreOutputs(location)
+    return OutputStore(location)
 
 
 def _cell(value):

@@ -130,11 +130,11 @@ class Replica:
     def _start(self, now: float) -> None:
         """PLACING -> STARTING: one actor per bundle; rank 0 opens the group's store, every rank joins and loads."""
         actor_class = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(self.worker)
-        logs = self.spec.output / "logs"
         self.actors = [actor_class.options(
             **actor_resources(self.accelerator, self.cpus), max_restarts=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
-        ).remote(rank, self.world, str(logs / f"replica-{self.index}-rank-{rank}.log")) for rank in range(self.world)]
+        ).remote(rank, self.world, self.spec.job["output"], f"replica-{self.index}-rank-{rank}.log")
+            for rank in range(self.world)]
         self.address = self.actors[0].rendezvous.remote(self.timeout)  # resolved by Ray before setup runs
         self.waiting = {actor.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, self.address,
                                            self.timeout): rank for rank, actor in enumerate(self.actors)}
@@ -219,6 +219,10 @@ class Replica:
         self.teardown()
         self.state = State.FAILED
         return Outcome(work.sample, None, failure) if work is not None else None
+
+    def upload_logs(self) -> list[ray.ObjectRef]:
+        """Each rank's log to an object-store output (they run beside a render: read-only probes' group)."""
+        return [actor.upload_log.remote() for actor in self.actors]
 
     def teardown(self) -> None:
         """Kill the ranks and free the bundles (non-blocking; safe to call again)."""

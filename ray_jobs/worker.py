@@ -8,6 +8,7 @@ own concurrency group, so the driver can read the progress clock while `render` 
 
 import logging
 import os
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,8 @@ from PIL import Image
 
 from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
-from echovideo.video_io import atomic_output, write_mp4
+from echovideo.video_io import check_mp4, write_mp4
+from ray_jobs.destination import Destination
 from ray_jobs.failures import Failure, Kind, SampleFailure, classify
 
 DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
@@ -26,14 +28,20 @@ PROBES = "probes"  # the concurrency group of the read-only calls
 CONCURRENCY_GROUPS = {PROBES: 1}
 THUMBNAIL_SIDE = 160
 HCCL_BASE_PORT, HCCL_PORTS_PER_DEVICE = 60000, 16  # HCCL listens on base + logical device id (0..15)
+LOG_UPLOAD_EVERY_S = 30.0  # an object-store output gets a rank's log at most this often (and after a failure)
 
 
 class RankWorker:
-    def __init__(self, rank: int, world: int, log_path: str | None = None) -> None:
+    def __init__(self, rank: int, world: int, output: str | None = None, log_name: str | None = None) -> None:
+        """`output`: the job's output (a folder or an object-store URI); rank 0 writes there, every rank logs
+        to `logs/<log_name>` in it."""
         self.rank, self.world, self.pipe = rank, world, None
         self.progress_at = time.monotonic()
         self.store = None  # rank 0's rendezvous store, bound from `rendezvous` until the group forms
-        self.log = _rank_log(log_path) if log_path else logging.getLogger("ray_jobs.worker")
+        self.destination = Destination(output) if output else None
+        self.log_name, self.log_uploaded_at = log_name, 0.0
+        self.log_file = _log_file(self.destination, log_name)
+        self.log = _rank_log(self.log_file) if self.log_file else logging.getLogger("ray_jobs.worker")
 
     @ray.method(concurrency_group=PROBES)
     def seconds_since_progress(self) -> float:
@@ -114,19 +122,44 @@ class RankWorker:
             result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed)
             self._progressed()
             if self.rank == 0:
-                write_mp4(result.frames, files["video"], fps=result.fps)
-                _write_jpeg(result.frames[len(result.frames) // 2], Path(files["poster"]))
-                _write_thumbnail(image, Path(files["thumbnail"]))
+                self._deliver(result.frames, result.fps, image, files)
         except Exception as exc:
             failure = classify(exc)
             self.log.error("sample %s: failed (%s): %s: %s", sample_id, failure.kind.value, type(exc).__name__, exc,
                            exc_info=failure.kind is not Kind.INPUT)
+            self.upload_log()
             raise SampleFailure.of(self._explained(failure, options)) from None
         finally:
             self._progressed()
         seconds = time.monotonic() - started
         self.log.info("sample %s: done in %.2f s", sample_id, seconds)
+        if time.monotonic() - self.log_uploaded_at > LOG_UPLOAD_EVERY_S:
+            self.upload_log()
         return {"seconds": seconds, "frames": int(result.frames.shape[0])} if self.rank == 0 else {}
+
+    def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str]) -> None:
+        """The clip, checked before anyone can see it (it decodes, every frame is there), then its poster and
+        the identity's thumbnail: each in place whole under its name in the output, or not at all."""
+        with self.destination.output(files["video"], ".mp4") as local:
+            write_mp4(frames, local, fps=fps)
+            check_mp4(local, len(frames))
+        with self.destination.output(files["poster"], ".jpg") as local:
+            _save_jpeg(frames[len(frames) // 2], local)
+        if not self.destination.exists(files["thumbnail"]):  # once per photo: it is named by the photo's hash
+            with self.destination.output(files["thumbnail"], ".jpg") as local:
+                _save_jpeg(_thumbnail(image), local)
+
+    @ray.method(concurrency_group=PROBES)
+    def upload_log(self) -> None:
+        """An object-store output gets this rank's log file whole (a local or shared folder has it already).
+        Best effort: a log that cannot be uploaded must not fail a sample."""
+        if not (self.log_file and self.destination.remote):
+            return
+        self.log_uploaded_at = time.monotonic()
+        try:
+            self.destination.put(f"logs/{self.log_name}", Path(self.log_file).read_bytes())
+        except OSError as exc:
+            self.log.warning("could not upload this log: %s", str(exc)[:200])
 
     def _explained(self, failure: Failure, options: dict) -> Failure:
         """Out of memory names the sample's size and the way out."""
@@ -136,6 +169,15 @@ class RankWorker:
         return Failure(failure.kind, f"out of memory on rank {self.rank} of {self.world} rendering {size} "
                                      f"({failure.message}); lower height/width/frames, or give each replica more "
                                      "ranks (parallel.ulysses/ring) or a larger device", failure.secondary)
+
+
+def _log_file(destination: Destination | None, name: str | None) -> str | None:
+    """In the output's logs/ folder, or on this node's disk when the output is an object store."""
+    if destination is None or name is None:
+        return None
+    if destination.remote:
+        return str(Path(tempfile.mkdtemp(prefix="echovideo-rank-log-")) / name)
+    return destination.path(f"logs/{name}")
 
 
 def _rank_log(path: str) -> logging.Logger:
@@ -149,17 +191,14 @@ def _rank_log(path: str) -> logging.Logger:
     return logging.getLogger("ray_jobs.worker")
 
 
-def _write_jpeg(pixels: np.ndarray, path: Path) -> None:
+def _save_jpeg(pixels: np.ndarray, path: Path) -> None:
     """A poster (the clip's middle frame, shown before it plays) or a thumbnail, as a JPEG."""
-    with atomic_output(path, ".jpg") as tmp:
-        Image.fromarray(pixels).save(tmp, format="JPEG", quality=85)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=85)
 
 
-def _write_thumbnail(image: bytes, path: Path) -> None:
-    """The identity photo, small, once per photo (named by its hash): the gallery shows it on every card."""
-    if path.exists():
-        return
+def _thumbnail(image: bytes) -> np.ndarray:
+    """The identity photo, small: the gallery shows it on every card."""
     pixels = decode_identity_image(image, "identity")
     scale = THUMBNAIL_SIDE / max(pixels.shape[:2])
     size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-    _write_jpeg(np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)), path)
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from ray_jobs.destination import Destination
 from ray_jobs.gallery import PAGE_CARDS, thumbnail_name, write_gallery
 
 CLIPS = 100_000
@@ -26,7 +27,7 @@ def records(count: int) -> list[dict]:
 
 def test_a_gallery_is_paged_and_grouped_by_prompt_with_identity_thumbnails(tmp_path):
     failed = [{"sample_id": "bad", "error": "identity: no face found"}]
-    pages = write_gallery(tmp_path, records(CLIPS), failed)
+    pages = write_gallery(Destination(tmp_path), records(CLIPS), failed)
     assert pages == CLIPS // PAGE_CARDS
     first = (tmp_path / "index.html").read_text()
     assert first.count("<figure>") == PAGE_CARDS and len(first) < 200_000
@@ -37,13 +38,13 @@ def test_a_gallery_is_paged_and_grouped_by_prompt_with_identity_thumbnails(tmp_p
     assert 'src="../videos/' in last and 'href="../index.html"' in last
     assert "no face found" in (tmp_path / "failures.html").read_text()
 
-    assert write_gallery(tmp_path, records(PAGE_CARDS + 1), []) == 2  # a smaller rerun leaves no stale page
+    assert write_gallery(Destination(tmp_path), records(PAGE_CARDS + 1), []) == 2  # a smaller rerun leaves no stale page
     assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["page-2.html"]
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
 def test_a_100k_clip_gallery_opens_in_a_real_browser_in_seconds(tmp_path):
-    write_gallery(tmp_path, records(CLIPS), [])
+    write_gallery(Destination(tmp_path), records(CLIPS), [])
     started = time.monotonic()
     shown = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                             "--no-first-run", "--disable-background-networking", "--disable-component-update",

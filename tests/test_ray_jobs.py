@@ -86,7 +86,7 @@ def test_relative_paths_are_resolved_in_the_driver(tmp_path, monkeypatch, face_p
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a", "identity": str(face_path)}])
     spec = job("prompts.jsonl", "out/relative", **{"model.preset": None, "model.checkpoint": "ckpts"})
-    assert spec.output == tmp_path / "out" / "relative"  # a rank anywhere writes where the driver looks
+    assert spec.output == str(tmp_path / "out" / "relative")  # a rank anywhere writes where the driver looks
     assert spec.model["checkpoint"] == str(tmp_path / "ckpts")
     assert spec.dataset["prompts"] == str(tmp_path / "prompts.jsonl")
     assert job("s3://bucket/prompts.jsonl", tmp_path).dataset["prompts"] == "s3://bucket/prompts.jsonl"

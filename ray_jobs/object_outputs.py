@@ -1,0 +1,145 @@
+"""A job's outputs under an object-store prefix (`job.output: s3://bucket/prefix`, `gs://...`): the layout of a
+local folder, with per-sample completion markers instead of a journal and a lease instead of a lock.
+
+An object store cannot append, so each completion is one small object, `state/done/<name>.json`, put by
+the driver after rank 0's video is in place (and `state/failed/<name>.json` for a failure). Resume lists
+`state/done/` and `videos/` (a request per 1,000 keys each) and reads the markers; a video without its
+marker is rendered again and replaces it. Logs are written on local disk and uploaded whole.
+
+One job at a time per prefix: `state/job.lock` names its holder and is renewed every LEASE_RENEW_S by a
+thread. A second job refuses while the lease is younger than LEASE_S; a holder on this host whose process
+is gone is stale at once (the usual rerun after a crash); on another host its lease lapses. Object stores
+offer no create-only write through pyarrow, so two jobs starting in the same second could both take it:
+the lease is re-read after writing and a lost race stops the job.
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from echovideo.errors import EchoVideoInputError
+from echovideo.locations import default_cache_dir
+from ray_jobs.destination import Destination
+from ray_jobs.outputs import JobOutputs, holder_description, safe_name, writing
+
+LEASE = "state/job.lock"
+LEASE_S, LEASE_RENEW_S = 120.0, 30.0
+READERS = 32  # markers read at once: the cost of a resume is requests in flight, not bytes
+logger = logging.getLogger("ray_jobs")
+
+
+class ObjectStoreOutputs(JobOutputs):
+    def __init__(self, location: str) -> None:
+        super().__init__(Destination(location))
+        self.logs = default_cache_dir() / "job-logs" / f"{safe_name(self.name)}"
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            self.destination.put("state/writable.probe", b"ok")
+        except OSError as exc:
+            raise EchoVideoInputError("job.output", f"{self.name} cannot be written ({str(exc)[:300]})",
+                                      "check the URI, the bucket and the storage credentials in the "
+                                      "environment (AWS_ACCESS_KEY_ID, ...)") from None
+
+    # -- completion records ------------------------------------------------------------------------------------
+    def record_success(self, record: dict) -> None:
+        self._put_record("done", record)
+
+    def record_failure(self, record: dict) -> None:
+        self._put_record("failed", record)
+
+    def _put_record(self, kind: str, record: dict) -> None:
+        with writing(self.name):
+            self.destination.put(f"state/{kind}/{safe_name(record['sample_id'])}.json",
+                                 json.dumps(record, ensure_ascii=True).encode())
+
+    def _completion_records(self) -> Iterator[dict]:
+        return self._records("done")
+
+    def _failure_records(self) -> Iterator[dict]:
+        return self._records("failed")
+
+    def _records(self, kind: str) -> Iterator[dict]:
+        """Every marker of a kind, read READERS at a time; one that does not parse (written by hand, cut
+        short some other way) is not trusted: that sample is simply done again."""
+        names = [f"state/{kind}/{name}" for name in self.destination.names(f"state/{kind}") if name.endswith(".json")]
+        with ThreadPoolExecutor(READERS) as pool:
+            for data in pool.map(self.destination.read, names):
+                try:
+                    yield json.loads(data)
+                except (TypeError, ValueError):
+                    continue
+
+    # -- one job at a time ---------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the prefix for this job with a renewed lease (see the module doc)."""
+        holder = self._lease()
+        if holder is not None and not _stale(holder):
+            raise EchoVideoInputError("job.output", f"another job is writing into {self.name} ({holder['who']})",
+                                      f"wait for it to end (a lease lapses {LEASE_S:g} s after its job stops), or "
+                                      "give this job another job.output")
+        token = uuid.uuid4().hex
+        self._write_lease(token)
+        if (self._lease() or {}).get("token") != token:
+            raise EchoVideoInputError("job.output", f"another job took {self.name} at the same moment",
+                                      "run one job per output prefix")
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(token, stop), daemon=True, name="lease")
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            if (self._lease() or {}).get("token") == token:
+                self.destination.delete(LEASE)
+
+    def _lease(self) -> dict | None:
+        data = self.destination.read(LEASE)
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
+    def _write_lease(self, token: str) -> None:
+        self.destination.put(LEASE, json.dumps({"token": token, "who": holder_description(), "renewed": time.time(),
+                                                "host": socket.gethostname(), "pid": os.getpid()}).encode())
+
+    def _renew(self, token: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_RENEW_S):
+            try:
+                self._write_lease(token)
+            except OSError as exc:  # the store is unreachable now: the job's own writes will say so
+                logger.warning("could not renew the lease on %s (%s)", self.name, str(exc)[:200])
+
+    # -- logs ------------------------------------------------------------------------------------------------
+    def log_path(self, name: str) -> Path:
+        """On this machine (a node-local cache folder per output); `publish_logs` uploads them whole."""
+        return self.logs / name
+
+    def publish_logs(self) -> None:
+        with writing(self.name):
+            for path in self.logs.iterdir():
+                self.destination.put(f"logs/{path.name}", path.read_bytes())
+
+
+def _stale(holder: dict) -> bool:
+    """A lease not renewed for LEASE_S, or held by a process of this host that no longer exists."""
+    if time.time() - holder.get("renewed", 0) > LEASE_S:
+        return True
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, KeyError, ValueError):
+            return False
+    return False
