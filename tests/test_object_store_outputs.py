@@ -1,0 +1,163 @@
+"""Job outputs in an object store (a real SeaweedFS on 127.0.0.1): a Ray job reading its dataset and photo from
+the store and writing its clips there, its driver SIGKILLed mid-job and rerun; an upload that breaks half
+way; the completion markers a resume trusts; one job per prefix."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pfs
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import ray_jobs.destination as destination_module
+from echovideo.errors import EchoVideoInputError
+from jobs import read_frames
+from object_store import BUCKET, SECRET_KEY
+from ray_jobs.destination import Destination
+from ray_jobs.object_outputs import ObjectStoreOutputs
+
+SAMPLES = 6
+LAYOUT = ("manifest.parquet", "failures.parquet", "summary.json", "index.html", "failures.html",
+          "logs/driver.log", "logs/replica-0-rank-0.log", "logs/replica-0-rank-1.log")
+
+
+def keys(fs, prefix: str) -> dict[str, int]:
+    """Every object under `prefix` in the test bucket: relative key -> size."""
+    root = f"{BUCKET}/{prefix}"
+    return {info.path[len(root) + 1:]: info.size
+            for info in fs.get_file_info(pfs.FileSelector(root, recursive=True, allow_not_found=True))
+            if info.type == pfs.FileType.File}
+
+
+def read(fs, prefix: str, name: str) -> bytes:
+    with fs.open_input_stream(f"{BUCKET}/{prefix}/{name}") as stream:
+        return stream.read()
+
+
+def job_file(tmp_path, face_path, object_store) -> str:
+    """Dataset and photo in the store too, named by URIs that carry the credentials as users write them."""
+    fs = object_store.filesystem()
+    with fs.open_output_stream(f"{BUCKET}/inputs/face.jpg") as stream:
+        stream.write(face_path.read_bytes())
+    rows = [{"prompt": f"person {i} turns", "identity": object_store.uri("inputs/face.jpg")} for i in range(SAMPLES)]
+    with fs.open_output_stream(f"{BUCKET}/inputs/prompts.jsonl") as stream:
+        stream.write("".join(json.dumps(row) + "\n" for row in rows).encode())
+    raw = {"model": {"preset": "tiny", "dtype": "fp32"}, "parallel": {"ulysses": 2, "replicas": 1},
+           "resources": {"accelerator": "cpu", "group_timeout_s": 60, "step_timeout_s": 120},
+           "dataset": {"prompts": object_store.uri("inputs/prompts.jsonl")},
+           "generation": {"height": 32, "width": 32, "frames": 5, "steps": 4},
+           "job": {"output": object_store.uri("jobs/run"), "seed": 11}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def start(job: str, tiny_root) -> subprocess.Popen:
+    env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "echovideo", "run", job], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path, face_path, tiny_root,
+                                                                          object_store):
+    fs, job = object_store.filesystem(), job_file(tmp_path, face_path, object_store)
+    first = start(job, tiny_root)
+    try:
+        deadline = time.monotonic() + 300
+        while len(keys(fs, "jobs/run/state/done")) < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)  # the driver only: no finalize, its lease left behind
+        first.wait()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # its embedded Ray
+    done_before = len(keys(fs, "jobs/run/state/done"))
+    assert 2 <= done_before < SAMPLES and "manifest.parquet" not in keys(fs, "jobs/run")
+    for name in keys(fs, "jobs/run/videos"):  # whatever is under a final key is a whole clip
+        (tmp_path / name).write_bytes(read(fs, "jobs/run/videos", name))
+        assert read_frames(tmp_path / name) == 5
+
+    second = start(job, tiny_root)  # same host, its holder's process gone: the lease is taken over
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output[-3000:]
+    assert "s3://echovideo/jobs/run" in output and SECRET_KEY not in output
+
+    summary = json.loads(read(fs, "jobs/run", "summary.json"))
+    assert summary["skipped_done"] == done_before and summary["rendered_this_run"] == SAMPLES - done_before
+    rows = pq.read_table(io.BytesIO(read(fs, "jobs/run", "manifest.parquet"))).to_pylist()
+    assert len(rows) == len({r["sample_id"] for r in rows}) == SAMPLES and {r["status"] for r in rows} == {"ok"}
+    stored = keys(fs, "jobs/run")
+    assert set(LAYOUT) <= set(stored), set(LAYOUT) - set(stored)
+    assert sorted(k for k in stored if k.startswith("videos/")) == sorted(r["path"] for r in rows)
+    assert len([k for k in stored if k.startswith("posters/")]) == SAMPLES
+    assert len([k for k in stored if k.startswith("state/done/")]) == SAMPLES
+    assert not [k for k in stored if "echovideo-tmp" in k] and "state/job.lock" not in stored
+    for row in rows:
+        (tmp_path / "clip.mp4").write_bytes(read(fs, "jobs/run", row["path"]))
+        assert read_frames(tmp_path / "clip.mp4") == 5
+    for name in (*LAYOUT, *(k for k in stored if k.startswith("state/"))):  # credentials reach nothing we write
+        assert SECRET_KEY.encode() not in read(fs, "jobs/run", name), name
+    assert b"sample " in read(fs, "jobs/run", "logs/replica-0-rank-0.log")  # the ranks' logs came back
+
+
+def test_an_upload_that_breaks_half_way_leaves_nothing_under_its_final_key(tmp_path, object_store, monkeypatch):
+    fs, local = object_store.filesystem(), tmp_path / "clip.mp4"
+    local.write_bytes(os.urandom(3 * destination_module.CHUNK_BYTES))
+    chunks = destination_module._chunks
+
+    def breaking(source):  # the connection drops after the first chunk went out
+        for number, chunk in enumerate(chunks(source)):
+            if number == 1:
+                raise OSError("connection reset by peer")
+            yield chunk
+
+    monkeypatch.setattr(destination_module, "_chunks", breaking)
+    with pytest.raises(OSError), fs.open_output_stream(f"{BUCKET}/naive/clip.mp4") as stream:
+        for chunk in breaking(open(local, "rb")):  # what a plain upload would do
+            stream.write(chunk)
+    assert keys(fs, "naive") == {"clip.mp4": destination_module.CHUNK_BYTES}  # the pitfall is real on this server
+
+    outputs = Destination(object_store.uri("broken"))
+    with pytest.raises(OSError):
+        outputs.upload(local, "videos/clip.mp4")
+    assert keys(fs, "broken") == {}  # no final key, and the temp key is gone too
+    monkeypatch.setattr(destination_module, "_chunks", chunks)
+    outputs.upload(local, "videos/clip.mp4")
+    assert keys(fs, "broken") == {"videos/clip.mp4": local.stat().st_size}
+
+
+def test_resume_trusts_a_clip_only_with_its_marker(object_store):
+    outputs = ObjectStoreOutputs(object_store.uri("markers"))
+    for sample_id, video, marker in (("both", True, True), ("video-only", True, False),
+                                     ("marker-only", False, True), ("torn-marker", True, False)):
+        if video:
+            outputs.destination.put(outputs.video_name(sample_id), b"mp4")
+        if marker:
+            outputs.record_success({"sample_id": sample_id, "row_key": f"k-{sample_id}"})
+    outputs.destination.put("state/done/torn-marker.json", b'{"sample_id": "torn-')
+    outputs.record_failure({"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"})
+    outputs.record_failure({"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"})
+    assert outputs.resume_index() == ({"both", "bad"}, {"k-both": "both", "k-bad": "bad"})
+
+
+def test_one_job_per_prefix(object_store):
+    first, second = ObjectStoreOutputs(object_store.uri("held")), ObjectStoreOutputs(object_store.uri("held"))
+    with first.locked():
+        with pytest.raises(EchoVideoInputError, match="another job is writing into s3://echovideo/held"):
+            with second.locked():
+                pass
+    with second.locked():  # released at the end of the first
+        pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    second.destination.put("state/job.lock", json.dumps({
+        "token": "x", "who": "a crashed job", "renewed": time.time(), "host": os.uname().nodename,
+        "pid": int(dead.stdout)}).encode())
+    with second.locked():  # its holder's process is gone from this host: stale at once
+        pass
