@@ -48,6 +48,8 @@ class Destination:
         """A whole local file to `relative`, through a temp key and a server-side move (see the module doc)."""
         final = self.path(relative)
         parent, name = final.rsplit("/", 1)
+        if not self.remote:
+            self.fs.create_dir(parent, recursive=True)
         temp = f"{parent}/.{name}.{secrets.token_hex(4)}{TEMP_MARK}{Path(name).suffix or '.bin'}"
         try:
             with open(local, "rb") as source, self.fs.open_output_stream(temp) as stream:

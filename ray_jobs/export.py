@@ -19,23 +19,18 @@ import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import filesystem, is_uri, public_name
+from ray_jobs.destination import Destination
 from ray_jobs.redact import redact
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def public_location(location: str) -> str:
-    """Where a location is, without what lets one in (credentials, query)."""
-    return public_name(location) if is_uri(location) else str(Path(location).absolute())
-
-
 def finished_clips(output: str) -> list[dict]:
     """The manifest's finished clips, sorted by sample id (what makes shard membership deterministic)."""
-    store, root = filesystem(output)
+    source = Destination(output)
     try:
-        with store.open_input_file(f"{root}/manifest.parquet") as handle:
+        with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
             rows = pq.read_table(handle).to_pylist()
     except (OSError, ValueError) as exc:
         raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
@@ -66,20 +61,16 @@ def _metadata(clip: dict) -> dict:
 class Exporter:
     def __init__(self, output: str, destination: str) -> None:
         self.output, self.destination = output, destination
-        self.source_fs, self.source_root = filesystem(output)
-        self.fs, self.root = filesystem(destination)
+        self.source = Destination(output)
+        self.source_fs, self.source_root = self.source.fs, self.source.root
+        self.target = Destination(destination)
+        self.fs, self.root = self.target.fs, self.target.root
         self.fs.create_dir(self.root, recursive=True)
         self.clips = finished_clips(output)
 
     def _video(self, clip: dict) -> bytes:
         with self.source_fs.open_input_stream(f"{self.source_root}/{clip['path']}") as stream:
             return stream.read()
-
-    def _upload(self, local: Path, name: str) -> None:
-        """A whole local file to `name` under the destination (copied once complete, never streamed from code
-        that could fail half way)."""
-        pfs.copy_files(str(local), f"{self.root}/{name}", source_filesystem=pfs.LocalFileSystem(),
-                       destination_filesystem=self.fs)
 
     def _size(self, name: str) -> int | None:
         info = self.fs.get_file_info(f"{self.root}/{name}")
@@ -121,14 +112,18 @@ class Exporter:
                         member = tarfile.TarInfo(key + suffix)
                         member.size, member.mtime = len(data), 0  # same bytes for the same clips
                         tar.addfile(member, io.BytesIO(data))
-            self._upload(local, name)
+            self.target.upload(local, name)
             return local.stat().st_size
 
     def _write_text(self, name: str, text: str) -> None:
+        self._write_bytes(name, text.encode("utf-8"))
+
+    def _write_bytes(self, name: str, data: bytes) -> None:
+        """Through a local file, uploaded whole (never streamed from a source that could fail half way)."""
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / Path(name).name
-            local.write_text(text, encoding="utf-8")
-            self._upload(local, name)
+            local.write_bytes(data)
+            self.target.upload(local, name)
 
     def csv(self) -> dict:
         """`clips.csv`: video (the clip's location in the output), caption, seed, identity, settings."""
@@ -136,7 +131,7 @@ class Exporter:
         writer = csv.writer(buffer)
         writer.writerow(["video", "caption", "seed", "identity", "settings", "sample_id"])
         for clip in self.clips:
-            writer.writerow([f"{public_location(self.output)}/{clip['path']}", caption(clip["prompt"]), clip["seed"],
+            writer.writerow([f"{self.source.name}/{clip['path']}", caption(clip["prompt"]), clip["seed"],
                              clip["identity"], json.dumps(clip["options"], sort_keys=True), clip["sample_id"]])
         self._write_text("clips.csv", buffer.getvalue())
         return {"rows": len(self.clips)}
@@ -148,9 +143,7 @@ class Exporter:
         for clip in self.clips:
             info = self.source_fs.get_file_info(f"{self.source_root}/{clip['path']}")
             if self._size(clip["path"]) != info.size:
-                self.fs.create_dir(f"{self.root}/videos", recursive=True)
-                pfs.copy_files(f"{self.source_root}/{clip['path']}", f"{self.root}/{clip['path']}",
-                               source_filesystem=self.source_fs, destination_filesystem=self.fs)
+                self._write_bytes(clip["path"], self._video(clip))
                 copied += 1
         self._write_text("prompt.txt", "".join(caption(c["prompt"]) + "\n" for c in self.clips))
         self._write_text("videos.txt", "".join(c["path"] + "\n" for c in self.clips))

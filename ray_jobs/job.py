@@ -120,7 +120,8 @@ def _make_paths_absolute(spec: JobSpec) -> None:
         raise EchoVideoInputError(
             "job.output", f"{spec.job['output']} is inside the folder Ray unpacked `--working-dir` into, which is "
             "deleted with the Ray session and is a new folder for every submission (outputs lost, no resume)",
-            "give an absolute path on durable shared storage, e.g. --set job.output=/mnt/shared/out")
+            "give an absolute path on durable shared storage or an object-store URI, e.g. "
+            "--set job.output=/mnt/shared/out or s3://bucket/out")
 
 
 def in_ray_package(path: str) -> bool:
