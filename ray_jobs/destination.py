@@ -18,8 +18,13 @@ import pyarrow.fs as pfs
 
 from echovideo.locations import filesystem, is_uri, public_name
 from echovideo.video_io import TEMP_MARK, atomic_output, is_our_temp
+from ray_jobs.redact import redact
 
 CHUNK_BYTES = 8 << 20
+
+
+class UploadError(OSError):
+    """The store refused or dropped an upload (after pyarrow's own retries); nothing reached the final key."""
 
 
 class Destination:
@@ -56,6 +61,10 @@ class Destination:
                 for chunk in _chunks(source):
                     stream.write(chunk)
             self.fs.move(temp, final)
+        except OSError as exc:
+            if not self.remote:  # a local disk's errors keep their errno (full, read-only: the job stops)
+                raise
+            raise UploadError(f"cannot upload {relative} to {self.name}: {redact(str(exc))[:300]}") from None
         finally:
             self._delete_quietly(temp)
 

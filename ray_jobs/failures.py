@@ -12,6 +12,7 @@ from enum import Enum
 import torch
 
 from echovideo.errors import EchoVideoInputError, ParallelGroupError, PeerFailedError
+from ray_jobs.destination import UploadError
 
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}  # the clip cannot be written
 OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -31,11 +32,12 @@ class Kind(Enum):
     SAMPLE = "sample error"  # anything else raised while rendering: retried on a rebuilt replica
     GROUP_LOST = "group lost"  # a rank died, hung or its group broke: retried on a rebuilt replica
     OUTPUT = "output error"  # the clip could not be written: the job stops, and resumes when rerun
+    UPLOAD = "upload error"  # the store dropped rank 0's upload after the group finished: retried, same replica
 
     @property
     def keeps_replica(self) -> bool:
         """Every rank leaves the sample together and the group stays usable (wait for all ranks, keep it)."""
-        return self is Kind.INPUT
+        return self in (Kind.INPUT, Kind.UPLOAD)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
             any(marker in str(exc).lower() for marker in OUT_OF_MEMORY_MARKERS):
         return Failure(Kind.OUT_OF_MEMORY, f"{type(exc).__name__}: {_first_line(exc)}")
+    if isinstance(exc, UploadError):
+        return Failure(Kind.UPLOAD, str(exc))
     if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
         return Failure(Kind.OUTPUT, f"cannot write the clip ({exc.strerror})")
     if isinstance(exc, ParallelGroupError):
@@ -102,6 +106,8 @@ def decide(failure: Failure, attempts: int, retries: int) -> Decision:
         return Decision(retry=False, rebuild=False, stop_job=False)
     if failure.kind is Kind.OUT_OF_MEMORY:
         return Decision(retry=False, rebuild=True, stop_job=False)
+    if failure.kind is Kind.UPLOAD:  # a store's hiccup: loading the model again would not help
+        return Decision(retry=attempts < retries, rebuild=False, stop_job=False)
     return Decision(retry=attempts < retries, rebuild=True, stop_job=False)
 
 

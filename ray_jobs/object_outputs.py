@@ -4,7 +4,12 @@ local folder, with per-sample completion markers instead of a journal and a leas
 An object store cannot append, so each completion is one small object, `state/done/<name>.json`, put by
 the driver after rank 0's video is in place (and `state/failed/<name>.json` for a failure). Resume lists
 `state/done/` and `videos/` (a request per 1,000 keys each) and reads the markers; a video without its
-marker is rendered again and replaces it. Logs are written on local disk and uploaded whole.
+marker is rendered again and replaces it. Reading a million markers would take a million requests, so
+the end of every run folds the done markers into `state/done.parquet` (marker name -> record): the next
+run reads that one object and only the markers it does not hold. Only a listed marker counts, so the fold
+is never trusted for a marker that is gone; a clip rendered again after its video was deleted keeps its
+earlier record's timings. Logs are written on local disk
+and uploaded whole.
 
 One job at a time per prefix: `state/job.lock` names its holder and is renewed every LEASE_RENEW_S by a
 thread. A second job refuses while the lease is younger than LEASE_S; a holder on this host whose process
@@ -25,12 +30,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from echovideo.errors import EchoVideoInputError
 from echovideo.locations import default_cache_dir
 from ray_jobs.destination import Destination
 from ray_jobs.outputs import JobOutputs, holder_description, safe_name, writing
 
 LEASE = "state/job.lock"
+FOLDED = "state/done.parquet"
 LEASE_S, LEASE_RENEW_S = 120.0, 30.0
 READERS = 32  # markers read at once: the cost of a resume is requests in flight, not bytes
 logger = logging.getLogger("ray_jobs")
@@ -61,21 +70,43 @@ class ObjectStoreOutputs(JobOutputs):
                                  json.dumps(record, ensure_ascii=True).encode())
 
     def _completion_records(self) -> Iterator[dict]:
-        return self._records("done")
+        folded = self._folded()
+        names = self._marker_names("done")
+        yield from (folded[name] for name in names if name in folded)
+        yield from self._read_markers("done", [name for name in names if name not in folded])
 
     def _failure_records(self) -> Iterator[dict]:
-        return self._records("failed")
+        return self._read_markers("failed", self._marker_names("failed"))
 
-    def _records(self, kind: str) -> Iterator[dict]:
-        """Every marker of a kind, read READERS at a time; one that does not parse (written by hand, cut
-        short some other way) is not trusted: that sample is simply done again."""
-        names = [f"state/{kind}/{name}" for name in self.destination.names(f"state/{kind}") if name.endswith(".json")]
+    def _marker_names(self, kind: str) -> list[str]:
+        return [name for name in self.destination.names(f"state/{kind}") if name.endswith(".json")]
+
+    def _read_markers(self, kind: str, names: list[str]) -> Iterator[dict]:
+        """Markers read READERS at a time; one that does not parse (written by hand, cut short some other way)
+        is not trusted: that sample is simply done again."""
         with ThreadPoolExecutor(READERS) as pool:
-            for data in pool.map(self.destination.read, names):
+            for data in pool.map(self.destination.read, [f"state/{kind}/{name}" for name in names]):
                 try:
                     yield json.loads(data)
                 except (TypeError, ValueError):
                     continue
+
+    def _folded(self) -> dict[str, dict]:
+        """Marker name -> record from the last run's fold; nothing if there is none or it does not read."""
+        data = self.destination.read(FOLDED)
+        try:
+            table = pq.read_table(pa.BufferReader(data)) if data else None
+        except (OSError, ValueError):
+            return {}
+        if table is None:
+            return {}
+        return dict(zip(table["marker"].to_pylist(), map(json.loads, table["record"].to_pylist())))
+
+    def _compact(self, done: dict[str, dict]) -> None:
+        table = pa.table({"marker": [f"{safe_name(sample_id)}.json" for sample_id in done],
+                          "record": [json.dumps(record, ensure_ascii=True) for record in done.values()]})
+        with self.destination.output(FOLDED, ".parquet") as local:
+            pq.write_table(table, str(local))
 
     # -- one job at a time ---------------------------------------------------------------------------------
     @contextmanager

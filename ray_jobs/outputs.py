@@ -105,6 +105,9 @@ class JobOutputs:
     def completed(self) -> dict[str, dict]:
         return {r["sample_id"]: r for r in self._settled_completions()}
 
+    def _compact(self, done: dict[str, dict]) -> None:
+        """Where records are many small objects, fold them into one a rerun reads instead (see subclasses)."""
+
     def resume_index(self) -> tuple[set[str], dict[str, str]]:
         """What a rerun skips: settled sample ids, and row key -> sample id for the rows they came from.
 
@@ -128,6 +131,7 @@ class JobOutputs:
 
     def _finalize(self, summary: dict) -> dict:
         done = self.completed()
+        self._compact(done)
         failed = {r["sample_id"]: r for r in self._failure_records() if r["sample_id"] not in done}
         rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \
                [{**r, "status": "failed", "path": None} for r in failed.values()]

@@ -10,6 +10,7 @@ import torch
 
 from echovideo.errors import (CheckpointError, EchoVideoInputError, NoFaceFoundError, ParallelGroupError,
                               PeerFailedError)
+from ray_jobs.destination import UploadError
 from ray_jobs.failures import (Failure, JobFailure, Kind, OutputError, SampleFailure, classify, decide,
                                root_cause)
 
@@ -23,6 +24,7 @@ from ray_jobs.failures import (Failure, JobFailure, Kind, OutputError, SampleFai
      Kind.OUT_OF_MEMORY, False),
     (MemoryError(), Kind.OUT_OF_MEMORY, False),
     (OSError(errno.ENOSPC, "No space left on device"), Kind.OUTPUT, False),
+    (UploadError("cannot upload videos/a.mp4 to s3://b/out: Connection reset"), Kind.UPLOAD, False),
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied (226x64 and 32x64)"), Kind.SAMPLE, False),
     (ValueError("OpenCV(4.10.0) error: (-215:Assertion failed)"), Kind.SAMPLE, False),
     (ParallelGroupError("Ulysses all-to-all failed: Connection closed by peer"), Kind.GROUP_LOST, True),
@@ -45,7 +47,7 @@ def test_a_dead_rank_is_a_lost_group():
     EchoVideoInputError("--image", "bad", "fix"), CheckpointError("ckpts", "no config.json", "point at it"),
     NoFaceFoundError("--image", "no face found", "use another photo"), ParallelGroupError("lost"),
     PeerFailedError("rank 0 failed"), SampleFailure("bad input", "no face", False), JobFailure("gone"),
-    OutputError("disk full"),
+    OutputError("disk full"), UploadError("cannot upload videos/a.mp4 to s3://b/out: timed out"),
 ])
 def test_every_exception_we_raise_round_trips_through_pickle(exc):
     back = pickle.loads(pickle.dumps(exc))
@@ -61,6 +63,8 @@ def test_every_exception_we_raise_round_trips_through_pickle(exc):
     (Kind.SAMPLE, 3, (False, True, False)),  # the last attempt
     (Kind.GROUP_LOST, 2, (True, True, False)),
     (Kind.OUTPUT, 1, (False, False, True)),  # the job stops; a rerun resumes
+    (Kind.UPLOAD, 1, (True, False, False)),  # the store's hiccup: again, on the same replica
+    (Kind.UPLOAD, 3, (False, False, False)),
 ])
 def test_what_follows_from_each_kind(kind, attempts, expected):
     decision = decide(Failure(kind, "why"), attempts, retries=3)

@@ -14,13 +14,18 @@ import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from ray import cloudpickle
 
 import ray_jobs.destination as destination_module
 from echovideo.errors import EchoVideoInputError
-from jobs import read_frames
+from jobs import job, read_frames, write_jsonl
 from object_store import BUCKET, SECRET_KEY
-from ray_jobs.destination import Destination
+from ray_jobs.destination import Destination, UploadError
+from ray_jobs.driver import run_job
 from ray_jobs.object_outputs import ObjectStoreOutputs
+from ray_jobs.worker import RankWorker
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # DroppedUploadWorker travels by value
 
 SAMPLES = 6
 LAYOUT = ("manifest.parquet", "failures.parquet", "summary.json", "index.html", "failures.html",
@@ -107,6 +112,29 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
     assert b"sample " in read(fs, "jobs/run", "logs/replica-0-rank-0.log")  # the ranks' logs came back
 
 
+class DroppedUploadWorker(RankWorker):
+    """The store drops rank 0's first upload of the "flaky" clip (after the whole group has rendered it)."""
+
+    marker = ""
+
+    def _deliver(self, frames, fps, image, files) -> None:
+        if "flaky" in files["video"] and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise UploadError(f"cannot upload {files['video']} to s3://echovideo/dropped: connection reset")
+        super()._deliver(frames, fps, image, files)
+
+
+def test_an_upload_the_store_drops_is_retried_on_the_same_replica(local_ray, face_path, tmp_path, object_store):
+    dataset = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"person {i}", "identity": str(face_path),
+                                                        "sample_id": sid} for i, sid in enumerate(("flaky", "b"))])
+    worker = type("Dropped", (DroppedUploadWorker,), {"marker": str(tmp_path / "dropped")})
+    spec = job(dataset, object_store.uri("dropped"), **{"parallel.replicas": 1})
+    report = run_job(spec, progress=False, worker=worker)
+    assert (report.failed, report.rebuilds, report.replicas_started) == (0, 0, 1)  # no model loaded twice
+    rows = pq.read_table(io.BytesIO(read(object_store.filesystem(), "dropped", "manifest.parquet"))).to_pylist()
+    assert {r["sample_id"]: (r["status"], r["attempts"]) for r in rows} == {"flaky": ("ok", 2), "b": ("ok", 1)}
+
+
 def test_an_upload_that_breaks_half_way_leaves_nothing_under_its_final_key(tmp_path, object_store, monkeypatch):
     fs, local = object_store.filesystem(), tmp_path / "clip.mp4"
     local.write_bytes(os.urandom(3 * destination_module.CHUNK_BYTES))
@@ -133,6 +161,11 @@ def test_an_upload_that_breaks_half_way_leaves_nothing_under_its_final_key(tmp_p
     assert keys(fs, "broken") == {"videos/clip.mp4": local.stat().st_size}
 
 
+def record(sample_id: str) -> dict:
+    return {"sample_id": sample_id, "row_key": f"k-{sample_id}", "prompt": "p", "identity": "i", "seed": 1,
+            "options": {}, "path": f"videos/{sample_id}.mp4", "attempts": 1, "seconds": 1.0, "replica": "0"}
+
+
 def test_resume_trusts_a_clip_only_with_its_marker(object_store):
     outputs = ObjectStoreOutputs(object_store.uri("markers"))
     for sample_id, video, marker in (("both", True, True), ("video-only", True, False),
@@ -140,11 +173,17 @@ def test_resume_trusts_a_clip_only_with_its_marker(object_store):
         if video:
             outputs.destination.put(outputs.video_name(sample_id), b"mp4")
         if marker:
-            outputs.record_success({"sample_id": sample_id, "row_key": f"k-{sample_id}"})
+            outputs.record_success(record(sample_id))
     outputs.destination.put("state/done/torn-marker.json", b'{"sample_id": "torn-')
     outputs.record_failure({"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"})
     outputs.record_failure({"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"})
     assert outputs.resume_index() == ({"both", "bad"}, {"k-both": "both", "k-bad": "bad"})
+    outputs.finalize({})  # folds the done markers into state/done.parquet
+    assert outputs.destination.exists("state/done.parquet")
+    outputs.destination.put(outputs.video_name("late"), b"mp4")
+    outputs.record_success(record("late"))  # after the fold: read as a marker
+    outputs.destination.delete("state/done/both.json")  # gone from the listing: the fold's record is not trusted
+    assert outputs.resume_index() == ({"late", "bad"}, {"k-late": "late", "k-bad": "bad"})
 
 
 def test_one_job_per_prefix(object_store):
