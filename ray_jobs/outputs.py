@@ -33,6 +33,7 @@ from echovideo.video_io import atomic_output, is_our_temp
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Kind, OutputError
 from ray_jobs.gallery import thumbnail_name, write_gallery
+from ray_jobs.redact import redact
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 logger = logging.getLogger("ray_jobs")
@@ -59,7 +60,8 @@ def writing(what: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise OutputError(f"job.output: cannot write {what} ({exc.strerror or exc}); free space or fix the folder, "
+        reason = redact(str(exc.strerror or exc))[:300]
+        raise OutputError(f"job.output: cannot write {what} ({reason}); free space or fix the folder or store, "
                           "then rerun the same job: finished clips are kept and only the rest is rendered") from exc
 
 
