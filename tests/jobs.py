@@ -1,6 +1,9 @@
 """Helpers for tests that run real jobs: a job spec with small defaults, dataset files, reading outputs back."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -48,3 +51,12 @@ def assert_exactly_once(out: Path, expected_ok: int) -> list[dict]:
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(Path(r["path"]).name for r in rows)
     assert not [p for folder in ("videos", "posters") for p in (out / folder).iterdir() if ".tmp" in p.name]
     return rows
+
+
+def start_run(job: str, tiny_root: Path) -> subprocess.Popen:
+    """`echovideo run JOB` as a user starts it, in a session of its own (killing the group takes its embedded
+    Ray too), on the session's tiny checkpoint."""
+    env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "echovideo", "run", job], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

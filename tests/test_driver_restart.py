@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from jobs import manifest, read_frames, write_jsonl
+from jobs import manifest, read_frames, start_run, write_jsonl
 
 SAMPLES = 8
 
@@ -28,13 +27,6 @@ def job_file(tmp_path, face_path, out) -> str:
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
-
-
-def start(job: str, tiny_root) -> subprocess.Popen:
-    env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "echovideo", "run", job], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -62,7 +54,7 @@ def reap():
 
 def test_driver_killed_mid_job_resumes_without_rerendering(tmp_path, face_path, tiny_root, reap):
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
-    first = start(job_file(tmp_path, face_path, interrupted), tiny_root)
+    first = start_run(job_file(tmp_path, face_path, interrupted), tiny_root)
     reap(first)
     deadline = time.monotonic() + 240
     while recorded(interrupted) < 3:
@@ -73,14 +65,14 @@ def test_driver_killed_mid_job_resumes_without_rerendering(tmp_path, face_path, 
     done_before = recorded(interrupted)
     assert 3 <= done_before < SAMPLES and not (interrupted / "manifest.parquet").exists()
 
-    second = start(job_file(tmp_path, face_path, interrupted), tiny_root)
+    second = start_run(job_file(tmp_path, face_path, interrupted), tiny_root)
     reap(second)
     finish(second)
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary["skipped_done"] == done_before  # finished clips were not rendered again
     assert summary["rendered_this_run"] == SAMPLES - done_before
 
-    finish(start(job_file(tmp_path, face_path, reference), tiny_root))
+    finish(start_run(job_file(tmp_path, face_path, reference), tiny_root))
 
     def outcome(out):
         return sorted((r["sample_id"], r["seed"], r["status"], r["path"]) for r in manifest(out))

@@ -18,7 +18,7 @@ from ray import cloudpickle
 
 import ray_jobs.destination as destination_module
 from echovideo.errors import EchoVideoInputError
-from jobs import job, read_frames, write_jsonl
+from jobs import job, read_frames, start_run, write_jsonl
 from object_store import BUCKET, SECRET_KEY
 from ray_jobs.destination import Destination, UploadError
 from ray_jobs.driver import run_job
@@ -63,17 +63,10 @@ def job_file(tmp_path, face_path, object_store) -> str:
     return str(path)
 
 
-def start(job: str, tiny_root) -> subprocess.Popen:
-    env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "echovideo", "run", job], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path, face_path, tiny_root,
                                                                           object_store):
     fs, job = object_store.filesystem(), job_file(tmp_path, face_path, object_store)
-    first = start(job, tiny_root)
+    first = start_run(job, tiny_root)
     try:
         deadline = time.monotonic() + 300
         while len(keys(fs, "jobs/run/state/done")) < 2:
@@ -89,7 +82,7 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
         (tmp_path / name).write_bytes(read(fs, "jobs/run/videos", name))
         assert read_frames(tmp_path / name) == 5
 
-    second = start(job, tiny_root)  # same host, its holder's process gone: the lease is taken over
+    second = start_run(job, tiny_root)  # same host, its holder's process gone: the lease is taken over
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output[-3000:]
     assert "s3://echovideo/jobs/run" in output and SECRET_KEY not in output
