@@ -12,7 +12,7 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
-GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps")
+GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps", "cache")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", help='negative prompt (default "")')
     p.add_argument("--seed", type=int, help="default 42")
     p.add_argument("--fps", type=int, help="export frame rate (default 16)")
+    p.add_argument("--cache", type=float, help="TeaCache threshold: reuse the DiT's last residual on steps whose "
+                                               "timestep embedding barely moved (0 = off, default; 0.1-0.2)")
+    p.add_argument("--riflex", action="store_true", help="RIFLEx: temporal RoPE for clips beyond 49 frames (e.g. 97)")
     p.add_argument("--dtype", help="auto (bf16 on GPU/NPU, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--device", help="auto, cpu, cuda[:N], npu[:N]")
     p.add_argument("--scheduler", choices=["dpm", "ddim"], help="dpm (released, default) or ddim")
@@ -63,6 +66,8 @@ def _resolve(args: argparse.Namespace):
     values.update({k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k) is not None})
     if args.no_dynamic_cfg:
         values["dynamic_cfg"] = False
+    if args.riflex:
+        values["riflex"] = True
     options = GenerationOptions(**values).validate()
     model = config.model
     if args.ckpt or args.preset:

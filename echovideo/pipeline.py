@@ -24,6 +24,7 @@ from echovideo.face.geometry import face_latent_image
 from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.loading import Components, decoder_dtype, load_components
 from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
+from echovideo.step_cache import COGVIDEOX_COEFFICIENTS, ResidualCache, skipped_steps
 
 logger = logging.getLogger(__name__)
 CACHED_IDENTITIES = 64  # features of recent photos kept per pipeline (a few MB each on the device)
@@ -49,6 +50,7 @@ class SamplingState:
     face_latents: torch.Tensor  # (1, F_lat, C, h, w) fp32, face on frame 0
     fused_text: torch.Tensor  # (2 or 1, 226, D) IITF output, unconditional first
     generator: torch.Generator  # CPU, already past the noise and face-latent draws
+    skipped_steps: int = 0  # set by `denoise`: steps the step cache answered without running the blocks
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,12 @@ class GenerationResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     latents: torch.Tensor  # (1, F_lat, 16, H/8, W/8) final latents, fp32, CPU
     fps: int
+    skipped_steps: int = 0  # steps TeaCache skipped (GenerationOptions.cache)
 
 
 class EchoVideoPipeline:
+    teacache_coefficients = COGVIDEOX_COEFFICIENTS  # TeaCache's fit for this model (`echovideo.step_cache`)
+
     def __init__(self, components: Components, device: torch.device, dtype: torch.dtype) -> None:
         self.components = components
         self.transformer = components.transformer
@@ -200,19 +205,31 @@ class EchoVideoPipeline:
         `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default,
         a sequence-parallel engine with the same signature under parallelism. `on_step(i)` runs after each
         step (a job's worker uses it as its no-progress clock).
+
+        With `opts.cache`, the steps TeaCache skips are fixed here, before the loop, from the timesteps alone:
+        every rank of a parallel group computes the same list (see `echovideo.step_cache`).
         """
         predict = predict or self.transformer
-        rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device)
+        rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device,
+                                                   riflex=opts.riflex)
         self.scheduler.set_timesteps(opts.steps, device=self.device)
         timesteps = self.scheduler.timesteps
         host_timesteps = timesteps.tolist()  # one device-to-host copy, before the loop
         scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
                   else [opts.guidance] * opts.steps)
+        skips = skipped_steps(self.transformer, host_timesteps, opts.cache, self.device, self.dtype,
+                              self.teacache_coefficients)
+        cache = ResidualCache() if opts.cache else None
+        state.skipped_steps = sum(skips)
+        if opts.cache:
+            logger.info("TeaCache %g: %d of %d steps reuse the cached residual", opts.cache, sum(skips), opts.steps)
         latents, batch, old_pred = state.latents, state.fused_text.shape[0], None
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             model_in = torch.cat([latents, state.face_latents], dim=2).expand(batch, -1, -1, -1, -1).to(self.dtype)
+            if cache is not None:
+                cache.skip = skips[i]
             with torch.no_grad():
-                pred = predict(model_in, t.expand(batch), state.fused_text, rotary).float()
+                pred = predict(model_in, t.expand(batch), state.fused_text, rotary, cache=cache).float()
             if opts.use_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scales[i] * (cond - uncond)
@@ -235,9 +252,10 @@ class EchoVideoPipeline:
         decode: bool = True,
     ) -> GenerationResult:
         opts = (options or GenerationOptions()).validate()
-        latents = self.denoise(self.prepare(prompt, image, opts, identity, text_embeds), opts, progress=progress)
+        state = self.prepare(prompt, image, opts, identity, text_embeds)
+        latents = self.denoise(state, opts, progress=progress)
         frames = self.decode(latents) if decode else np.zeros((0,), np.uint8)
-        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps)
+        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps)
 
     def step(self, pred, old_pred, t, prev_t, latents, generator):
         """One scheduler step; the DPM scheduler draws generator noise, DDIM does not."""

@@ -8,6 +8,9 @@ from echovideo.errors import EchoVideoInputError
 
 logger = logging.getLogger(__name__)
 TRAINED_FRAMES = 49
+# Options added after the first jobs ran, and off by default: left out of content ids while off, so a job
+# rendered before they existed keeps its sample ids (and resumes) after an upgrade.
+OFF_BY_DEFAULT = {"cache": 0.0, "riflex": False}
 
 
 def dynamic_cfg_scales(guidance: float, timesteps: list[int], num_steps: int) -> list[float]:
@@ -36,6 +39,8 @@ class GenerationOptions:
     negative_prompt: str = ""
     seed: int = 42
     fps: int = 16
+    cache: float = 0.0  # TeaCache threshold (echovideo.step_cache); 0 runs every step. 0.1-0.2 published
+    riflex: bool = False  # RIFLEx temporal RoPE for clips longer than the trained 49 frames (models.rope)
 
     def validate(self) -> "GenerationOptions":
         """Raise EchoVideoInputError naming the first bad field; warn for frames beyond training length."""
@@ -56,12 +61,19 @@ class GenerationOptions:
             raise EchoVideoInputError("--seed", f"{self.seed!r} must be an integer in [0, 2**63)", "use e.g. 42")
         if not _is_int(self.fps) or not 1 <= self.fps <= 240:
             raise EchoVideoInputError("--fps", f"{self.fps!r} must be in 1..240", "use 16 (released)")
+        if isinstance(self.cache, bool) or not isinstance(self.cache, (int, float)) \
+                or not math.isfinite(self.cache) or self.cache < 0:
+            raise EchoVideoInputError("--cache", f"{self.cache!r} must be a TeaCache threshold >= 0",
+                                      "use 0 (off), or 0.1 (published ~1.6x) to 0.2 (~2.7x)")
+        if not isinstance(self.riflex, bool):
+            raise EchoVideoInputError("--riflex", f"{self.riflex!r} is not true/false", "use true or false")
         if not isinstance(self.dynamic_cfg, bool):
             raise EchoVideoInputError("dynamic_cfg", f"{self.dynamic_cfg!r} is not true/false", "use true or false")
         if not isinstance(self.negative_prompt, str):
             raise EchoVideoInputError("--negative-prompt", f"{self.negative_prompt!r} is not text", "quote it")
-        if self.frames > TRAINED_FRAMES:
-            logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that",
+        if self.frames > TRAINED_FRAMES and not self.riflex:
+            logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that "
+                           "(RIFLEx, --riflex, is reported to keep quality up to 2x the length)",
                            self.frames, TRAINED_FRAMES)
         return self
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from echovideo.models.transformer import DiTTokens, EchoVideoTransformer3DModel
+from echovideo.step_cache import ResidualCache
 from parallel.attention import USPAttnProcessor
 from parallel.comm import all_gather_cat
 from parallel.kernels import AttentionKernel, kernel_for
@@ -35,26 +36,27 @@ class SequenceParallelDiT:
         self.mesh = mesh
         self.processor = USPAttnProcessor(mesh, kernel or kernel_for(next(model.parameters()).device))
         model.set_attn_processor(self.processor)
-        self._rotary: tuple[tuple, tuple] | None = None  # (latent grid of the table, this rank's slices)
+        self._rotary: tuple[tuple, tuple] | None = None  # (the whole table, this rank's slices)
 
-    def local_rotary(self, table: tuple[torch.Tensor, ...], grid: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-        """This rank's rows of the RoPE table of latent `grid` (frames, height, width), sliced once per video.
+    def local_rotary(self, table: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """This rank's rows of the RoPE table, sliced once per video (the loop passes one table to every step).
 
-        Keyed on the grid the table was built for, never on its memory: a freed table's address is reused,
-        and two grids with one token count (480x848 and 848x480) have tables of one shape.
+        Keyed on the table object itself, held here: a held object's identity cannot be reused, whereas its
+        shape (480x848 and 848x480 have one) or its grid (RIFLEx changes the values, not the grid) can match
+        another table's.
         """
-        key = (tuple(grid), tuple((t.dtype, t.device) for t in table))
-        if self._rotary is None or self._rotary[0] != key:
+        if self._rotary is None or self._rotary[0] is not table:
             mesh = self.mesh
-            self._rotary = key, tuple(local_slice(t, 0, mesh.sequence_rank, mesh.config.sequence) for t in table)
+            self._rotary = table, tuple(local_slice(t, 0, mesh.sequence_rank, mesh.config.sequence) for t in table)
         return self._rotary[1]
 
     @torch.no_grad()
-    def __call__(self, latents, timestep, fused_text, image_rotary_emb):
+    def __call__(self, latents, timestep, fused_text, image_rotary_emb, cache: ResidualCache | None = None):
         """Same inputs and output as `model(...)` (batch 2 = [uncond; cond] under CFG), on every rank.
 
         Under CFG parallelism each CFG group runs one branch at batch 1. A sample without CFG (guidance
         <= 1, batch 1) runs its single branch on both groups: identical work, no exchange, same result.
+        A step cache holds this rank's own slice of the residual (its tokens, its CFG branch).
         """
         mesh = self.mesh
         cfg = mesh.config.cfg if latents.shape[0] > 1 else 1
@@ -65,9 +67,9 @@ class SequenceParallelDiT:
         tokens = self.model.embed(latents, fused_text, timestep)
         count, ranks, rank = tokens.video.shape[1], mesh.config.sequence, mesh.sequence_rank
         video = local_slice(tokens.video, 1, rank, ranks)
-        rotary = self.local_rotary(image_rotary_emb, (frames, height, width))
+        rotary = self.local_rotary(image_rotary_emb)
         self.processor.valid_video_tokens = count
-        patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary)
+        patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary, cache)
         patches = all_gather_cat(patches, mesh.sequence_group, ranks, dim=1, kind="gather")[:, :count]
         out = self.model.unpatchify(patches, frames, height, width)
         return all_gather_cat(out, mesh.cfg_group, cfg, dim=0, kind="cfg")

@@ -117,4 +117,4 @@ class ParallelEchoVideoPipeline:
                                     on_step=on_step)
         frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
         return GenerationResult(frames=frames if frames is not None else np.zeros((0,), np.uint8),
-                                latents=latents.cpu(), fps=opts.fps)
+                                latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps)

@@ -21,7 +21,7 @@ from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
 from echovideo.locations import is_uri, public_name
-from echovideo.sampling import GenerationOptions
+from echovideo.sampling import OFF_BY_DEFAULT, GenerationOptions
 from ray_jobs.identities import read_identity
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
@@ -124,8 +124,10 @@ def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> st
     """Deterministic from the content: the same request is the same file, whatever the row order or rank.
 
     `basis` is everything outside the row that changes the pixels (`id_basis`); `options` holds the row's
-    generation settings (and its seed only when the row sets one).
+    generation settings (and its seed only when the row sets one); options still off (`OFF_BY_DEFAULT`) are
+    left out, so ids made before those options existed stay the same.
     """
+    options = {k: v for k, v in options.items() if k not in OFF_BY_DEFAULT or v != OFF_BY_DEFAULT[k]}
     payload = json.dumps({"prompt": prompt, "identity": identity_hash, "options": options, **basis},
                          sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]

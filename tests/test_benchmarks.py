@@ -56,3 +56,9 @@ def test_identity_check_costs_the_driver_no_decode():
     headline = run("identity_check.py")[-1]
     header_mb, decode_mb = map(float, re.search(r"\+(\d+) MB vs \+(\d+) MB", headline).groups())
     assert header_mb < 20 < 100 < decode_mb  # a 6000x6000 photo decodes to 108 MB of RGB alone
+
+
+def test_step_cache_benchmark_reports_every_threshold():
+    lines = run("step_cache.py")
+    rows = [line.split() for line in lines if re.match(r"\s+[0-9.]+\s+[01]\.\d\d\s", line)]
+    assert len(rows) == 4 and all(float(row[1]) < 1 for row in rows)  # every threshold skipped some steps

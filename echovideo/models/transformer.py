@@ -19,6 +19,7 @@ from torch import nn
 from echovideo.models.checkpoint import StrictCheckpointMixin
 from echovideo.models.iitf import FaceResampler
 from echovideo.models.rope import rotary_table
+from echovideo.step_cache import ResidualCache
 
 
 def _on_token_axis(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
@@ -155,18 +156,23 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
 
     # ---------------------------------------------------------------- RoPE
     def rotary_embedding(
-        self, latent_frames: int, latent_height: int, latent_width: int, device: torch.device | str = "cpu"
+        self, latent_frames: int, latent_height: int, latent_width: int, device: torch.device | str = "cpu",
+        riflex: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """3D RoPE (cos, sin), each (frames*rows*cols, head_dim), positions on the base grid as released."""
+        """3D RoPE (cos, sin), each (frames*rows*cols, head_dim), positions on the base grid as released;
+        `riflex` for clips longer than the trained length (`rope.riflex_axis`)."""
         p = self.config.patch_size
         return rotary_table(self.config.attention_head_dim, latent_frames, latent_height // p, latent_width // p,
-                            self.config.sample_height // p, self.config.sample_width // p, device)
+                            self.config.sample_height // p, self.config.sample_width // p, device, riflex)
 
     # ---------------------------------------------------------------- DiT stages
+    def timestep_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B,) timesteps -> (B, time_embed_dim): what every block is modulated by (and what TeaCache reads)."""
+        return self.time_embedding(self.time_proj(timestep).to(dtype=dtype))
+
     def embed(self, hidden_states: torch.Tensor, fused_text: torch.Tensor, timestep: torch.Tensor) -> DiTTokens:
         """Latents (B,F,C,H,W) + fused text + timestep -> token streams. Token-wise: any slice of rows works."""
-        t_emb = self.time_proj(timestep).to(dtype=hidden_states.dtype)
-        temb = self.time_embedding(t_emb)
+        temb = self.timestep_embedding(timestep, hidden_states.dtype)
         tokens = self.patch_embed(fused_text, hidden_states)
         text_len = fused_text.shape[1]
         return DiTTokens(video=tokens[:, text_len:], text=tokens[:, :text_len], temb=temb)
@@ -205,14 +211,25 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
                 attn.set_processor(CogVideoXAttnProcessor2_0())
 
     def run_blocks(
-        self, tokens: DiTTokens, image_rotary_emb: tuple[torch.Tensor, torch.Tensor]
+        self, tokens: DiTTokens, image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        cache: ResidualCache | None = None,
     ) -> torch.Tensor:
-        """The transformer blocks and the output head; returns projected video tokens (B,N,p*p*C)."""
+        """The transformer blocks and the output head; returns projected video tokens (B,N,p*p*C).
+
+        With a step cache (`echovideo.step_cache`), a step it marks `skip` adds the blocks' last residual
+        instead of running them; any other step runs them and stores their residual."""
         video, text = tokens.video, tokens.text
-        for block in self.transformer_blocks:
-            video, text = block(
-                hidden_states=video, encoder_hidden_states=text, temb=tokens.temb, image_rotary_emb=image_rotary_emb
-            )
+        if cache is not None and cache.skip:
+            video = video + cache.video
+        else:
+            start = video
+            for block in self.transformer_blocks:
+                video, text = block(
+                    hidden_states=video, encoder_hidden_states=text, temb=tokens.temb,
+                    image_rotary_emb=image_rotary_emb,
+                )
+            if cache is not None:
+                cache.video = video - start
         video = self.norm_final(video)
         video = self.norm_out(video, temb=tokens.temb)
         return self.proj_out(video)
@@ -232,6 +249,7 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         text_embeds: torch.Tensor | None = None,
         id_embeds: torch.Tensor | None = None,
         id_vit_tokens: torch.Tensor | None = None,
+        cache: ResidualCache | None = None,
     ) -> torch.Tensor:
         """Predict v for latents (B,F,C_in,H,W). Pass `fused_text` (cached IITF) or the three IITF inputs."""
         if fused_text is None:
@@ -242,4 +260,4 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         if image_rotary_emb is None:
             image_rotary_emb = self.rotary_embedding(frames, height, width, hidden_states.device)
         tokens = self.embed(hidden_states, fused_text, timestep)
-        return self.unpatchify(self.run_blocks(tokens, image_rotary_emb), frames, height, width)
+        return self.unpatchify(self.run_blocks(tokens, image_rotary_emb, cache), frames, height, width)
