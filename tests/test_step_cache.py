@@ -109,3 +109,21 @@ def test_options_that_are_off_leave_old_sample_ids_unchanged():
     assert sample_id("p", "h", {**before, "cache": 0.0, "riflex": False}, {}) == sample_id("p", "h", before, {})
     assert sample_id("p", "h", {**before, "cache": 0.1}, {}) != sample_id("p", "h", before, {})
     assert sample_id("p", "h", {**before, "riflex": True}, {}) != sample_id("p", "h", before, {})
+
+
+def test_a_job_sets_them_per_job_and_per_row(tmp_path, face_path):
+    from jobs import job, write_jsonl
+    from ray_jobs.dataset import iter_samples
+
+    rows = [{"prompt": "plain", "identity": str(face_path)},
+            {"prompt": "cached", "identity": str(face_path), "cache": 0.15},
+            {"prompt": "long", "identity": str(face_path), "frames": 97, "riflex": True},
+            {"prompt": "bad", "identity": str(face_path), "cache": "fast"}]
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    samples = {s.prompt or s.error: s for s in iter_samples(job(dataset, tmp_path / "out", **{"generation.cache": 0.1}),
+                                                               "cpu")}
+    assert samples["plain"].options["cache"] == 0.1 and samples["plain"].options["riflex"] is False
+    assert samples["cached"].options["cache"] == 0.15
+    assert samples["long"].options["riflex"] is True and samples["long"].options["frames"] == 97
+    (bad,) = [s for s in samples.values() if s.error]
+    assert "cache" in bad.error and "expected a number" in bad.error
