@@ -12,6 +12,7 @@ rank decodes, and does not grow with frames beyond the first temporal batch (dif
 frames in batches with a causal cache), except on rank 0, which holds the whole decoded video.
 
     python benchmarks/long_clips.py            # 97 and 193 frames, P = 1, 2, 4, 160x240
+    python benchmarks/long_clips.py --size 320x480   # large enough for the VAE to tile
     python benchmarks/long_clips.py --smoke    # 97 frames, P = 1, 2, 64x64
 """
 
@@ -88,9 +89,11 @@ def measure(rank: int, root: str, frames: int, height: int, width: int, out: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--size", default="160x240", help="HEIGHTxWIDTH; the VAE tiles (and so spreads its "
+                                                          "decode over the ranks) above 240x360")
     args = parser.parse_args()
     frames_list, ranks_list, (height, width) = ((97,), (1, 2), (64, 64)) if args.smoke else \
-        ((97, 193), (1, 2, 4), (160, 240))
+        ((97, 193), (1, 2, 4), tuple(int(side) for side in args.size.split("x")))
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("ECHOVIDEO_CACHE", tmp)
         from echovideo.presets.tiny import tiny_checkpoint

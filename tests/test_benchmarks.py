@@ -62,3 +62,8 @@ def test_step_cache_benchmark_reports_every_threshold():
     lines = run("step_cache.py")
     rows = [line.split() for line in lines if re.match(r"\s+[0-9.]+\s+[01]\.\d\d\s", line)]
     assert len(rows) == 4 and all(float(row[1]) < 1 for row in rows)  # every threshold skipped some steps
+
+
+def test_long_clips_benchmark_measures_every_rank_count():
+    lines = run("long_clips.py")
+    assert sum(1 for line in lines if re.match(r"\s+97\s+[12]\s", line)) == 2
