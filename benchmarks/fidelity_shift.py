@@ -45,7 +45,7 @@ def drifted_rope(pipe: EchoVideoPipeline):
     """The transformer's RoPE table from diffusers' current `get_3d_rotary_pos_embed` grid."""
     model = pipe.transformer
 
-    def rotary(frames, height, width, device="cpu"):
+    def rotary(frames, height, width, device="cpu", riflex=False):  # RIFLEx is never asked for here
         p = model.config.patch_size
         rows, cols = height // p, width // p
         crops = crop_region(rows, cols, model.config.sample_height // p, model.config.sample_width // p)

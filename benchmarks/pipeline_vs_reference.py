@@ -70,9 +70,9 @@ def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: Generati
         (identity.id_embeds[1:], identity.id_vit_tokens[1:])
     stages.mark("conditioning")
 
-    def predict_with_iitf(model_in, t, fused_text, rotary):
+    def predict_with_iitf(model_in, t, fused_text, rotary, cache=None):
         return pipe.transformer(model_in, t, image_rotary_emb=rotary, text_embeds=text, id_embeds=ids,
-                                id_vit_tokens=vit)
+                                id_vit_tokens=vit, cache=cache)
 
     latents = pipe.denoise(state, opts, predict=predict_with_iitf, progress=False)
     stages.mark("denoise")

@@ -202,9 +202,9 @@ class EchoVideoPipeline:
                 on_step: Callable[[int], None] | None = None):
         """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents.
 
-        `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default,
-        a sequence-parallel engine with the same signature under parallelism. `on_step(i)` runs after each
-        step (a job's worker uses it as its no-progress clock).
+        `predict(model_in, t, fused_text, rotary, cache=...)` is the DiT forward: the transformer itself by
+        default, a sequence-parallel engine with the same signature under parallelism (`cache`: the step
+        cache, or None). `on_step(i)` runs after each step (a job's worker uses it as its no-progress clock).
 
         With `opts.cache`, the steps TeaCache skips are fixed here, before the loop, from the timesteps alone:
         every rank of a parallel group computes the same list (see `echovideo.step_cache`).

@@ -42,10 +42,10 @@ class OutOfMemoryWorker(RankWorker):
         super().setup(*args)
         engine, self.prompt = self.pipe.engine, ""
 
-        def predict(*inputs):
+        def predict(*inputs, **options):
             if self.rank == 1 and "huge" in self.prompt:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-            return engine(*inputs)
+            return engine(*inputs, **options)
 
         self.pipe.engine = predict
 
