@@ -202,9 +202,10 @@ class EchoVideoPipeline:
                 on_step: Callable[[int], None] | None = None):
         """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents.
 
-        `predict(model_in, t, fused_text, rotary, cache=...)` is the DiT forward: the transformer itself by
-        default, a sequence-parallel engine with the same signature under parallelism (`cache`: the step
-        cache, or None). `on_step(i)` runs after each step (a job's worker uses it as its no-progress clock).
+        `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default, a
+        sequence-parallel engine with the same signature under parallelism; with step caching on it also
+        gets `cache=` (predictors written before caching keep working without it). `on_step(i)` runs after
+        each step (a job's worker uses it as its no-progress clock).
 
         With `opts.cache`, the steps TeaCache skips are fixed here, before the loop, from the timesteps alone:
         every rank of a parallel group computes the same list (see `echovideo.step_cache`).
@@ -220,6 +221,7 @@ class EchoVideoPipeline:
         skips = skipped_steps(self.transformer, host_timesteps, opts.cache, self.device, self.dtype,
                               self.teacache_coefficients)
         cache = ResidualCache() if opts.cache else None
+        cached = {"cache": cache} if cache is not None else {}
         state.skipped_steps = sum(skips)
         if opts.cache:
             logger.info("TeaCache %g: %d of %d steps reuse the cached residual", opts.cache, sum(skips), opts.steps)
@@ -229,7 +231,7 @@ class EchoVideoPipeline:
             if cache is not None:
                 cache.skip = skips[i]
             with torch.no_grad():
-                pred = predict(model_in, t.expand(batch), state.fused_text, rotary, cache=cache).float()
+                pred = predict(model_in, t.expand(batch), state.fused_text, rotary, **cached).float()
             if opts.use_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scales[i] * (cond - uncond)

@@ -20,7 +20,7 @@ class FaultyEngine:
     def __init__(self, engine, at: int, fault: str) -> None:
         self.engine, self.at, self.fault, self.calls = engine, at, fault, 0
 
-    def __call__(self, *args):
+    def __call__(self, *args, **options):
         self.calls += 1
         if self.calls == self.at:
             if self.fault == "die":
@@ -30,7 +30,7 @@ class FaultyEngine:
             if self.fault == "shape":
                 raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (226x64 and 32x64)")
             time.sleep(2 * GROUP_TIMEOUT_S)  # then it finds its peer gone
-        return self.engine(*args)
+        return self.engine(*args, **options)
 
 
 def failing_prepare(*args):
