@@ -62,18 +62,16 @@ class Exporter:
     def __init__(self, output: str, destination: str) -> None:
         self.output, self.destination = output, destination
         self.source = Destination(output)
-        self.source_fs, self.source_root = self.source.fs, self.source.root
         self.target = Destination(destination)
-        self.fs, self.root = self.target.fs, self.target.root
-        self.fs.create_dir(self.root, recursive=True)
+        self.target.fs.create_dir(self.target.root, recursive=True)
         self.clips = finished_clips(output)
 
     def _video(self, clip: dict) -> bytes:
-        with self.source_fs.open_input_stream(f"{self.source_root}/{clip['path']}") as stream:
+        with self.source.fs.open_input_stream(self.source.path(clip["path"])) as stream:
             return stream.read()
 
     def _size(self, name: str) -> int | None:
-        info = self.fs.get_file_info(f"{self.root}/{name}")
+        info = self.target.fs.get_file_info(self.target.path(name))
         return info.size if info.type == pfs.FileType.File else None
 
     def webdataset(self, shard_size: int) -> dict:
@@ -97,7 +95,7 @@ class Exporter:
     def _index(self) -> dict:
         if self._size("shards.json") is None:
             return {}
-        with self.fs.open_input_stream(f"{self.root}/shards.json") as stream:
+        with self.target.fs.open_input_stream(self.target.path("shards.json")) as stream:
             return json.loads(stream.read())
 
     def _write_shard(self, name: str, clips: list[dict]) -> int:
@@ -141,7 +139,7 @@ class Exporter:
         under `videos/`; a video already there with the same size is not copied again."""
         copied = 0
         for clip in self.clips:
-            info = self.source_fs.get_file_info(f"{self.source_root}/{clip['path']}")
+            info = self.source.fs.get_file_info(self.source.path(clip["path"]))
             if self._size(clip["path"]) != info.size:
                 self._write_bytes(clip["path"], self._video(clip))
                 copied += 1
