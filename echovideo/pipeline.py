@@ -23,6 +23,7 @@ from echovideo.encoders import FaceImageEncoder, PromptEncoder
 from echovideo.face.geometry import face_latent_image
 from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.loading import Components, decoder_dtype, load_components
+from echovideo.quality import ClipScores, score_clip
 from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
 from echovideo.step_cache import COGVIDEOX_COEFFICIENTS, ResidualCache, skipped_steps
 
@@ -40,6 +41,7 @@ class IdentityFeatures:
     aligned_face: np.ndarray  # (512, 512, 3) uint8, parsed
     id_embeds: torch.Tensor  # (2, Da): [negative zeros ; raw ArcFace]
     id_vit_tokens: torch.Tensor  # (2, 196, Dv): [SigLIP(black) ; SigLIP(face)]
+    embedding: np.ndarray  # (Da,) fp32 raw ArcFace embedding: the reference of the identity scores
 
 
 @dataclass
@@ -59,6 +61,7 @@ class GenerationResult:
     latents: torch.Tensor  # (1, F_lat, 16, H/8, W/8) final latents, fp32, CPU
     fps: int
     skipped_steps: int = 0  # steps TeaCache skipped (GenerationOptions.cache)
+    scores: ClipScores | None = None  # identity and motion (`echovideo.quality`), unless turned off
 
 
 class EchoVideoPipeline:
@@ -117,7 +120,8 @@ class EchoVideoPipeline:
         vit = self.face_encoder.encode([black, identity.aligned_face], self.device, self.dtype)
         # The released face stage hands the embedding over in fp16, whatever the pipeline dtype.
         arcface = torch.from_numpy(identity.embedding)[None].to(self.device, torch.float16).to(self.dtype)
-        return IdentityFeatures(identity.aligned_face, torch.cat([torch.zeros_like(arcface), arcface]), vit)
+        return IdentityFeatures(identity.aligned_face, torch.cat([torch.zeros_like(arcface), arcface]), vit,
+                                identity.embedding)
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> torch.Tensor:
         """(2, 226, D): [negative ; prompt] T5 tokens, memoised (a job renders one prompt for many people)."""
@@ -252,12 +256,23 @@ class EchoVideoPipeline:
         text_embeds: torch.Tensor | None = None,
         progress: bool = True,
         decode: bool = True,
+        scores: bool = True,
     ) -> GenerationResult:
+        """`scores=False` skips the quality scores (`echovideo.quality`; they need the decoded frames)."""
         opts = (options or GenerationOptions()).validate()
+        identity = identity if identity is not None else self.encode_identity(image)
         state = self.prepare(prompt, image, opts, identity, text_embeds)
         latents = self.denoise(state, opts, progress=progress)
         frames = self.decode(latents) if decode else np.zeros((0,), np.uint8)
-        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps)
+        return GenerationResult(frames=frames, latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps,
+                                scores=self.score(frames, opts.fps, identity) if decode and scores else None)
+
+    def score(self, frames: np.ndarray, fps: int, identity: "IdentityFeatures | str | Path | bytes | np.ndarray"
+              ) -> ClipScores:
+        """A clip's quality scores against its identity (features, or the photo: its features are memoised)."""
+        if not isinstance(identity, IdentityFeatures):
+            identity = self.encode_identity(identity)
+        return score_clip(frames, fps, self.face_stage, identity.embedding)
 
     def step(self, pred, old_pred, t, prev_t, latents, generator):
         """One scheduler step; the DPM scheduler draws generator noise, DDIM does not."""

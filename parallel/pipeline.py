@@ -106,15 +106,18 @@ class ParallelEchoVideoPipeline:
         return state
 
     def __call__(self, prompt: str, image, options: GenerationOptions, progress: bool = False,
-                 decode: bool = True, on_step: Callable[[int], None] | None = None) -> GenerationResult:
+                 decode: bool = True, on_step: Callable[[int], None] | None = None,
+                 scores: bool = True) -> GenerationResult:
         """Every rank calls this with the same arguments (`image` is only read on rank 0).
 
-        Rank 0's result has the frames; the others' have the (identical) latents and no frames.
+        Rank 0's result has the frames and their quality scores; the others' have the (identical) latents only.
         """
         opts = options.validate()  # the same arguments on every rank: all raise here, or none
         state = self.shared_state(prompt, image, opts)
         latents = self.pipe.denoise(state, opts, predict=self.engine, progress=progress and self.mesh.rank == 0,
                                     on_step=on_step)
         frames = self.pipe.decode(latents, lambda z: parallel_decode(self.pipe.vae, z)) if decode else None
+        scored = self.pipe.score(frames, opts.fps, image) if frames is not None and scores else None
         return GenerationResult(frames=frames if frames is not None else np.zeros((0,), np.uint8),
-                                latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps)
+                                latents=latents.cpu(), fps=opts.fps, skipped_steps=state.skipped_steps,
+                                scores=scored)

@@ -58,12 +58,21 @@ class FaceStage(ABC):
         """Per-pixel BiSeNet-style labels (512x512 int) of an aligned face."""
 
     def analyze(self, image: np.ndarray) -> FaceIdentity:
-        faces = self.detect(image)
-        if not faces:
+        found = self.largest_face(image)
+        if found is None:
             raise NoFaceFoundError("--image", "no face found in the identity photo",
                                    "use a photo with a clearly visible, roughly frontal face")
+        aligned, embedding = found
+        parsed = apply_parsing_mask(aligned, self.parse(aligned))
+        return FaceIdentity(aligned_face=parsed, embedding=embedding)
+
+    def largest_face(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(aligned unparsed 512x512 face, raw embedding) of the largest face as the conditioning computes
+        them, or None without a face. The quality scores embed every scored frame this same way."""
+        faces = self.detect(image)
+        if not faces:
+            return None
         face = largest(faces)
         aligned = align_face(image, face.keypoints)
         embedding = face.embedding if face.embedding is not None else self.embed(aligned)
-        parsed = apply_parsing_mask(aligned, self.parse(aligned))
-        return FaceIdentity(aligned_face=parsed, embedding=np.asarray(embedding, dtype=np.float32))
+        return aligned, np.asarray(embedding, dtype=np.float32)
