@@ -1,8 +1,10 @@
 """`echovideo` command line. The one module allowed to tie the model, parallel and Ray wings together."""
 
 import argparse
+import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from echovideo.errors import EchoVideoInputError, ParallelGroupError
@@ -43,6 +45,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", choices=["dpm", "ddim"], help="dpm (released, default) or ddim")
     p.add_argument("--save-latents", help="also write the final latents (safetensors, key 'latents')")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow first video)")
+    p.add_argument("--no-scores", action="store_true", help="skip the quality scores (identity, motion) that are "
+                                                          "otherwise written beside the clip as OUT.json")
     par = p.add_argument_group("parallel (launch with torchrun --nproc-per-node ULYSSES*RING*CFG)")
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses degree (divides the attention heads)")
     par.add_argument("--ring", type=int, default=1, help="ring-attention degree (any)")
@@ -120,6 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
     from echovideo.checkpoint_cache import checkpoint_folder
     from echovideo.images import load_identity_image
     from echovideo.presets.tiny import tiny_checkpoint
+    from echovideo.quality import describe_scores
     from echovideo.video_io import atomic_output, write_mp4
 
     if not args.out.lower().endswith(".mp4"):
@@ -140,7 +145,7 @@ def _generate(args: argparse.Namespace) -> int:
     root = checkpoint_folder(model.checkpoint) if model.checkpoint else tiny_checkpoint()
     pipe, rank = _load(args, model, root)
     try:
-        result = pipe(args.prompt, image, options)
+        result = pipe(args.prompt, image, options, scores=not args.no_scores)
     finally:
         _leave_group()
     if rank != 0:  # rank 0 alone writes
@@ -150,6 +155,12 @@ def _generate(args: argparse.Namespace) -> int:
         with atomic_output(args.save_latents, ".safetensors") as tmp:
             save_file({"latents": result.latents.contiguous()}, str(tmp))
     print(f"wrote {args.out} ({result.frames.shape[0]} frames, {options.width}x{options.height}, {options.fps} fps)")
+    if result.scores is not None:
+        scores_path = Path(args.out).with_suffix(".json")
+        with atomic_output(scores_path, ".json") as tmp:
+            tmp.write_text(json.dumps({"video": Path(args.out).name, "prompt": args.prompt, "options": asdict(options),
+                                       "scores": result.scores.as_dict()}, indent=1))
+        print(f"scores in {scores_path}: {describe_scores(result.scores.as_dict())}")
     return 0
 
 

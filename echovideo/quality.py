@@ -41,6 +41,15 @@ class ClipScores:
         return {**asdict(self), "similarities": list(self.similarities)}
 
 
+def describe_scores(scores: dict) -> str:
+    """One line for people: identity 0.52 +- 0.07, face in 100% of frames, motion 12.3 px (dynamic)."""
+    motion = f"motion {scores['motion']:.1f} px ({'dynamic' if scores['dynamic'] else 'static'})"
+    if scores.get("identity_average") is None:
+        return motion
+    return (f"identity {scores['identity_average']:.3f} +- {scores['identity_variation']:.3f}, face in "
+            f"{100 * scores['face_share']:.0f}% of frames, {motion}")
+
+
 def sampled_frames(count: int, fps: int) -> list[int]:
     """VBench's frame sampling for Dynamic Degree: every max(1, round(fps/8))-th frame from the first."""
     return list(range(0, count, max(1, round(fps / 8))))

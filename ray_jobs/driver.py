@@ -26,6 +26,7 @@ from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
 from ray_jobs.outputs import open_outputs
+from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Outcome, Replica, State
 from ray_jobs.worker import RankWorker
@@ -166,7 +167,7 @@ class JobDriver:
             "render_seconds": round(ended - first_up, 2),
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
         try:
-            self.report.summary = self.store.finalize(summary)
+            self.report.summary = self.store.finalize(summary, QualityGate.of(self.spec.quality))
             self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":
@@ -271,7 +272,7 @@ class JobDriver:
             "identity": sample.identity, "identity_sha": sample.identity_sha, "seed": sample.options["seed"],
             "options": sample.options, "attempts": sample.attempts,
             "path": self.store.video_name(sample.sample_id),
-            "seconds": round(timing["seconds"], 3), "replica": str(replica.index)})
+            "seconds": round(timing["seconds"], 3), "replica": str(replica.index), "scores": timing.get("scores")})
         self.report.rendered += 1
         self.rebuilds_in_a_row[replica.index] = 0
         self.bar.update(1)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.destination import Destination
+from ray_jobs.quality_gate import SCORE_COLUMNS
 from ray_jobs.redact import redact
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
@@ -27,7 +28,8 @@ KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def finished_clips(output: str) -> list[dict]:
-    """The manifest's finished clips, sorted by sample id (what makes shard membership deterministic)."""
+    """The manifest's finished clips that passed the quality gate (`rejected` ones stay out), sorted by sample
+    id (what makes shard membership deterministic)."""
     source = Destination(output)
     try:
         with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
@@ -37,7 +39,8 @@ def finished_clips(output: str) -> list[dict]:
                                   "pass a job's output folder (run the job first)") from None
     clips = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["sample_id"])
     for clip in clips:
-        clip["options"] = json.loads(clip["options"]) if isinstance(clip["options"], str) else clip["options"]
+        for column in ("options", "scores"):
+            clip[column] = json.loads(clip[column]) if isinstance(clip.get(column), str) else clip.get(column)
     return clips
 
 
@@ -124,13 +127,15 @@ class Exporter:
             self.target.upload(local, name)
 
     def csv(self) -> dict:
-        """`clips.csv`: video (the clip's location in the output), caption, seed, identity, settings."""
+        """`clips.csv`: video (the clip's location in the output), caption, seed, identity, settings, scores."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["video", "caption", "seed", "identity", "settings", "sample_id"])
+        writer.writerow(["video", "caption", "seed", "identity", "settings", "sample_id", *SCORE_COLUMNS])
         for clip in self.clips:
+            scores = clip["scores"] or {}
             writer.writerow([f"{self.source.name}/{clip['path']}", caption(clip["prompt"]), clip["seed"],
-                             clip["identity"], json.dumps(clip["options"], sort_keys=True), clip["sample_id"]])
+                             clip["identity"], json.dumps(clip["options"], sort_keys=True), clip["sample_id"],
+                             *(scores.get(column) for column in SCORE_COLUMNS)])
         self._write_text("clips.csv", buffer.getvalue())
         return {"rows": len(self.clips)}
 

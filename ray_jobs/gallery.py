@@ -1,24 +1,23 @@
-"""The job's gallery: static pages of clips grouped by prompt, each card with its identity's thumbnail.
+"""The job's gallery: one page that shows, sorts and filters every clip by its scores.
 
-Paged (`PAGE_CARDS` a page, `index.html` first, the rest in `pages/`), so 100,000 clips open as fast as
-200: a browser never lays out more than one page, and videos load only when played. Plain HTML, no
-script: it opens from a laptop's disk, a bucket or any static server.
+`index.html` is static; `gallery-data.js` holds one compact entry per clip (read with a script tag, so the
+page opens from a laptop's disk as well as from a bucket or any static server: browsers refuse `fetch`
+on file://). The page lays out one screen of cards (`PAGE_CARDS`) at a time and videos load only when
+played, so 100,000 clips open in about the time 200 do. Finished clips, clips the quality gate rejected and
+failed samples have their own sections. The view (section, sort, filters, page) lives in the address's
+`#fragment`: a filtered view is a link that can be shared.
 """
 
-import html
-import re
-from collections.abc import Iterator
+import json
+from importlib import resources
 
 from ray_jobs.destination import Destination
 
 PAGE_CARDS = 200
-SHOWN_FAILURES = 2000
-NEIGHBOUR_PAGES = 5
-PAGE = re.compile(r"page-(\d+)\.html")
-STYLE = ("body{font-family:sans-serif;margin:16px}figure{display:inline-block;width:256px;margin:6px;"
-         "vertical-align:top}figcaption{font-size:13px}figcaption img{width:40px;height:40px;object-fit:cover;"
-         "border-radius:50%;vertical-align:middle;margin-right:6px}nav a,nav b{margin:0 4px}h2{font-size:16px;"
-         "margin:18px 0 4px}")
+DATA = "gallery-data.js"
+# Per clip, short keys: at 100,000 clips the data file is what a browser reads first.
+SCORE_KEYS = {"identity_average": "ia", "identity_variation": "iv", "face_share": "fs", "motion": "m",
+              "dynamic": "d"}
 
 
 def thumbnail_name(identity_sha: str | None) -> str:
@@ -26,62 +25,30 @@ def thumbnail_name(identity_sha: str | None) -> str:
     return f"identities/{identity_sha}.jpg"
 
 
-def page_name(number: int) -> str:
-    return "index.html" if number == 1 else f"pages/page-{number}.html"
+def write_gallery(destination: Destination, done: list[dict], failed: list[dict],
+                  rejected: list[dict] = ()) -> None:
+    """Write the page and its data to the output's `Destination`. Clips sorted by prompt, then identity,
+    then id (the page's default order, grouped under a heading per prompt)."""
+    prompts: dict[str, int] = {}
 
+    def clip(record: dict) -> dict:
+        scores = record.get("scores") or {}
+        entry = {"id": record["sample_id"], "n": record["path"].removeprefix("videos/").removesuffix(".mp4"),
+                 "p": prompts.setdefault(record["prompt"], len(prompts)), "i": str(record.get("identity")),
+                 "t": record.get("identity_sha"), "s": record.get("seed"),
+                 **{short: scores.get(key) for key, short in SCORE_KEYS.items()}}
+        if record.get("error"):
+            entry["r"] = record["error"]
+        return entry
 
-def write_gallery(destination: Destination, done: list[dict], failed: list[dict]) -> int:
-    """Write every page to the output's `Destination`; -> the number of clip pages. Clips sorted by prompt, then identity, then id."""
-    done = sorted(done, key=lambda r: (r["prompt"], r.get("identity") or "", r["sample_id"]))
-    pages = max(1, -(-len(done) // PAGE_CARDS))
-    title = f"{len(done)} clips, {len(failed)} failed"
-    for number in range(1, pages + 1):
-        prefix = "" if number == 1 else "../"
-        cards = done[(number - 1) * PAGE_CARDS:number * PAGE_CARDS]
-        body = "".join(_grouped(cards, prefix))
-        failures = f' · <a href="{prefix}failures.html">failures</a>' if failed else ""
-        _write(destination, page_name(number), f"<h1>{title}</h1><p>grouped by prompt{failures}</p>"
-                                           f"{_nav(number, pages, prefix)}{body}{_nav(number, pages, prefix)}")
-    items = "".join(f"<li><b>{html.escape(r['sample_id'])}</b>: {html.escape(str(r.get('error'))[:300])}</li>"
-                    for r in failed[:SHOWN_FAILURES])
-    more = f"<p>{len(failed) - SHOWN_FAILURES} more in failures.parquet</p>" if len(failed) > SHOWN_FAILURES else ""
-    for stale in destination.names("pages"):  # a page of an earlier, larger gallery
-        if (match := PAGE.fullmatch(stale)) and int(match.group(1)) > pages:
-            destination.delete(f"pages/{stale}")
-    _write(destination, "failures.html", f'<h1>{len(failed)} failed</h1><p><a href="index.html">clips</a></p>'
-                                     f"<ul>{items}</ul>{more}")
-    return pages
+    def ordered(records) -> list[dict]:
+        return sorted(records, key=lambda r: (r["prompt"], r.get("identity") or "", r["sample_id"]))
 
-
-def _grouped(cards: list[dict], prefix: str) -> Iterator[str]:
-    """A heading per prompt, then its clips: in cross mode a prompt's identities sit side by side."""
-    heading = None
-    for record in cards:
-        if record["prompt"] != heading:
-            heading = record["prompt"]
-            yield f"<h2>{html.escape(heading[:300])}</h2>"
-        yield _card(record, prefix)
-
-
-def _card(record: dict, prefix: str) -> str:
-    name = html.escape(record["path"].removeprefix("videos/").removesuffix(".mp4"))
-    thumbnail = (f'<img src="{prefix}{thumbnail_name(record["identity_sha"])}" alt="" loading="lazy">'
-                 if record.get("identity_sha") else "")
-    return (f'<figure><video controls preload="none" src="{prefix}videos/{name}.mp4" '
-            f'poster="{prefix}posters/{name}.jpg" width="256"></video><figcaption>{thumbnail}'
-            f'{html.escape(str(record.get("identity"))[:80])} · seed {record["seed"]}<br>'
-            f'<small>{html.escape(record["sample_id"][:120])}</small></figcaption></figure>')
-
-
-def _nav(number: int, pages: int, prefix: str) -> str:
-    if pages == 1:
-        return ""
-    shown = sorted({1, pages, *range(max(1, number - NEIGHBOUR_PAGES), min(pages, number + NEIGHBOUR_PAGES) + 1)})
-    links = [f"<b>{n}</b>" if n == number else f'<a href="{prefix}{page_name(n)}">{n}</a>' for n in shown]
-    return f"<nav>page {number} of {pages}: {' '.join(links)}</nav>"
-
-
-def _write(destination: Destination, name: str, body: str) -> None:
-    with destination.output(name, ".html") as tmp:
-        tmp.write_text(f"<!doctype html><meta charset=utf-8><title>echovideo gallery</title><style>{STYLE}</style>"
-                       f"{body}", encoding="utf-8")
+    data = {"clips": [clip(r) for r in ordered(done)], "rejected": [clip(r) for r in ordered(rejected)],
+            "failed": [{"id": r["sample_id"], "r": str(r.get("error"))} for r in failed]}
+    data["prompts"] = list(prompts)
+    with destination.output(DATA, ".js") as tmp:
+        tmp.write_text(f"window.GALLERY={json.dumps(data, ensure_ascii=True, separators=(',', ':'))};\n")
+    page = resources.files("ray_jobs").joinpath("gallery.html").read_text(encoding="utf-8")
+    with destination.output("index.html", ".html") as tmp:
+        tmp.write_text(page.replace("PAGE_CARDS", str(PAGE_CARDS)), encoding="utf-8")

@@ -24,6 +24,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
     "generation": {f.name: ((type(f.default),) if not isinstance(f.default, float) else (int, float), f.default)
                    for f in fields(GenerationOptions) if f.name != "seed"},
     "job": {"output": ((str,), None), "retries": ((int,), 3), "seed": ((int,), 0), "max_rebuilds": ((int,), 4)},
+    # Per-clip scores (echovideo.quality) and the gate that marks clips below it `rejected`.
+    "quality": {"scores": ((bool,), True), "min_identity": ((int, float), None),
+                "min_face_share": ((int, float), None)},
 }
 MODES = ("rows", "cross", "sampled")
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
@@ -46,6 +49,7 @@ class JobSpec:
     dataset: dict
     generation: dict
     job: dict
+    quality: dict
     source: str = ""
     rows: object = None  # a `tables.Table` given in-process (the Ray Data API) instead of dataset.prompts
 
@@ -164,8 +168,19 @@ def _check_meaning(spec: JobSpec) -> None:
         raise EchoVideoInputError("job.output", "missing", "an output folder, e.g. out/demo")
     if spec.job["retries"] < 1:
         raise EchoVideoInputError("job.retries", "must be >= 1 (attempts per sample)", "e.g. 3")
+    _check_quality(spec.quality)
     ParallelConfig(cfg=p["cfg"]).check_guidance(spec.base_options().validate().use_cfg, "parallel.cfg",
                                                 "use parallel.cfg: 1, or generation.guidance > 1")
+
+
+def _check_quality(quality: dict) -> None:
+    for key in ("min_identity", "min_face_share"):
+        value = quality[key]
+        if value is not None and not 0 <= value <= 1:
+            raise EchoVideoInputError(f"quality.{key}", f"{value} is outside 0..1", "e.g. 0.3, or leave it out")
+        if value is not None and not quality["scores"]:
+            raise EchoVideoInputError(f"quality.{key}", "a gate on scores that quality.scores: false turns off",
+                                      "keep quality.scores: true, or drop the gate")
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:

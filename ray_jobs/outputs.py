@@ -33,6 +33,7 @@ from echovideo.video_io import atomic_output, is_our_temp
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Kind, OutputError
 from ray_jobs.gallery import thumbnail_name, write_gallery
+from ray_jobs.quality_gate import SCORE_COLUMNS, QualityGate
 from ray_jobs.redact import redact
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -71,7 +72,7 @@ class JobOutputs:
     A subclass keeps the completion records (`_completion_records`, `_failure_records`, `record_*`), holds
     the output for one job (`locked`), and says where logs are written (`log_path`, `publish_logs`)."""
 
-    FOLDERS = ("videos", "posters", "identities", "state", "logs", "pages")
+    FOLDERS = ("videos", "posters", "identities", "state", "logs")
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
@@ -126,28 +127,30 @@ class JobOutputs:
                 rows[record["row_key"]] = record["sample_id"]
         return done, rows
 
-    def finalize(self, summary: dict) -> dict:
-        """manifest.parquet (one row per sample, latest outcome), failures.parquet, summary.json, index.html."""
+    def finalize(self, summary: dict, gate: QualityGate = QualityGate()) -> dict:
+        """manifest.parquet (one row per sample, latest outcome: ok, rejected by the quality gate, or failed),
+        failures.parquet, summary.json, the gallery."""
         with writing(self.name):
-            return self._finalize(summary)
+            return self._finalize(summary, gate)
 
-    def _finalize(self, summary: dict) -> dict:
+    def _finalize(self, summary: dict, gate: QualityGate) -> dict:
         done = self.completed()
         self._compact(done)
         failed = {r["sample_id"]: r for r in self._failure_records() if r["sample_id"] not in done}
-        rows = [{**r, "status": "ok", "error": None} for r in done.values()] + \
-               [{**r, "status": "failed", "path": None} for r in failed.values()]
-        columns = ["sample_id", "status", "prompt", "identity", "seed", "options", "path", "error", "attempts",
-                   "seconds", "replica"]
-        table = pa.table({c: [_cell(r.get(c)) for r in rows] for c in columns},
-                         schema=pa.schema([(c, pa.int64() if c in ("seed", "attempts") else
-                                            pa.float64() if c == "seconds" else pa.string()) for c in columns]))
+        finished = [{**r, "status": "ok", "error": None} for r in done.values()]
+        for row in finished:
+            if (reason := gate.reason(row.get("scores"))) is not None:
+                row.update(status="rejected", error=reason)
+        rows = finished + [{**r, "status": "failed", "path": None} for r in failed.values()]
+        table = manifest_table(rows)
         self._write_parquet(table, "manifest.parquet")
         self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
-        summary = {**summary, "ok": len(done), "failed": len(failed)}
+        passed = [r for r in finished if r["status"] == "ok"]
+        rejected = [r for r in finished if r["status"] == "rejected"]
+        summary = {**summary, "ok": len(passed), "rejected": len(rejected), "failed": len(failed)}
         with self.destination.output("summary.json", ".json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-        write_gallery(self.destination, list(done.values()), list(failed.values()))
+        write_gallery(self.destination, passed, list(failed.values()), rejected)
         return summary
 
     def _write_parquet(self, table: pa.Table, name: str) -> None:
@@ -280,6 +283,23 @@ def open_outputs(location: str) -> JobOutputs:
 
         return ObjectStoreOutputs(location)
     return OutputStore(location)
+
+
+MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.string(), "identity": pa.string(),
+                  "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "error": pa.string(),
+                  "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
+                  **{c: pa.bool_() if c == "dynamic" else pa.float64() for c in SCORE_COLUMNS}, "scores": pa.string()}
+
+
+def manifest_table(rows: list[dict]) -> pa.Table:
+    """One row per sample; the headline scores as their own columns (group and filter on them in any tool),
+    every score with the per-frame similarities in the `scores` JSON."""
+    def value(row: dict, column: str):
+        if column in SCORE_COLUMNS:
+            return (row.get("scores") or {}).get(column)
+        return _cell(row.get(column))
+
+    return pa.table({c: [value(r, c) for r in rows] for c in MANIFEST_TYPES}, schema=pa.schema(MANIFEST_TYPES.items()))
 
 
 def _cell(value):

@@ -156,7 +156,7 @@ class Replica:
         follows later."""
         assert self.state is State.IDLE, self.state
         renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
-                                       sample.options, files if rank == 0 else {}): rank
+                                       sample.options, files if rank == 0 else {}, self.spec.quality["scores"]): rank
                    for rank, actor in enumerate(self.actors)}
         self.work = Work(sample, renders, probes={rank: Probe(now, None) for rank in range(self.world)})
         self.state = State.BUSY

@@ -109,9 +109,11 @@ class RankWorker:
         self.log.info("rank %d/%d ready on %s%s, group at %s:%d, %s", self.rank, self.world, device,
                       f" ({given})" if given else "", *address, root)
 
-    def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, files: dict[str, str]) -> dict:
+    def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, files: dict[str, str],
+               scores: bool = True) -> dict:
         """Every rank calls this with the same sample (only rank 0 gets the image and `files`: where the video,
-        its poster and the identity's thumbnail go). Rank 0 returns timings.
+        its poster and the identity's thumbnail go). Rank 0 returns timings and the clip's quality scores,
+        computed on the frames it holds (`scores=False`: none).
 
         Any failure is raised as a SampleFailure: classified here, where the real exception is known.
         """
@@ -119,7 +121,7 @@ class RankWorker:
         self._progressed()
         self.log.info("sample %s: started (%d steps)", sample_id, options["steps"])
         try:
-            result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed)
+            result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed, scores=scores)
             self._progressed()
             if self.rank == 0:
                 self._deliver(result.frames, result.fps, image, files)
@@ -135,7 +137,10 @@ class RankWorker:
         self.log.info("sample %s: done in %.2f s", sample_id, seconds)
         if time.monotonic() - self.log_uploaded_at > LOG_UPLOAD_EVERY_S:
             self.upload_log()
-        return {"seconds": seconds, "frames": int(result.frames.shape[0])} if self.rank == 0 else {}
+        if self.rank != 0:
+            return {}
+        return {"seconds": seconds, "frames": int(result.frames.shape[0]),
+                "scores": result.scores.as_dict() if result.scores else None}
 
     def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str]) -> None:
         """The clip, checked before anyone can see it (it decodes, every frame is there), then its poster and

@@ -24,7 +24,7 @@ def job(dataset: Path, out: Path, **overrides):
            "job": {"output": str(out), "seed": 7}}
     for key, value in overrides.items():
         section, name = key.split(".")
-        raw[section][name] = value
+        raw.setdefault(section, {})[name] = value
     return parse_job(raw, "test")
 
 
@@ -40,6 +40,13 @@ def read_frames(path) -> int:
 
 def manifest(out: Path) -> list[dict]:
     return pq.read_table(out / "manifest.parquet").to_pylist()
+
+
+def gallery_data(out: Path) -> dict:
+    """What the gallery page shows: its data file, read as the page's script reads it."""
+    text = (out / "gallery-data.js").read_text()
+    assert text.startswith("window.GALLERY=") and text.endswith(";\n")
+    return json.loads(text.removeprefix("window.GALLERY=").removesuffix(";\n"))
 
 
 def assert_exactly_once(out: Path, expected_ok: int) -> list[dict]:

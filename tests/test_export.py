@@ -12,10 +12,12 @@ from echovideo.cli import main
 from echovideo.video_io import write_mp4
 from ray_jobs.export import sample_key
 from ray_jobs.outputs import OutputStore
+from ray_jobs.quality_gate import QualityGate
 
 
-def finished_job(folder, count: int, failed: int = 1):
-    """An output folder as a job leaves it: real mp4s, journal records, manifest (no cluster needed)."""
+def finished_job(folder, count: int, failed: int = 1, scores=None, gate=QualityGate()):
+    """An output folder as a job leaves it: real mp4s, journal records (clip i with `scores[i]`), manifest (no
+    cluster needed)."""
     store = OutputStore(folder)
     rng = np.random.default_rng(0)
     for i in range(count):
@@ -23,10 +25,11 @@ def finished_job(folder, count: int, failed: int = 1):
         write_mp4(rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), store.video_path(sid), fps=8)
         store.record_success({"sample_id": sid, "prompt": f"a person\nwaves {i}", "identity": f"faces/{i % 2}.jpg",
                               "seed": i, "options": {"steps": 2, "height": 32}, "attempts": 1, "seconds": 1.0,
-                              "path": str(store.video_path(sid).relative_to(store.folder)), "replica": "0"})
+                              "path": str(store.video_path(sid).relative_to(store.folder)), "replica": "0",
+                              "scores": scores[i] if scores else None})
     for i in range(failed):
         store.record_failure({"sample_id": f"bad-{i}", "prompt": "x", "identity": "y", "error": "no face"})
-    store.finalize({})
+    store.finalize({}, gate)
     return store
 
 
@@ -110,3 +113,40 @@ def test_webdataset_export_from_and_to_an_object_store(tmp_path, object_store):
     with fs.open_input_stream("echovideo/exports/wds/clips.csv") as stream:
         text = stream.read().decode()
     assert "s3://echovideo/jobs/out/videos/" in text and "secret" not in text  # no credentials in the data
+
+
+def scored(identity: float | None, face: float | None, motion: float = 3.0) -> dict:
+    return {"identity_average": identity, "identity_variation": 0.05, "face_share": face, "motion": motion,
+            "dynamic": motion > 2, "frames_scored": 3, "similarities": [identity or 0.0] * 3}
+
+
+def test_clips_below_the_quality_gate_are_rejected_kept_on_disk_and_left_out_of_exports(tmp_path):
+    scores = [scored(0.6, 1.0), scored(0.2, 1.0), scored(0.7, 0.4), scored(None, None), scored(0.5, 0.5)]
+    store = finished_job(tmp_path / "out", 5, scores=scores, gate=QualityGate(min_identity=0.3, min_face_share=0.5))
+    import pyarrow.parquet as pq
+
+    rows = {r["sample_id"]: r for r in pq.read_table(store.folder / "manifest.parquet").to_pylist()}
+    ids = ["clip.000", *(f"{i:024x}" for i in range(1, 5))]
+    assert [rows[sid]["status"] for sid in ids] == ["ok", "rejected", "rejected", "rejected", "ok"]
+    assert rows[ids[1]]["error"] == "identity_average 0.200 < quality.min_identity 0.3"
+    assert rows[ids[2]]["error"] == "face_share 0.400 < quality.min_face_share 0.5"
+    assert "not scored" in rows[ids[3]]["error"]  # a gate keeps only verified clips
+    assert rows[ids[0]]["identity_average"] == 0.6 and rows[ids[0]]["dynamic"] is True
+    assert all((store.folder / rows[sid]["path"]).is_file() for sid in ids)  # rejected clips stay on disk
+    assert json.loads((store.folder / "summary.json").read_text())["ok"] == 2
+    assert json.loads((store.folder / "summary.json").read_text())["rejected"] == 3
+
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "csv")]) == 0
+    with open(tmp_path / "csv" / "clips.csv") as handle:
+        listed = list(csv.DictReader(handle))
+    by_id = {r["sample_id"]: r for r in listed}
+    assert sorted(by_id) == sorted([ids[0], ids[4]])
+    assert float(by_id[ids[0]]["identity_average"]) == 0.6 and by_id[ids[0]]["dynamic"] == "True"
+    assert main(["export", str(store.folder), "--format", "webdataset", "--to", str(tmp_path / "wds")]) == 0
+    with tarfile.open(tmp_path / "wds" / "shard-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert sorted(m["sample_id"] for m in metas) == sorted([ids[0], ids[4]])
+    assert {m["sample_id"]: m["scores"]["identity_average"] for m in metas} == {ids[0]: 0.6, ids[4]: 0.5}
+
+    finished_job(tmp_path / "out", 5, scores=scores)  # the same clips without a gate: all ok, nothing re-rendered
+    assert json.loads((store.folder / "summary.json").read_text())["rejected"] == 0

@@ -1,58 +1,109 @@
-"""The gallery at 100,000 clips: paged, so a real headless Chromium lays out the first page in seconds; cards
-grouped by prompt, each with its identity's thumbnail; every page reachable.
-"""
+"""The gallery in a real headless Chromium: cards with posters, thumbnails and scores; sorting and filtering by
+score; rejected and failed clips in their own sections; a 100,000-clip gallery open in seconds. The view is
+driven through the address's #fragment, which is where the page's controls keep it."""
 
 import re
 import shutil
 import subprocess
 import time
+from urllib.parse import urlencode
 
 import pytest
 
+from jobs import gallery_data
 from ray_jobs.destination import Destination
-from ray_jobs.gallery import PAGE_CARDS, thumbnail_name, write_gallery
+from ray_jobs.gallery import PAGE_CARDS, write_gallery
 
-CLIPS = 100_000
 IDENTITIES = 5
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(name)), None)
+needs_browser = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
 
 
 def records(count: int) -> list[dict]:
-    """Cross mode: every prompt with each of five identities (the same caption five times)."""
+    """Cross mode: every prompt with each of five identities; identity score i/count, face share, motion."""
     return [{"sample_id": f"{i:024x}", "prompt": f"prompt {i // IDENTITIES:05d}: a person waves",
              "identity": f"faces/person-{i % IDENTITIES}.jpg", "identity_sha": f"{i % IDENTITIES:064x}",
-             "seed": i, "path": f"videos/{i:024x}.mp4"} for i in range(count)]
+             "seed": i, "path": f"videos/{i:024x}.mp4",
+             "scores": {"identity_average": round(i / count, 6), "identity_variation": 0.01,
+                        "face_share": (i % 4) / 3, "motion": float(i % 7), "dynamic": i % 7 > 3}}
+            for i in range(count)]
 
 
-def test_a_gallery_is_paged_and_grouped_by_prompt_with_identity_thumbnails(tmp_path):
-    failed = [{"sample_id": "bad", "error": "identity: no face found"}]
-    pages = write_gallery(Destination(tmp_path), records(CLIPS), failed)
-    assert pages == CLIPS // PAGE_CARDS
-    first = (tmp_path / "index.html").read_text()
-    assert first.count("<figure>") == PAGE_CARDS and len(first) < 200_000
-    assert first.count("<h2>") == PAGE_CARDS // IDENTITIES  # one heading per prompt, its five identities below
-    assert first.count(f'src="{thumbnail_name(f"{1:064x}")}"') == PAGE_CARDS // IDENTITIES
-    assert f'href="pages/page-{pages}.html"' in first and 'href="failures.html"' in first
-    last = (tmp_path / f"pages/page-{pages}.html").read_text()
-    assert 'src="../videos/' in last and 'href="../index.html"' in last
-    assert "no face found" in (tmp_path / "failures.html").read_text()
-
-    assert write_gallery(Destination(tmp_path), records(PAGE_CARDS + 1), []) == 2  # a smaller rerun leaves no stale page
-    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["page-2.html"]
-
-
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
-def test_a_100k_clip_gallery_opens_in_a_real_browser_in_seconds(tmp_path):
-    write_gallery(Destination(tmp_path), records(CLIPS), [])
-    started = time.monotonic()
+def show(folder, view: dict | None = None, seconds: float = 120) -> str:
+    """The page's DOM after its scripts ran, in a real Chromium."""
+    url = (folder / "index.html").as_uri() + (f"#{urlencode(view)}" if view else "")
     shown = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                            (tmp_path / "index.html").as_uri()],
-                           capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - started
+                            "--disable-sync", "--allow-file-access-from-files",
+                            f"--user-data-dir={folder / 'profile'}", "--dump-dom", url],
+                           capture_output=True, text=True, timeout=seconds)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    dom = shown.stdout
-    assert len(re.findall(r"<figure>", dom)) == PAGE_CARDS and "page 1 of 500" in dom
-    assert seconds < 60, f"{seconds:.1f} s to open the first page"  # the one-page gallery: > 180 s
+    head, _, rest = shown.stdout.partition('<div id="cards">')
+    assert rest, "the page did not render"
+    return head + rest.partition("<script")[0]  # the rendered page without the script's own text
+
+
+def card_ids(dom: str) -> list[str]:
+    return re.findall(r'<figure data-id="([0-9a-f]+)">', dom)
+
+
+def identity_scores(dom: str) -> list[float]:
+    return [float(v) for v in re.findall(r'<b class="ia">([0-9.]+)</b>', dom)]
+
+
+@needs_browser
+def test_cards_show_posters_thumbnails_and_scores_and_sections_split_rejected_and_failed(tmp_path):
+    done = records(12)
+    rejected = [{**r, "sample_id": f"r{r['sample_id']}"[:24], "error": "identity_average 0.010 < quality.min_identity 0.3"}
+                for r in records(2)]
+    failed = [{"sample_id": "bad<script>", "error": "identity: no face found <b>"}]
+    write_gallery(Destination(tmp_path), done, failed, rejected)
+    dom = show(tmp_path)
+    assert "12 clips, 2 rejected, 1 failed" in dom
+    assert len(card_ids(dom)) == 12 and dom.count("<h2>prompt") == 3  # grouped under a heading per prompt
+    name = done[5]["path"].removeprefix("videos/").removesuffix(".mp4")
+    assert f'poster="posters/{name}.jpg"' in dom and f'src="videos/{name}.mp4"' in dom
+    assert f'src="identities/{done[5]["identity_sha"]}.jpg"' in dom
+    assert identity_scores(dom) == [round(i / 12, 3) for i in range(12)]
+    assert "face <span class=\"fs\">100%</span>" in dom and "(dynamic)" in dom
+
+    rejected_dom = show(tmp_path, {"section": "rejected"})
+    assert len(card_ids(rejected_dom)) == 0 and rejected_dom.count("<figure") == 2
+    assert "quality.min_identity 0.3" in rejected_dom
+    failed_dom = show(tmp_path, {"section": "failed"})
+    assert "bad&lt;script&gt;" in failed_dom and "no face found &lt;b&gt;" in failed_dom  # text, never markup
+    assert "<figure" not in failed_dom
+
+
+@needs_browser
+def test_sorting_and_filtering_by_score_in_the_browser(tmp_path):
+    done = records(40)
+    write_gallery(Destination(tmp_path), done, [])
+    best_first = identity_scores(show(tmp_path, {"sort": "-ia"}))
+    assert best_first == sorted(best_first, reverse=True) and best_first[0] == round(39 / 40, 3)
+    worst_first = identity_scores(show(tmp_path, {"sort": "ia"}))
+    assert worst_first == sorted(worst_first) and len(worst_first) == 40
+
+    filtered = show(tmp_path, {"min_identity": "0.5", "min_face": "0.6", "motion": "dynamic"})
+    expected = [f"{i:024x}" for i, r in enumerate(done) if r["scores"]["identity_average"] >= 0.5
+                and r["scores"]["face_share"] >= 0.6 and r["scores"]["dynamic"]]
+    assert sorted(card_ids(filtered)) == expected and 0 < len(expected) < 40
+    assert f"showing 1-{len(expected)} of {len(expected)}" in filtered
+    by_motion = show(tmp_path, {"sort": "-m"})
+    motions = [float(v) for v in re.findall(r"motion ([0-9.]+) px", by_motion)]
+    assert motions == sorted(motions, reverse=True) and len(motions) == 40
+
+
+@needs_browser
+def test_a_100k_clip_gallery_opens_in_a_real_browser_in_seconds(tmp_path):
+    clips = 100_000
+    write_gallery(Destination(tmp_path), records(clips), [])
+    assert len(gallery_data(tmp_path)["clips"]) == clips
+    started = time.monotonic()
+    dom = show(tmp_path)
+    seconds = time.monotonic() - started
+    assert len(card_ids(dom)) == PAGE_CARDS and f"page 1 of {clips // PAGE_CARDS}" in dom
+    last = show(tmp_path, {"page": str(clips // PAGE_CARDS), "sort": "ia"})
+    assert identity_scores(last)[-1] == round((clips - 1) / clips, 3)
+    assert seconds < 60, f"{seconds:.1f} s to open the first page"  # a page of all clips: > 180 s

@@ -28,7 +28,7 @@ from ray_jobs.worker import RankWorker
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # DroppedUploadWorker travels by value
 
 SAMPLES = 6
-LAYOUT = ("manifest.parquet", "failures.parquet", "summary.json", "index.html", "failures.html",
+LAYOUT = ("manifest.parquet", "failures.parquet", "summary.json", "index.html", "gallery-data.js",
           "logs/driver.log", "logs/replica-0-rank-0.log", "logs/replica-0-rank-1.log")
 
 

@@ -74,3 +74,18 @@ def test_dynamic_needs_round_4n_over_16_moving_pairs(moving_pairs, dynamic):
     """16 sampled frames need round(4*16/16) = 4 pairs above the threshold."""
     steps = [4] * moving_pairs + [0] * (15 - moving_pairs)
     assert score_clip(panning(steps), 8).dynamic is dynamic
+
+
+@pytest.mark.parametrize("quality, field, message", [
+    ({"min_identity": 1.5}, "quality.min_identity", "outside 0..1"),
+    ({"min_face_share": -0.1}, "quality.min_face_share", "outside 0..1"),
+    ({"min_identity": 0.3, "scores": False}, "quality.min_identity", "quality.scores: false turns off"),
+    ({"min_identity": "high"}, "quality.min_identity", "expected int or float"),
+])
+def test_a_quality_gate_that_cannot_work_is_refused_naming_its_key(tmp_path, quality, field, message):
+    from jobs import job
+    from echovideo.errors import EchoVideoInputError
+
+    with pytest.raises(EchoVideoInputError, match=message) as err:
+        job(tmp_path / "rows.jsonl", tmp_path / "out", **{f"quality.{k}": v for k, v in quality.items()})
+    assert err.value.field == field

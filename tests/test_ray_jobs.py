@@ -14,7 +14,7 @@ from PIL import Image
 
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.driver import run_job
-from jobs import FRAMES, job, manifest, read_frames, write_jsonl
+from jobs import FRAMES, gallery_data, job, manifest, read_frames, write_jsonl
 
 
 @pytest.fixture()
@@ -51,10 +51,15 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
     assert any("face" in r.lower() for r in reasons)
     assert any("--height" in r and "multiple of 16" in r for r in reasons)
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(f"{r['sample_id']}.mp4" for r in ok)
-    assert (out / "index.html").read_text().count("<video") == 3
+    shown = gallery_data(out)
+    assert len(shown["clips"]) == 3 and len(shown["failed"]) == 3
     (thumbnail,) = (out / "identities").glob("*.jpg")  # one photo: one thumbnail, on every card
     assert max(Image.open(thumbnail).size) == 160
-    assert (out / "index.html").read_text().count(f'src="identities/{thumbnail.name}"') == 3
+    assert {clip["t"] for clip in shown["clips"]} == {thumbnail.stem}
+    for row in ok:  # every clip is scored by default: motion always, identity against its photo
+        scores = json.loads(row["scores"])
+        assert row["motion"] == scores["motion"] >= 0 and row["face_share"] == scores["face_share"]
+        assert len(scores["similarities"]) == scores["frames_scored"] == len(range(0, FRAMES, 2))
     assert json.loads((out / "summary.json").read_text())["ok"] == 3
 
     # Per-replica logs: each rank records its samples; the no-face sample failed on the replica that took it.

@@ -6,6 +6,7 @@ Expected values are computed from the recipe's facts: the ArcFace crop with scik
 insightface's `norm_crop` calls), the blob normalisation written out, the 512 alignment of the 5 points.
 """
 
+import json
 import shutil
 
 import cv2
@@ -191,4 +192,8 @@ def test_cli_ray_job_and_python_api_give_the_same_identity_and_clip(released_che
 
     assert read_frames(tmp_path / "out" / row["path"]) == 5
     assert np.array_equal(frames(tmp_path / "out" / row["path"]), frames(tmp_path / "cli.mp4"))
+    # The same scores three ways: the CLI's json beside its clip, the API's result, the job's manifest.
+    cli_scores = json.loads((tmp_path / "cli.json").read_text())["scores"]
+    assert cli_scores == api.scores.as_dict() == json.loads(row["scores"])
+    assert cli_scores["face_share"] == 1.0 and len(set(cli_scores["similarities"])) > 1  # a face in every frame
     shutil.rmtree(tmp_path / "out")
