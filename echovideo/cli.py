@@ -1,6 +1,7 @@
 """`echovideo` command line. The one module allowed to tie the model, parallel and Ray wings together."""
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -158,7 +159,8 @@ def _generate(args: argparse.Namespace) -> int:
     if result.scores is not None:
         scores_path = Path(args.out).with_suffix(".json")
         with atomic_output(scores_path, ".json") as tmp:
-            tmp.write_text(json.dumps({"video": Path(args.out).name, "prompt": args.prompt, "options": asdict(options),
+            tmp.write_text(json.dumps({"video": Path(args.out).name, "prompt": args.prompt,
+                                       "identity": str(Path(args.image).absolute()), "options": asdict(options),
                                        "scores": result.scores.as_dict()}, indent=1))
         print(f"scores in {scores_path}: {describe_scores(result.scores.as_dict())}")
     return 0
@@ -232,6 +234,48 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="the paper's quality table (identity, face presence, Dynamic Degree) for a job "
+                                    "or a folder of clips")
+    p.add_argument("output", metavar="OUTPUT", help="a job's output folder or URI (manifest.parquet), or a folder of "
+                                                    ".mp4 clips with their identity photos")
+    p.add_argument("--by", help="group by a manifest column or a generation setting, e.g. --by cache")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ckpt", help="checkpoint whose face stage scores clips that carry no scores, and aligns faces "
+                                    "for --inception")
+    src.add_argument("--preset", choices=["tiny"], help="the tiny preset's stand-in face stage")
+    p.add_argument("--device", default="cpu", help="where the face stage runs (cpu, cuda[:N], npu[:N])")
+    p.add_argument("--inception", metavar="MODEL.onnx", help="InceptionV3 as ONNX (1x3x299x299 in, 2048 out): adds "
+                                                             "Inception Distance (never downloaded)")
+    p.add_argument("--references", help="folder of identity photos named like the clips (default: beside them)")
+    p.add_argument("--no-plot", action="store_true", help="skip eval.png (the score distributions)")
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ray_jobs.evaluate import evaluate
+    from ray_jobs.redact import redact
+
+    @functools.cache  # loaded once, on first need
+    def face_stage():
+        import torch
+
+        from echovideo.checkpoint_cache import checkpoint_folder
+        from echovideo.face import load_face_stage
+        from echovideo.presets.tiny import tiny_checkpoint
+
+        root = checkpoint_folder(args.ckpt) if args.ckpt else tiny_checkpoint()
+        return load_face_stage(root / "face_encoder", torch.device(args.device))
+
+    done = evaluate(args.output, args.by, face_stage if args.ckpt or args.preset else None, args.inception,
+                    args.references, plot=not args.no_plot)
+    print(done["text"])
+    for line in done["notes"]:
+        print(line)
+    print("written: " + ", ".join(redact(str(path)) for path in done["written"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echovideo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -239,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_jobs(sub)
     _add_export(sub)
+    _add_eval(sub)
     return parser
 
 

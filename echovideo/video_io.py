@@ -56,6 +56,15 @@ def check_mp4(path: str | Path, frames: int) -> None:
         raise RuntimeError(f"the encoded clip {Path(path).name} decodes to {decoded} of its {frames} frames")
 
 
+def read_mp4(path: str | Path) -> tuple[np.ndarray, int]:
+    """(F, H, W, 3) uint8 frames and the frame rate of a video file, decoded by the bundled ffmpeg."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    width, height = meta["size"]
+    frames = [np.frombuffer(chunk, np.uint8).reshape(height, width, 3) for chunk in reader]
+    return np.stack(frames), round(meta["fps"])
+
+
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> Path:
     """Encode (F, H, W, 3) uint8 frames as H.264 yuv420p (plays everywhere)."""
     frames = np.ascontiguousarray(frames, dtype=np.uint8)

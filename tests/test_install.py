@@ -1,5 +1,5 @@
 """Installing an extra never swaps the user's torch or OpenCV: pip's own resolver, asked what the `face` and
-`cluster` and `data` extras would install from scratch, lists no torch, torchvision, CUDA wheel or second OpenCV."""
+`cluster`, `data` and `eval` extras would install from scratch, lists no torch, torchvision, CUDA wheel or second OpenCV."""
 
 import json
 import re
@@ -14,7 +14,7 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 NEVER = re.compile(r"^(torch|torchvision|torchaudio|nvidia-.*|triton|opencv-python|opencv-contrib-python)$")
 
 
-@pytest.mark.parametrize("extra", ["face", "cluster", "data"])
+@pytest.mark.parametrize("extra", ["face", "cluster", "data", "eval"])
 def test_an_extra_resolves_without_torch_or_a_second_opencv(extra):
     requirements = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"][extra]
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",

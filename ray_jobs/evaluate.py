@@ -1,0 +1,221 @@
+"""`echovideo eval`: the paper's table (Identity Average, Identity Variation, face presence, Dynamic Degree,
+and Inception Distance given Inception weights) for a finished job, or for any folder of mp4s, grouped by
+any manifest column or generation setting.
+
+A job's clips were scored by the rank that rendered them, on its exact frames; `eval` reads those scores.
+A folder's clips are scored here from their decoded mp4 (H.264 is lossy, so scores can differ slightly from
+in-render ones), unless `echovideo generate` left its OUT.json beside them.
+"""
+
+import json
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from echovideo.errors import EchoVideoInputError
+from echovideo.face.stage import FaceStage
+from echovideo.images import decode_identity_image, load_identity_image
+from echovideo.inception import InceptionFeatures, inception_distance
+from echovideo.quality import score_clip
+from echovideo.video_io import read_mp4
+from ray_jobs.destination import Destination
+from ray_jobs.identities import read_identity
+from ray_jobs.redact import redact
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# column -> (heading, how a group's value is computed from its clips' scores)
+COLUMNS = {
+    "identity_average": ("Identity Average", "mean"),
+    "identity_variation": ("Identity Variation", "mean"),
+    "face_share": ("Face share", "mean"),
+    "dynamic": ("Dynamic Degree", "share"),
+    "motion": ("Motion (px)", "mean"),
+    "inception_distance": ("Inception Distance", "mean"),
+}
+
+
+def manifest_clips(output: str) -> list[dict]:
+    """Every finished clip of a job (ok and rejected: `eval` measures the model, not the filtered set)."""
+    source = Destination(output)
+    with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
+        rows = pq.read_table(handle).to_pylist()
+    clips = []
+    for row in rows:
+        if row["status"] in ("ok", "rejected"):
+            clips.append({**row, "options": json.loads(row["options"] or "{}"),
+                          "scores": json.loads(row["scores"]) if row.get("scores") else None})
+    return clips
+
+
+def folder_clips(folder: Path, stage: Callable[[], FaceStage] | None, references: Path | None) -> list[dict]:
+    """Every mp4 in a folder: `generate`'s OUT.json beside it gives its scores and settings; otherwise it is
+    scored here against the photo of the same name (beside it or in `references`)."""
+    clips = []
+    for video in sorted(folder.glob("*.mp4")):
+        sidecar = video.with_suffix(".json")
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        clip = {"sample_id": video.stem, "path": video.name, "options": record.get("options", {}),
+                "identity": record.get("identity"), "scores": record.get("scores")}
+        if clip["scores"] is None:
+            clip["identity"] = clip["identity"] or str(reference_photo(video, references))
+            if stage is None:
+                raise EchoVideoInputError("--ckpt", f"{video.name} has no scores beside it (no {sidecar.name})",
+                                          "pass --ckpt CKPT or --preset tiny: its face stage scores the clip")
+            frames, fps = read_mp4(video)
+            face_stage = stage()
+            reference = face_stage.largest_face(load_identity_image(clip["identity"]))
+            clip["scores"] = score_clip(frames, fps, face_stage, None if reference is None else reference[1]).as_dict()
+        clips.append(clip)
+    if not clips:
+        raise EchoVideoInputError("OUTPUT", f"{folder} holds no manifest.parquet and no .mp4",
+                                  "pass a job's output, or a folder of clips with their identity photos")
+    return clips
+
+
+def reference_photo(video: Path, references: Path | None) -> Path:
+    for folder in (references, video.parent):
+        for suffix in PHOTO_SUFFIXES if folder else ():
+            if (folder / f"{video.stem}{suffix}").is_file():
+                return folder / f"{video.stem}{suffix}"
+    raise EchoVideoInputError("--references", f"no identity photo for {video.name}",
+                              f"put {video.stem}.jpg (or .png) beside it, or in the folder --references names")
+
+
+def group_of(clip: dict, by: str | None) -> str:
+    if by is None:
+        return "all"
+    value = clip.get(by, clip["options"].get(by))
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def check_grouping(clips: list[dict], by: str | None) -> None:
+    if by is None or any(by in clip or by in clip["options"] for clip in clips):
+        return
+    columns = sorted({k for clip in clips for k in clip if k not in ("options", "scores")})
+    settings = sorted({k for clip in clips for k in clip["options"]})
+    raise EchoVideoInputError("--by", f"{by!r} is neither a manifest column nor a generation setting",
+                              f"use one of {columns + settings}")
+
+
+def summarise(clips: list[dict], by: str | None) -> list[dict]:
+    """One row per group: clip count and each column over the clips that have it (sorted by group)."""
+    check_grouping(clips, by)
+    groups: dict[str, list[dict]] = {}
+    for clip in clips:
+        groups.setdefault(group_of(clip, by), []).append(clip)
+    table = []
+    for name in sorted(groups, key=_natural):
+        members = groups[name]
+        row = {"group": name, "clips": len(members)}
+        for column, (_, how) in COLUMNS.items():
+            values = [c["scores"][column] for c in members if c["scores"] and c["scores"].get(column) is not None]
+            if not values:
+                continue
+            row[column] = (sum(map(bool, values)) / len(values)) if how == "share" else statistics.fmean(values)
+            row[f"{column}_clips"] = len(values)
+        table.append(row)
+    return table
+
+
+def _natural(name: str):
+    """Numbers in numeric order (0.1 before 0.15 before 1), then text."""
+    try:
+        return (0, float(name), "")
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def format_table(table: list[dict], by: str | None) -> str:
+    shown = [c for c in COLUMNS if any(c in row for row in table)]
+    headings = [by or "group", "clips"] + [COLUMNS[c][0] for c in shown]
+    lines = [[row["group"], str(row["clips"])] + [f"{row[c]:.3f}" if c in row else "-" for c in shown] for row in table]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headings)]
+    render = lambda cells: "  ".join(cell.rjust(width) for cell, width in zip(cells, widths))  # noqa: E731
+    return "\n".join([render(headings), render(["-" * w for w in widths]), *map(render, lines)])
+
+
+def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
+    """Histograms of identity, face share and motion per group: where a mean hides a tail of bad clips."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EchoVideoInputError("--plot", "matplotlib is not installed",
+                                  "pip install 'echovideo[eval]', or pass --no-plot") from None
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=100)
+    groups: dict[str, list[dict]] = {}
+    for clip in clips:
+        groups.setdefault(group_of(clip, by), []).append(clip)
+    for axis, column in zip(axes, ("identity_average", "face_share", "motion")):
+        for name in sorted(groups, key=_natural):
+            values = [c["scores"][column] for c in groups[name] if c["scores"] and c["scores"].get(column) is not None]
+            if values:
+                axis.hist(values, bins=20, alpha=0.5, label=f"{by}={name}" if by else name)
+        axis.set_title(COLUMNS[column][0], fontsize=10)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def add_inception_distance(clips: list[dict], source: Destination, stage: FaceStage,
+                           features: InceptionFeatures) -> int:
+    """Each clip's Inception Distance from its video and identity photo; -> clips that could not be measured."""
+    missed = 0
+    for clip in clips:
+        try:
+            photo = decode_identity_image(read_identity(clip["identity"], "identity"), "identity")
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder) / "clip.mp4"
+                local.write_bytes(source.read(clip["path"]))
+                frames, fps = read_mp4(local)
+        except (EchoVideoInputError, OSError) as exc:
+            missed += 1
+            clip["skipped"] = redact(str(exc))[:200]
+            continue
+        distance = inception_distance(frames, fps, photo, stage, features)
+        missed += distance is None
+        clip["scores"] = {**(clip["scores"] or {}), "inception_distance": distance}
+    return missed
+
+
+def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
+             references: str | None, plot: bool) -> dict:
+    """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
+    source = Destination(output)
+    if source.exists("manifest.parquet"):
+        clips = manifest_clips(output)
+    elif not source.remote and Path(source.root).is_dir():
+        clips = folder_clips(Path(source.root), stage, Path(references) if references else None)
+    else:
+        raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
+                                  "pass a job's output (run the job first) or a folder of mp4s")
+    notes = []
+    if inception is None:
+        notes.append("Inception Distance: not computed (no weights are downloaded; pass --inception MODEL.onnx)")
+    else:
+        if stage is None:
+            raise EchoVideoInputError("--inception", "needs the face stage that aligns each face",
+                                      "pass --ckpt CKPT (or --preset tiny) too")
+        missed = add_inception_distance(clips, source, stage(), InceptionFeatures(inception))
+        if missed:
+            notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
+    table = summarise(clips, by)
+    written = [_put_json(source, {"by": by, "table": table, "clips": len(clips)})]
+    if plot:
+        with source.output("eval.png", ".png") as local:
+            write_plot(clips, by, local)
+        written.append(source.path("eval.png") if not source.remote else f"{source.name}/eval.png")
+    return {"table": table, "text": format_table(table, by), "written": written, "notes": notes}
+
+
+def _put_json(destination: Destination, data: dict) -> str:
+    with destination.output("eval.json", ".json") as local:
+        local.write_text(json.dumps(data, indent=1))
+    return destination.path("eval.json") if not destination.remote else f"{destination.name}/eval.json"

@@ -1,0 +1,106 @@
+"""`echovideo eval`: the paper's table from a job's manifest grouped by a setting, from a folder of clips (with
+`generate`'s json beside them, or scored from the mp4 against photos), and Inception Distance on an ONNX
+Inception written here with the `onnx` package."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from echovideo.cli import main
+from echovideo.images import load_identity_image
+from echovideo.video_io import write_mp4
+from ray_jobs.outputs import OutputStore
+
+PHOTO = "echovideo/assets/astronaut.jpg"
+OTHER = "configs/jobs/demo/astronaut-mirrored.jpg"
+
+
+def scored_job(folder, clips: list[tuple[float, float, bool]]) -> None:
+    """A finished job whose clip i ran with cache = clips[i][0] and scored identity clips[i][1]."""
+    store = OutputStore(folder)
+    for i, (cache, identity, dynamic) in enumerate(clips):
+        sid = f"{i:024x}"
+        write_mp4(np.zeros((5, 16, 16, 3), np.uint8), store.video_path(sid), fps=8)
+        store.record_success({"sample_id": sid, "prompt": "p", "identity": "x.jpg", "seed": i, "attempts": 1,
+                              "options": {"cache": cache, "steps": 2}, "seconds": 1.0, "replica": "0",
+                              "path": f"videos/{sid}.mp4",
+                              "scores": {"identity_average": identity, "identity_variation": identity / 10,
+                                         "face_share": 1.0, "motion": 5.0 if dynamic else 0.5, "dynamic": dynamic}})
+    store.finalize({})
+
+
+def test_eval_groups_a_job_by_a_setting_and_writes_json_and_a_plot(tmp_path, capsys):
+    scored_job(tmp_path / "out", [(0.0, 0.6, True), (0.0, 0.4, False), (0.1, 0.3, True), (0.1, 0.5, True),
+                                  (0.1, 0.4, False)])
+    assert main(["eval", str(tmp_path / "out"), "--by", "cache"]) == 0
+    printed = capsys.readouterr().out
+    lines = [line.split() for line in printed.splitlines() if line.strip().startswith(("0.0 ", "0.1 "))]
+    assert [line[:3] for line in lines] == [["0.0", "2", "0.500"], ["0.1", "3", "0.400"]]
+    assert "Inception Distance: not computed" in printed  # no weights: said, not downloaded
+    table = json.loads((tmp_path / "out" / "eval.json").read_text())["table"]
+    assert [(r["group"], r["dynamic"]) for r in table] == [("0.0", 0.5), ("0.1", pytest.approx(2 / 3))]
+    assert table[1]["identity_variation"] == pytest.approx(0.04)
+    assert Image.open(tmp_path / "out" / "eval.png").size == (1000, 300)
+
+    assert main(["eval", str(tmp_path / "out"), "--by", "colour"]) == 2  # names what can be grouped by
+    assert "--by: 'colour' is neither" in capsys.readouterr().err
+
+
+def test_eval_on_a_folder_uses_generates_json_or_scores_the_mp4_against_its_photo(tmp_path, capsys):
+    clips = tmp_path / "clips"
+    assert main(["generate", "--preset", "tiny", "--image", PHOTO, "--prompt", "a wave", "--out",
+                 str(clips / "made.mp4"), "--height", "32", "--width", "32", "--frames", "5", "--steps", "2"]) == 0
+    written = json.loads((clips / "made.json").read_text())
+    photo = load_identity_image(PHOTO)
+    write_mp4(np.stack([photo] * 9), clips / "still.mp4", fps=8)  # the identity photo itself, through H.264
+    Image.fromarray(photo).save(clips / "still.png")
+    capsys.readouterr()
+    assert main(["eval", str(clips)]) == 2  # still.mp4 has no json: it needs a face stage
+    assert "pass --ckpt CKPT or --preset tiny" in capsys.readouterr().err
+    assert main(["eval", str(clips), "--preset", "tiny", "--by", "sample_id", "--no-plot"]) == 0
+    table = {r["group"]: r for r in json.loads((clips / "eval.json").read_text())["table"]}
+    assert table["made"]["identity_average"] == written["scores"]["identity_average"]
+    assert table["still"]["identity_average"] > 0.95 and table["still"]["face_share"] == 1.0
+    assert table["still"]["dynamic"] == 0.0 and not (clips / "eval.png").exists()
+
+
+def inception_model(path) -> None:
+    """A stand-in with Inception's interface: 1x3x299x299 in, 2048 out (channel means through a fixed matrix)."""
+    weights = np.random.default_rng(0).normal(size=(3, 2048)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["features"])], "inception",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 299, 299])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2048])],
+        [numpy_helper.from_array(weights, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_inception_distance_is_zero_for_the_photo_itself_and_positive_for_another_face(tmp_path):
+    import torch
+
+    from echovideo.face import load_face_stage
+    from echovideo.inception import InceptionFeatures, inception_distance
+    from echovideo.presets.tiny import tiny_checkpoint
+
+    inception_model(tmp_path / "inception.onnx")
+    features = InceptionFeatures(tmp_path / "inception.onnx")
+    stage = load_face_stage(tiny_checkpoint() / "face_encoder", torch.device("cpu"))
+    photo, other = load_identity_image(PHOTO), load_identity_image(OTHER)
+    assert inception_distance(np.stack([photo] * 5), 8, photo, stage, features) == 0.0
+    expected = float(np.sum((features(stage.largest_face(other)[0]) - features(stage.largest_face(photo)[0])) ** 2))
+    assert expected > 0
+    assert inception_distance(np.stack([other] * 5), 8, photo, stage, features) == pytest.approx(expected)
+    assert inception_distance(np.full((5, 64, 64, 3), 128, np.uint8), 8, photo, stage, features) is None
+
+
+def test_inception_weights_that_are_not_an_inception_are_refused_clearly(tmp_path, capsys):
+    scored_job(tmp_path / "out", [(0.0, 0.5, True)])
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    assert main(["eval", str(tmp_path / "out"), "--preset", "tiny", "--inception", str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "--inception:" in err and "not a readable ONNX model" in err
