@@ -10,8 +10,13 @@
   OpenS2V-Eval does), so absolute motion differs a little from RAFT's while the rule is VBench's.
 
 Both scores are sampled on the same frames (the Dynamic Degree stride: 25 of a 49-frame 16 fps clip).
+Flow pairs are computed on a few threads (Farneback runs on one core and releases the GIL; each pair is
+independent, so the result is the same in any order).
 """
 
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -23,6 +28,8 @@ TOP_SHARE = 0.05  # VBench: the mean of the top 5% of flow magnitudes per pair
 FLOW_THRESHOLD_AT_256 = 6.0  # px at min(H, W) = 256, 8 fps
 # OpenCV's documented Farneback settings: pyramid scale, levels, window, iterations, poly_n, poly_sigma, flags.
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
+# While rank 0 scores, its replica's other ranks wait: a few of the node's cores shorten that wait.
+SCORE_THREADS = min(8, len(os.sched_getaffinity(0)))
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def pair_motion(first: np.ndarray, second: np.ndarray) -> float:
 def motion_scores(frames: np.ndarray, fps: int) -> tuple[float, bool]:
     """(mean top-5% flow over the sampled pairs, dynamic) for (F, H, W, 3) uint8 frames."""
     picked = frames[sampled_frames(len(frames), fps)]
-    pairs = [pair_motion(a, b) for a, b in zip(picked[:-1], picked[1:])]
+    pairs = _on_threads(lambda pair: pair_motion(*pair), zip(picked[:-1], picked[1:]))
     if not pairs:
         return 0.0, False
     threshold = motion_threshold(frames.shape[1], frames.shape[2], fps)
@@ -85,12 +92,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def identity_similarities(frames: np.ndarray, face_stage: FaceStage, reference: np.ndarray) -> list[float | None]:
-    """max(0, cos(reference, largest face)) per frame; None where the face stage finds no face."""
+    """max(0, cos(reference, largest face)) per frame; None where the face stage finds no face.
+
+    One frame at a time: the detectors parallelise inside (onnxruntime, OpenCV), and OpenCV's cascade
+    classifier is not safe to share between threads."""
     scores = []
     for frame in frames:
         found = face_stage.largest_face(np.ascontiguousarray(frame))
         scores.append(None if found is None else max(0.0, cosine(reference, found[1])))
     return scores
+
+
+def _on_threads(work: Callable, items: Iterable) -> list:
+    """`[work(item) for item in items]`, in order, on up to SCORE_THREADS threads."""
+    with ThreadPoolExecutor(SCORE_THREADS) as pool:
+        return list(pool.map(work, items))
 
 
 def score_clip(frames: np.ndarray, fps: int, face_stage: FaceStage | None = None,

@@ -67,3 +67,8 @@ def test_step_cache_benchmark_reports_every_threshold():
 def test_long_clips_benchmark_measures_every_rank_count():
     lines = run("long_clips.py")
     assert sum(1 for line in lines if re.match(r"\s+97\s+[12]\s", line)) == 2
+
+
+def test_quality_cost_benchmark_times_both_scores_and_finds_the_face():
+    lines = run("quality_cost.py")
+    assert "face found in 9" in lines[0] and any(line.startswith("motion (Farneback)") for line in lines)

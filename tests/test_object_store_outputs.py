@@ -104,6 +104,13 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
         assert SECRET_KEY.encode() not in read(fs, "jobs/run", name), name
     assert b"sample " in read(fs, "jobs/run", "logs/replica-0-rank-0.log")  # the ranks' logs came back
 
+    from echovideo.cli import main  # `eval` on the store: the table from the manifest, its files uploaded
+
+    assert main(["eval", object_store.uri("jobs/run"), "--by", "seed"]) == 0
+    evaluated = json.loads(read(fs, "jobs/run", "eval.json"))
+    assert sum(row["clips"] for row in evaluated["table"]) == SAMPLES
+    assert read(fs, "jobs/run", "eval.png").startswith(b"\x89PNG")
+
 
 class DroppedUploadWorker(RankWorker):
     """The store drops rank 0's first upload of the "flaky" clip (after the whole group has rendered it)."""

@@ -89,3 +89,11 @@ def test_a_quality_gate_that_cannot_work_is_refused_naming_its_key(tmp_path, qua
     with pytest.raises(EchoVideoInputError, match=message) as err:
         job(tmp_path / "rows.jsonl", tmp_path / "out", **{f"quality.{k}": v for k, v in quality.items()})
     assert err.value.field == field
+
+
+def test_flow_pairs_on_threads_give_the_sequential_result():
+    from echovideo.quality import motion_scores, pair_motion
+
+    clip = panning([1, 5, 2, 7, 3, 0, 4, 6])
+    sequential = [pair_motion(a, b) for a, b in zip(clip[:-1], clip[1:])]
+    assert motion_scores(clip, 8)[0] == round(float(np.mean(sequential)), 4)
