@@ -72,7 +72,8 @@ class JobOutputs:
     A subclass keeps the completion records (`_completion_records`, `_failure_records`, `record_*`), holds
     the output for one job (`locked`), and says where logs are written (`log_path`, `publish_logs`)."""
 
-    FOLDERS = ("videos", "posters", "identities", "state", "logs")
+    FOLDERS = ("videos", "metadata", "posters", "identities", "state", "logs")
+    RANK_FOLDERS = ("videos", "metadata", "posters", "identities")  # what rank 0 writes (and may leave temps in)
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
@@ -82,13 +83,14 @@ class JobOutputs:
         return f"videos/{safe_name(sample_id)}.mp4"
 
     def files_for(self, sample_id: str, identity_sha: str) -> dict[str, str]:
-        """Where rank 0 writes a sample's video and poster, and its identity's thumbnail (relative names)."""
-        return {"video": self.video_name(sample_id), "poster": f"posters/{safe_name(sample_id)}.jpg",
-                "thumbnail": thumbnail_name(identity_sha)}
+        """Where rank 0 writes a sample's video, its json (prompt, settings and scores: what `generate` writes
+        to OUT.json), its poster, and its identity's thumbnail (relative names)."""
+        return {"video": self.video_name(sample_id), "record": f"metadata/{safe_name(sample_id)}.json",
+                "poster": f"posters/{safe_name(sample_id)}.jpg", "thumbnail": thumbnail_name(identity_sha)}
 
     def remove_orphan_temps(self) -> int:
         """Temp files of renders that died mid-write: only names we make (nothing else matches)."""
-        return self.destination.remove_temps(("videos", "posters", "identities"))
+        return self.destination.remove_temps(self.RANK_FOLDERS)
 
     def _present_videos(self) -> set[str]:
         """File names in videos/, listed once (one listing, not a look-up per record)."""
@@ -166,7 +168,7 @@ class OutputStore(JobOutputs):
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.videos, self.posters, self.state = self.folder / "videos", self.folder / "posters", self.folder / "state"
+        self.videos, self.state = self.folder / "videos", self.folder / "state"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._refuse_links()
@@ -222,8 +224,8 @@ class OutputStore(JobOutputs):
 
     def remove_orphan_temps(self) -> int:
         """As for any output, but never through a link."""
-        orphans = [Path(e.path) for folder in (self.videos, self.posters, self.folder / "identities")
-                   for e in os.scandir(folder) if is_our_temp(e.name) and not e.is_symlink()]
+        orphans = [Path(e.path) for folder in self.RANK_FOLDERS for e in os.scandir(self.folder / folder)
+                   if is_our_temp(e.name) and not e.is_symlink()]
         for path in orphans:
             path.unlink(missing_ok=True)
         return len(orphans)

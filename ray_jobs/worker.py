@@ -6,6 +6,7 @@ be in two samples at once); only the read-only probes (`seconds_since_progress`,
 own concurrency group, so the driver can read the progress clock while `render` is busy.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -124,7 +125,9 @@ class RankWorker:
             result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed, scores=scores)
             self._progressed()
             if self.rank == 0:
-                self._deliver(result.frames, result.fps, image, files)
+                record = {"sample_id": sample_id, "prompt": prompt, "options": options,
+                          "scores": result.scores.as_dict() if result.scores else None}
+                self._deliver(result.frames, result.fps, image, files, record)
         except Exception as exc:
             failure = classify(exc)
             self.log.error("sample %s: failed (%s): %s: %s", sample_id, failure.kind.value, type(exc).__name__, exc,
@@ -142,12 +145,14 @@ class RankWorker:
         return {"seconds": seconds, "frames": int(result.frames.shape[0]),
                 "scores": result.scores.as_dict() if result.scores else None}
 
-    def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str]) -> None:
-        """The clip, checked before anyone can see it (it decodes, every frame is there), then its poster and
-        the identity's thumbnail: each in place whole under its name in the output, or not at all."""
+    def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str], record: dict) -> None:
+        """The clip, checked before anyone can see it (it decodes, every frame is there), then its json,
+        poster and the identity's thumbnail: each in place whole under its name in the output, or not at all."""
         with self.destination.output(files["video"], ".mp4") as local:
             write_mp4(frames, local, fps=fps)
             check_mp4(local, len(frames))
+        with self.destination.output(files["record"], ".json") as local:
+            local.write_text(json.dumps({"video": Path(files["video"]).name, **record}, indent=1))
         with self.destination.output(files["poster"], ".jpg") as local:
             _save_jpeg(frames[len(frames) // 2], local)
         if not self.destination.exists(files["thumbnail"]):  # once per photo: it is named by the photo's hash

@@ -95,6 +95,7 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
     assert set(LAYOUT) <= set(stored), set(LAYOUT) - set(stored)
     assert sorted(k for k in stored if k.startswith("videos/")) == sorted(r["path"] for r in rows)
     assert len([k for k in stored if k.startswith("posters/")]) == SAMPLES
+    assert len([k for k in stored if k.startswith("metadata/")]) == SAMPLES
     assert len([k for k in stored if k.startswith("state/done/")]) == SAMPLES
     assert not [k for k in stored if "echovideo-tmp" in k] and "state/job.lock" not in stored
     for row in rows:
@@ -117,11 +118,11 @@ class DroppedUploadWorker(RankWorker):
 
     marker = ""
 
-    def _deliver(self, frames, fps, image, files) -> None:
+    def _deliver(self, frames, fps, image, files, record) -> None:
         if "flaky" in files["video"] and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             raise UploadError(f"cannot upload {files['video']} to s3://echovideo/dropped: connection reset")
-        super()._deliver(frames, fps, image, files)
+        super()._deliver(frames, fps, image, files, record)
 
 
 def test_an_upload_the_store_drops_is_retried_on_the_same_replica(local_ray, face_path, tmp_path, object_store):

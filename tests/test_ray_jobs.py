@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -60,6 +61,8 @@ def test_job_renders_each_sample_once_bad_rows_fail_alone_and_resume_skips_done(
         scores = json.loads(row["scores"])
         assert row["motion"] == scores["motion"] >= 0 and row["face_share"] == scores["face_share"]
         assert len(scores["similarities"]) == scores["frames_scored"] == len(range(0, FRAMES, 2))
+        clip = json.loads((out / "metadata" / f"{row['sample_id']}.json").read_text())  # the clip's own json
+        assert (clip["scores"], clip["prompt"], clip["video"]) == (scores, row["prompt"], Path(row["path"]).name)
     assert json.loads((out / "summary.json").read_text())["ok"] == 3
 
     # Per-replica logs: each rank records its samples; the no-face sample failed on the replica that took it.
