@@ -61,7 +61,7 @@ class SleepWorker(RankWorker):
     def setup(self, *args) -> None:
         time.sleep(self.load_s)
 
-    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict) -> dict:
+    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict, scores: bool = True) -> dict:
         seconds = cost_of(sample_id, self.mean_s)
         time.sleep(seconds)
         if files:

@@ -1,5 +1,6 @@
 """`torchrun -m echovideo generate --ulysses 2`: rank 0 alone writes the mp4; latents equal one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +33,10 @@ def test_torchrun_generate_equals_one_process(tiny_root, face_path, tmp_path):
     assert float((got - expected).norm() / expected.norm()) <= 1e-4
     with av.open(str(parallel / "clip.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 9
-    assert sorted(p.name for p in parallel.iterdir()) == ["clip.mp4", "latents.safetensors"]
+    assert sorted(p.name for p in parallel.iterdir()) == ["clip.json", "clip.mp4", "latents.safetensors"]
+    scores = [json.loads((folder / "clip.json").read_text())["scores"] for folder in (single, parallel)]
+    assert scores[0]["frames_scored"] == scores[1]["frames_scored"] and scores[0]["face_share"] == scores[1]["face_share"]
+    assert abs(scores[0]["motion"] - scores[1]["motion"]) <= 0.05 * max(scores[0]["motion"], 0.1)
 
 
 def test_parallel_flags_without_torchrun_say_how_to_launch(tiny_root, face_path, tmp_path):
