@@ -156,7 +156,8 @@ def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
         for name in sorted(groups, key=_natural):
             values = [c["scores"][column] for c in groups[name] if c["scores"] and c["scores"].get(column) is not None]
             if values:
-                axis.hist(values, bins=20, alpha=0.5, label=f"{by}={name}" if by else name)
+                bounded = {"range": (0, 1)} if column != "motion" else {}  # identity and face share are shares
+                axis.hist(values, bins=20, alpha=0.5, label=f"{by}={name}" if by else name, **bounded)
         axis.set_title(COLUMNS[column][0], fontsize=10)
     axes[0].legend(fontsize=8)
     figure.tight_layout()

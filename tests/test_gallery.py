@@ -24,7 +24,7 @@ def records(count: int) -> list[dict]:
     """Cross mode: every prompt with each of five identities; identity score i/count, face share, motion."""
     return [{"sample_id": f"{i:024x}", "prompt": f"prompt {i // IDENTITIES:05d}: a person waves",
              "identity": f"faces/person-{i % IDENTITIES}.jpg", "identity_sha": f"{i % IDENTITIES:064x}",
-             "seed": i, "path": f"videos/{i:024x}.mp4",
+             "seed": 2**63 - 1 - i, "path": f"videos/{i:024x}.mp4",  # seeds past JavaScript's 2**53
              "scores": {"identity_average": round(i / count, 6), "identity_variation": 0.01,
                         "face_share": (i % 4) / 3, "motion": float(i % 7), "dynamic": i % 7 > 3}}
             for i in range(count)]
@@ -67,6 +67,7 @@ def test_cards_show_posters_thumbnails_and_scores_and_sections_split_rejected_an
     assert f'src="identities/{done[5]["identity_sha"]}.jpg"' in dom
     assert identity_scores(dom) == [round(i / 12, 3) for i in range(12)]
     assert "face <span class=\"fs\">100%</span>" in dom and "(dynamic)" in dom
+    assert f"seed {2**63 - 1 - 5}" in dom  # exactly, not rounded to a double
 
     rejected_dom = show(tmp_path, {"section": "rejected"})
     assert len(card_ids(rejected_dom)) == 0 and rejected_dom.count("<figure") == 2
