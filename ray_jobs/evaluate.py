@@ -190,13 +190,16 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
              references: str | None, plot: bool) -> dict:
     """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
     source = Destination(output)
-    if source.exists("manifest.parquet"):
-        clips = manifest_clips(output)
-    elif not source.remote and Path(source.root).is_dir():
+    try:
+        clips = manifest_clips(output) if source.exists("manifest.parquet") else None
+    except (OSError, ValueError) as exc:  # unreachable store, bad credentials, a manifest that is not parquet
+        raise EchoVideoInputError("OUTPUT", f"cannot read {source.name} ({redact(str(exc))[:200]})",
+                                  "check the path or URI and its credentials") from None
+    if clips is None:
+        if source.remote or not Path(source.root).is_dir():
+            raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
+                                      "pass a job's output (run the job first) or a folder of mp4s")
         clips = folder_clips(Path(source.root), stage, Path(references) if references else None)
-    else:
-        raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
-                                  "pass a job's output (run the job first) or a folder of mp4s")
     notes = []
     if inception is None:
         notes.append("Inception Distance: not computed (no weights are downloaded; pass --inception MODEL.onnx)")

@@ -104,3 +104,9 @@ def test_inception_weights_that_are_not_an_inception_are_refused_clearly(tmp_pat
     assert main(["eval", str(tmp_path / "out"), "--preset", "tiny", "--inception", str(tmp_path / "bad.onnx")]) == 2
     err = capsys.readouterr().err
     assert "--inception:" in err and "not a readable ONNX model" in err
+
+
+def test_eval_of_a_store_it_cannot_reach_is_one_clear_line_without_credentials(capsys):
+    assert main(["eval", "s3://KEY:SECRET@bucket/out?endpoint_override=127.0.0.1:9&scheme=http"]) == 2
+    err = capsys.readouterr().err
+    assert "OUTPUT: cannot read s3://bucket/out" in err and "SECRET" not in err and "Traceback" not in err
