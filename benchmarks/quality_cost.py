@@ -20,7 +20,7 @@ import torch
 from echovideo.face import load_face_stage
 from echovideo.images import load_identity_image
 from echovideo.presets.tiny import tiny_checkpoint
-from echovideo.quality import identity_similarities, motion_scores, sampled_frames
+from echovideo.quality import frame_stride, identity_similarities, motion_scores
 from echovideo.video_io import write_mp4
 
 PHOTO = Path(__file__).resolve().parents[1] / "echovideo" / "assets" / "astronaut.jpg"
@@ -67,7 +67,7 @@ def main() -> None:
     stage = load_face_stage(root / "face_encoder", torch.device(args.device))
     clip = moving_portrait(args.frames, args.height, args.width)
     reference = stage.analyze(load_identity_image(PHOTO)).embedding
-    picked = clip[sampled_frames(len(clip), args.fps)]
+    picked = clip[::frame_stride(args.fps)]
     with tempfile.TemporaryDirectory() as folder:
         encode = best_of(args.repeats, lambda: write_mp4(clip, Path(folder) / "clip.mp4", fps=args.fps))
     motion = best_of(args.repeats, lambda: motion_scores(clip, args.fps))

@@ -15,7 +15,7 @@ import numpy as np
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
-from echovideo.quality import sampled_frames
+from echovideo.quality import frame_stride
 
 INCEPTION_SIDE, FEATURE_WIDTH = 299, 2048
 
@@ -54,8 +54,8 @@ def inception_distance(frames: np.ndarray, fps: int, photo: np.ndarray, face_sta
         return None
     anchor = features(reference[0])
     distances = []
-    for index in sampled_frames(len(frames), fps):
-        found = face_stage.largest_face(np.ascontiguousarray(frames[index]))
+    for frame in frames[::frame_stride(fps)]:
+        found = face_stage.largest_face(np.ascontiguousarray(frame))
         if found is not None:
             distances.append(float(np.sum((features(found[0]) - anchor) ** 2)))
     return float(np.mean(distances)) if distances else None

@@ -15,7 +15,6 @@ independent, so the result is the same in any order).
 """
 
 import os
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -57,9 +56,9 @@ def describe_scores(scores: dict) -> str:
             f"{100 * scores['face_share']:.0f}% of frames, {motion}")
 
 
-def sampled_frames(count: int, fps: int) -> list[int]:
+def frame_stride(fps: int) -> int:
     """VBench's frame sampling for Dynamic Degree: every max(1, round(fps/8))-th frame from the first."""
-    return list(range(0, count, max(1, round(fps / 8))))
+    return max(1, round(fps / 8))
 
 
 def motion_threshold(height: int, width: int, fps: int) -> float:
@@ -78,8 +77,9 @@ def pair_motion(first: np.ndarray, second: np.ndarray) -> float:
 
 def motion_scores(frames: np.ndarray, fps: int) -> tuple[float, bool]:
     """(mean top-5% flow over the sampled pairs, dynamic) for (F, H, W, 3) uint8 frames."""
-    picked = frames[sampled_frames(len(frames), fps)]
-    pairs = _on_threads(lambda pair: pair_motion(*pair), zip(picked[:-1], picked[1:]))
+    picked = frames[::frame_stride(fps)]  # a view: no copy of the clip
+    with ThreadPoolExecutor(SCORE_THREADS) as pool:
+        pairs = list(pool.map(pair_motion, picked[:-1], picked[1:]))
     if not pairs:
         return 0.0, False
     threshold = motion_threshold(frames.shape[1], frames.shape[2], fps)
@@ -103,17 +103,11 @@ def identity_similarities(frames: np.ndarray, face_stage: FaceStage, reference: 
     return scores
 
 
-def _on_threads(work: Callable, items: Iterable) -> list:
-    """`[work(item) for item in items]`, in order, on up to SCORE_THREADS threads."""
-    with ThreadPoolExecutor(SCORE_THREADS) as pool:
-        return list(pool.map(work, items))
-
-
 def score_clip(frames: np.ndarray, fps: int, face_stage: FaceStage | None = None,
                reference: np.ndarray | None = None) -> ClipScores:
     """Every score of one clip. `reference`: the identity photo's raw embedding from `face_stage`."""
     motion, dynamic = motion_scores(frames, fps)
-    picked = frames[sampled_frames(len(frames), fps)]
+    picked = frames[::frame_stride(fps)]
     if face_stage is None or reference is None:
         return ClipScores(None, None, None, motion, dynamic, len(picked))
     found = identity_similarities(picked, face_stage, reference)

@@ -10,7 +10,7 @@ import torch
 from echovideo.face import load_face_stage
 from echovideo.images import load_identity_image
 from echovideo.presets.tiny import tiny_checkpoint
-from echovideo.quality import motion_threshold, sampled_frames, score_clip
+from echovideo.quality import frame_stride, motion_threshold, score_clip
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 
@@ -35,11 +35,11 @@ def panning(steps_px: list[int], height: int = 64, width: int = 96) -> np.ndarra
 
 
 def test_vbench_sampling_and_threshold_for_echovideo_output():
-    picked = sampled_frames(49, 16)  # every round(16/8) = 2nd frame
+    picked = list(range(49))[::frame_stride(16)]  # every round(16/8) = 2nd frame
     assert picked == list(range(0, 49, 2)) and len(picked) == 25
     assert motion_threshold(480, 848, 16) == pytest.approx(11.25)
     assert motion_threshold(480, 848, 4) == pytest.approx(22.5)  # below 8 fps the threshold grows by 8/fps
-    assert sampled_frames(10, 8) == list(range(10)) and sampled_frames(10, 30) == [0, 4, 8]
+    assert frame_stride(8) == 1 and frame_stride(30) == 4 and frame_stride(4) == 1
 
 
 def test_a_clip_of_the_identity_photo_scores_one_with_no_variation_and_every_face_found(stage_and_reference):
