@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
@@ -23,6 +22,7 @@ from echovideo.quality import score_clip
 from echovideo.video_io import read_mp4
 from ray_jobs.destination import Destination
 from ray_jobs.identities import read_identity
+from ray_jobs.outputs import read_manifest
 from ray_jobs.redact import redact
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -35,19 +35,6 @@ COLUMNS = {
     "motion": ("Motion (px)", "mean"),
     "inception_distance": ("Inception Distance", "mean"),
 }
-
-
-def manifest_clips(output: str) -> list[dict]:
-    """Every finished clip of a job (ok and rejected: `eval` measures the model, not the filtered set)."""
-    source = Destination(output)
-    with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
-        rows = pq.read_table(handle).to_pylist()
-    clips = []
-    for row in rows:
-        if row["status"] in ("ok", "rejected"):
-            clips.append({**row, "options": json.loads(row["options"] or "{}"),
-                          "scores": json.loads(row["scores"]) if row.get("scores") else None})
-    return clips
 
 
 def folder_clips(folder: Path, stage: Callable[[], FaceStage] | None, references: Path | None) -> list[dict]:
@@ -100,18 +87,27 @@ def check_grouping(clips: list[dict], by: str | None) -> None:
                               f"use one of {columns + settings}")
 
 
-def summarise(clips: list[dict], by: str | None) -> list[dict]:
-    """One row per group: clip count and each column over the clips that have it (sorted by group)."""
-    check_grouping(clips, by)
+def grouped(clips: list[dict], by: str | None) -> dict[str, list[dict]]:
+    """Clips by group, the groups in natural order."""
     groups: dict[str, list[dict]] = {}
     for clip in clips:
         groups.setdefault(group_of(clip, by), []).append(clip)
+    return {name: groups[name] for name in sorted(groups, key=_natural)}
+
+
+def scored(clips: list[dict], column: str) -> list:
+    """The column's value of every clip that has it."""
+    return [c["scores"][column] for c in clips if c["scores"] and c["scores"].get(column) is not None]
+
+
+def summarise(clips: list[dict], by: str | None) -> list[dict]:
+    """One row per group: clip count and each column over the clips that have it (sorted by group)."""
+    check_grouping(clips, by)
     table = []
-    for name in sorted(groups, key=_natural):
-        members = groups[name]
+    for name, members in grouped(clips, by).items():
         row = {"group": name, "clips": len(members)}
         for column, (_, how) in COLUMNS.items():
-            values = [c["scores"][column] for c in members if c["scores"] and c["scores"].get(column) is not None]
+            values = scored(members, column)
             if not values:
                 continue
             row[column] = (sum(map(bool, values)) / len(values)) if how == "share" else statistics.fmean(values)
@@ -148,13 +144,10 @@ def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
         raise EchoVideoInputError("--plot", "matplotlib is not installed",
                                   "pip install 'echovideo[eval]', or pass --no-plot") from None
     figure, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=100)
-    groups: dict[str, list[dict]] = {}
-    for clip in clips:
-        groups.setdefault(group_of(clip, by), []).append(clip)
+    groups = grouped(clips, by)
     for axis, column in zip(axes, ("identity_average", "face_share", "motion")):
-        for name in sorted(groups, key=_natural):
-            values = [c["scores"][column] for c in groups[name] if c["scores"] and c["scores"].get(column) is not None]
-            if values:
+        for name, members in groups.items():
+            if values := scored(members, column):
                 bounded = {"range": (0, 1)} if column != "motion" else {}  # identity and face share are shares
                 axis.hist(values, bins=20, alpha=0.5, label=f"{by}={name}" if by else name, **bounded)
         axis.set_title(COLUMNS[column][0], fontsize=10)
@@ -190,14 +183,16 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
     source = Destination(output)
     try:
-        clips = manifest_clips(output) if source.exists("manifest.parquet") else None
-    except (OSError, ValueError) as exc:  # unreachable store, bad credentials, a manifest that is not parquet
+        has_manifest = source.exists("manifest.parquet")
+    except OSError as exc:  # unreachable store, bad credentials
         raise EchoVideoInputError("OUTPUT", f"cannot read {source.name} ({redact(str(exc))[:200]})",
                                   "check the path or URI and its credentials") from None
-    if clips is None:
-        if source.remote or not Path(source.root).is_dir():
-            raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
-                                      "pass a job's output (run the job first) or a folder of mp4s")
+    if has_manifest:  # every finished clip, rejected ones too: `eval` measures the model, not the filtered set
+        clips = read_manifest(output, ("ok", "rejected"))
+    elif source.remote or not Path(source.root).is_dir():
+        raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
+                                  "pass a job's output (run the job first) or a folder of mp4s")
+    else:
         clips = folder_clips(Path(source.root), stage, Path(references) if references else None)
     notes = []
     if inception is None:
@@ -210,15 +205,12 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
         if missed:
             notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
     table = summarise(clips, by)
-    written = [_put_json(source, {"by": by, "table": table, "clips": len(clips)})]
+    with source.output("eval.json", ".json") as local:
+        local.write_text(json.dumps({"by": by, "table": table, "clips": len(clips)}, indent=1))
+    written = ["eval.json"]
     if plot:
         with source.output("eval.png", ".png") as local:
             write_plot(clips, by, local)
-        written.append(source.path("eval.png") if not source.remote else f"{source.name}/eval.png")
-    return {"table": table, "text": format_table(table, by), "written": written, "notes": notes}
-
-
-def _put_json(destination: Destination, data: dict) -> str:
-    with destination.output("eval.json", ".json") as local:
-        local.write_text(json.dumps(data, indent=1))
-    return destination.path("eval.json") if not destination.remote else f"{destination.name}/eval.json"
+        written.append("eval.png")
+    shown = [f"{source.name}/{name}" if source.remote else source.path(name) for name in written]
+    return {"table": table, "text": format_table(table, by), "written": shown, "notes": notes}

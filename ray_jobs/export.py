@@ -16,12 +16,11 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pfs
-import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.destination import Destination
+from ray_jobs.outputs import read_manifest
 from ray_jobs.quality_gate import SCORE_COLUMNS
-from ray_jobs.redact import redact
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -30,18 +29,7 @@ KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 def finished_clips(output: str) -> list[dict]:
     """The manifest's finished clips that passed the quality gate (`rejected` ones stay out), sorted by sample
     id (what makes shard membership deterministic)."""
-    source = Destination(output)
-    try:
-        with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
-            rows = pq.read_table(handle).to_pylist()
-    except (OSError, ValueError) as exc:
-        raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
-                                  "pass a job's output folder (run the job first)") from None
-    clips = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["sample_id"])
-    for clip in clips:
-        for column in ("options", "scores"):
-            clip[column] = json.loads(clip[column]) if isinstance(clip.get(column), str) else clip.get(column)
-    return clips
+    return sorted(read_manifest(output, ("ok",)), key=lambda r: r["sample_id"])
 
 
 def sample_key(sample_id: str) -> str:

@@ -304,5 +304,21 @@ def manifest_table(rows: list[dict]) -> pa.Table:
     return pa.table({c: [value(r, c) for r in rows] for c in MANIFEST_TYPES}, schema=pa.schema(MANIFEST_TYPES.items()))
 
 
+def read_manifest(output: str, statuses: tuple[str, ...]) -> list[dict]:
+    """The manifest's rows with these statuses, their `options` and `scores` parsed back from JSON."""
+    source = Destination(output)
+    try:
+        with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
+            rows = pq.read_table(handle).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
+                                  "pass a job's output folder (run the job first)") from None
+    clips = [row for row in rows if row["status"] in statuses]
+    for clip in clips:
+        for column in ("options", "scores"):
+            clip[column] = json.loads(clip[column]) if isinstance(clip.get(column), str) else clip.get(column)
+    return clips
+
+
 def _cell(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value

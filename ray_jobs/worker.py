@@ -124,9 +124,9 @@ class RankWorker:
         try:
             result = self.pipe(prompt, image, GenerationOptions(**options), on_step=self._progressed, scores=scores)
             self._progressed()
+            clip_scores = result.scores.as_dict() if result.scores else None
             if self.rank == 0:
-                record = {"sample_id": sample_id, "prompt": prompt, "options": options,
-                          "scores": result.scores.as_dict() if result.scores else None}
+                record = {"sample_id": sample_id, "prompt": prompt, "options": options, "scores": clip_scores}
                 self._deliver(result.frames, result.fps, image, files, record)
         except Exception as exc:
             failure = classify(exc)
@@ -143,7 +143,7 @@ class RankWorker:
         if self.rank != 0:
             return {}
         return {"seconds": seconds, "frames": int(result.frames.shape[0]),
-                "scores": result.scores.as_dict() if result.scores else None}
+                "scores": clip_scores}
 
     def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str], record: dict) -> None:
         """The clip, checked before anyone can see it (it decodes, every frame is there), then its json,
