@@ -48,9 +48,10 @@ class DeliveringWorker(RankWorker):
     def setup(self, *args) -> None:
         pass
 
-    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict) -> dict:
+    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict, scores: bool = True,
+               about: dict | None = None) -> dict:
         started = time.monotonic()
-        self._deliver(self.frames, 8, image, files)
+        self._deliver(self.frames, 8, image, files, {"sample_id": sample_id, **(about or {})})
         return {"seconds": time.monotonic() - started, "frames": len(self.frames)}
 
 

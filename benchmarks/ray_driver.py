@@ -61,7 +61,8 @@ class SleepWorker(RankWorker):
     def setup(self, *args) -> None:
         time.sleep(self.load_s)
 
-    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict, scores: bool = True) -> dict:
+    def render(self, sample_id: str, prompt: str, image, options: dict, files: dict, scores: bool = True,
+               about: dict | None = None) -> dict:
         seconds = cost_of(sample_id, self.mean_s)
         time.sleep(seconds)
         if files:

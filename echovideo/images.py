@@ -71,6 +71,19 @@ def check_identity_header(data: bytes, name: str, field: str = "identity") -> tu
     return width, height
 
 
+SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
+
+
+def image_suffix(data: bytes) -> str:
+    """The file suffix of a photo's own format, from its header (".jpg" for a phone's JPEG or MPO); ".img"
+    for a format without a usual one. The bytes are kept as given, so the suffix must say what they are."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return SUFFIXES.get(image.format or "", f".{(image.format or 'img').lower()}")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return ".img"
+
+
 def decode_identity_image(source: Path | bytes, name: str, field: str = "--image") -> np.ndarray:
     """`load_identity_image` for a path or the encoded bytes of a photo (a dataset column); `name` is for errors."""
     with _opened(source, name, field) as image:

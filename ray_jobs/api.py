@@ -25,7 +25,8 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
                    address: str | None = None, progress: bool = True) -> "ray.data.Dataset":
     """Every row of `rows` (columns as in a dataset table: prompt, identity or image, optional sample_id and
     per-row settings) rendered by the job's model and layout; the job file's own dataset paths are not read.
-    Rows stream through the driver (`iter_rows`): a lazy dataset of any size is never materialised."""
+    The Dataset is executed once (materialised in Ray's object store, up to the job's `limit` rows), so its
+    UDFs run once per row whatever the driver asks of it."""
     raw = dict(job) if isinstance(job, dict) else read_yaml_file(job, "job", "configs/jobs/demo.yaml")
     for assignment in overrides:
         apply_override(raw, assignment)
@@ -34,7 +35,7 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
         raise EchoVideoInputError("dataset.mode", "a Ray Dataset is rendered row by row", "use mode: rows")
     dataset.update(prompts=IN_PROCESS, identities=None)
     spec = parse_job({**raw, "dataset": dataset}, str(job) if not isinstance(job, dict) else "python")
-    spec.rows = RayDataTable(rows)
+    spec.rows = RayDataTable(rows, limit=spec.dataset["limit"])
     run_job(spec, address, progress)
     outputs = Destination(spec.output)
     return ray.data.read_parquet(outputs.path("manifest.parquet"), filesystem=outputs.fs)

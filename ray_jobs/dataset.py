@@ -7,7 +7,6 @@ bytes only while it is queued or in flight.
 import hashlib
 import json
 import math
-import os
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -22,7 +21,8 @@ from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
 from echovideo.locations import is_uri, public_name
 from echovideo.sampling import OFF_BY_DEFAULT, GenerationOptions
-from ray_jobs.identities import read_identity
+from ray_jobs.failures import Kind
+from ray_jobs.identities import IdentityUnavailable, identity_version, read_identity
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
 from ray_jobs.tables import BATCH_ROWS, Row, Table, open_table
@@ -34,19 +34,23 @@ ID_COLUMNS = ("prompt", "identity", "image", "sample_id")
 
 @dataclass
 class Sample:
-    """One requested clip. `error` set means the row was rejected before rendering (it fails alone)."""
+    """One requested clip. `error` set means the row was rejected before rendering (it fails alone, as
+    `error_kind`: bad input settles the row, an unavailable photo is tried again by a rerun)."""
 
     sample_id: str
     prompt: str
-    identity: str  # the reference as given (path, URI without credentials) or "<bytes sha256>"
+    identity: str  # the reference as given, by its public name (no credentials, no query), or "<bytes sha256>"
     options: dict = field(default_factory=dict)
     image: bytes | None = None
     error: str | None = None
+    error_kind: str = Kind.INPUT.value
     attempts: int = 0
-    row_key: str | None = None  # the row as given (see `row_key`): how a rerun knows it without reading the photo
-    identity_sha: str | None = None  # the photo's content hash: its gallery thumbnail's name
+    row_key: str | None = None  # the request by its photo's reference and version: `request_key`
+    content_key: str | None = None  # the request by its photo's content: `request_key`; its prefix is a content id
+    identity_sha: str | None = None  # the photo's content hash: its file's and thumbnail's name in the output
     where: str = ""  # the row's place in the dataset ("prompts.jsonl line 7")
     duplicate: bool = False  # a repeat of an earlier row (same id, same content): counted, never rendered
+    settled: bool = False  # known from the journal by its row key: counted as done, never rendered
 
 
 class IdentityReader:
@@ -54,11 +58,13 @@ class IdentityReader:
 
     Each new photo's header is checked here (format, size, structure; no pixel decoded), so an unreadable,
     empty or oversized photo fails its rows in the driver instead of occupying a replica, at a cost the
-    driver can afford for any photo.
+    driver can afford for any photo. The filesystem's word on each reference (`identity_version`) is
+    memoised the same way: a rerun asks it once per distinct photo, not once per row.
     """
 
     def __init__(self, capacity: int = 64) -> None:
         self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.versions: OrderedDict[str, object] = OrderedDict()
         self.capacity = capacity
 
     def get(self, value) -> tuple[bytes, str, str]:
@@ -68,18 +74,39 @@ class IdentityReader:
             key = hashlib.sha256(data).hexdigest()
             name = f"<bytes {key[:12]}>"
         elif isinstance(value, str) and value.strip():
-            data, key, name = None, value, redact(value)
+            data, key, name = None, value, shown_reference(value)
         else:
             raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
         if key not in self.cache:
             if data is None:
                 data = read_identity(value, name)
             check_identity_header(data, name, "identity")
-            self.cache[key] = (data, hashlib.sha256(data).hexdigest())
-            if len(self.cache) > self.capacity:
-                self.cache.popitem(last=False)
+            _remember(self.cache, key, (data, hashlib.sha256(data).hexdigest()), self.capacity)
         self.cache.move_to_end(key)
         return (*self.cache[key], name)
+
+    def reference(self, value) -> dict:
+        """The photo as a reference: its public name and what its filesystem says of it now (a photo given as
+        bytes is its content). Cheap: no photo is read."""
+        if isinstance(value, (bytes, bytearray)):
+            return {"bytes": hashlib.sha256(value).hexdigest()}
+        if not isinstance(value, str) or not value.strip():
+            return {"value": repr(value)}
+        if value not in self.versions:
+            _remember(self.versions, value, identity_version(value, shown_reference(value)), self.capacity)
+        return {"reference": shown_reference(value), "version": self.versions[value]}
+
+
+def _remember(cache: OrderedDict, key, value, capacity: int) -> None:
+    cache[key] = value
+    if len(cache) > capacity:
+        cache.popitem(last=False)
+
+
+def shown_reference(value: str) -> str:
+    """How outputs name a photo reference: a URI by its public name (credentials and query such as
+    `?endpoint_override=` dropped), a path as given."""
+    return public_name(value) if is_uri(value) else value
 
 
 def tables(spec: JobSpec) -> tuple[Table, Table | None]:
@@ -120,17 +147,27 @@ def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object, str]]:
             yield p.values, identity_of(i), f"{p.where}, {i.where}"
 
 
-def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> str:
-    """Deterministic from the content: the same request is the same file, whatever the row order or rank.
+def request_key(description: dict, identity) -> str:
+    """THE identity of a request: one hash over what the request asks for (`description`: prompt, generation
+    settings, `id_basis`) and its photo. Given the photo's content hash it names the clip (the sample id
+    is its first 24 characters); given the photo's reference and version it is the resume key a rerun
+    matches without reading the photo. Both come from here, so they change together."""
+    payload = json.dumps({**description, "identity": identity}, sort_keys=True, ensure_ascii=True,
+                         default=_digest_or_repr)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
-    `basis` is everything outside the row that changes the pixels (`id_basis`); `options` holds the row's
-    generation settings (and its seed only when the row sets one); options still off (`OFF_BY_DEFAULT`) are
-    left out, so ids made before those options existed stay the same.
-    """
+
+def describe_request(prompt: str, options: dict, basis: dict) -> dict:
+    """What changes the pixels besides the photo. `basis` is everything outside the row (`id_basis`);
+    `options` holds the effective generation settings (and the seed only when the row sets one); options
+    still off (`OFF_BY_DEFAULT`) are left out, so ids made before those options existed stay the same."""
     options = {k: v for k, v in options.items() if k not in OFF_BY_DEFAULT or v != OFF_BY_DEFAULT[k]}
-    payload = json.dumps({"prompt": prompt, "identity": identity_hash, "options": options, **basis},
-                         sort_keys=True, ensure_ascii=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return {"prompt": prompt, "options": options, **basis}
+
+
+def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> str:
+    """Deterministic from the content: the same request is the same file, whatever the row order or rank."""
+    return request_key(describe_request(prompt, options, basis), identity_hash)[:24]
 
 
 def derived_seed(job_seed: int, sid: str) -> int:
@@ -154,22 +191,6 @@ def id_basis(spec: JobSpec, accelerator: str) -> dict:
             "dtype": str(dtype).removeprefix("torch."), "job_seed": spec.job["seed"]}
 
 
-def row_key(row: dict, identity_value, basis: dict) -> str:
-    """The row as given, cheaply: its columns, the identity reference (for a local file also its size and
-    modification time, one stat) and the id basis. Reading the photo is what resume must not do per row;
-    a photo replaced under the same URI is not noticed (give it a new name to render it again)."""
-    stat = None
-    if isinstance(identity_value, str) and "://" not in identity_value:
-        try:
-            info = os.stat(identity_value)
-            stat = [info.st_size, info.st_mtime_ns]
-        except OSError:
-            stat = None
-    payload = json.dumps({"row": row, "identity": identity_value, "stat": stat, **basis}, sort_keys=True,
-                         default=_digest_or_repr)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
 def _digest_or_repr(value) -> str:
     if isinstance(value, (bytes, bytearray)):
         return hashlib.sha256(value).hexdigest()
@@ -183,8 +204,12 @@ def _prompt_text(value) -> str:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
             raise EchoVideoInputError("prompt", "is not UTF-8 text", "re-encode the prompt column as UTF-8") from None
+    if value is None:
+        raise EchoVideoInputError("prompt", "is empty (null)", "write what the person does")
     if not isinstance(value, str) or not value.strip():
         raise EchoVideoInputError("prompt", f"{value!r} is empty or not text", "write what the person does")
+    if "\x00" in value:
+        raise EchoVideoInputError("prompt", "holds a NUL character", "remove it from the prompt")
     return unicodedata.normalize("NFC", value)
 
 
@@ -224,13 +249,22 @@ def row_settings(row: dict) -> dict:
     return settings
 
 
-def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReader, basis: dict,
-                 where: str = "") -> Sample:
-    """A renderable sample, or one carrying the row's error (it then fails alone, with that reason and place)."""
+@dataclass
+class Request:
+    """A row as what it asks for, before its photo is read: `description` (`describe_request`, or the row's
+    raw cells when it does not parse: `error` then says why) and the effective settings."""
+
+    description: dict
+    options: dict
+    given_id: str | None
+    error: EchoVideoInputError | None = None
+
+
+def parse_request(spec: JobSpec, row: dict, basis: dict) -> Request:
+    """The request a row makes, through the job's column mapping; a row error is kept, not raised."""
     columns = spec.columns()
     given_value = row.get(columns["sample_id"])
     given = _usable_id(given_value)
-    fallback_id = given or hashlib.sha256(repr(sorted(row.items(), key=str)).encode()).hexdigest()[:24]
     try:
         prompt = _prompt_text(row.get(columns["prompt"]))
         if given_value is not None and given is None:
@@ -240,17 +274,36 @@ def build_sample(spec: JobSpec, row: dict, identity_value, reader: IdentityReade
         options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
         seed_override = {"seed": overrides["seed"]} if "seed" in overrides else {}
         GenerationOptions(**options, **seed_override).validate()
-        data, digest, name = reader.get(identity_value)
-        row_basis = {k: v for k, v in basis.items() if not (seed_override and k == "job_seed")}
-        sid = given or sample_id(prompt, digest, {**options, **seed_override}, row_basis)
-        seed = overrides.get("seed", derived_seed(spec.job["seed"], sid))
-        return Sample(sid, prompt, name, {**options, "seed": seed}, image=data, identity_sha=digest, where=where)
-    except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
-        prompt = row.get(columns["prompt"])
-        shown = redact(identity_value)[:300] if isinstance(identity_value, str) else "<bytes>"
+    except EchoVideoInputError as exc:
+        cells = {role: row.get(columns[role]) for role in ("prompt", "sample_id")}
         given_settings = {k: row[k] for k in OVERRIDABLE if not _missing(row.get(k))}
+        return Request({"row": {**cells, **given_settings}, "generation": spec.generation, **basis},
+                       given_settings, given, exc)
+    row_basis = {k: v for k, v in basis.items() if not (seed_override and k == "job_seed")}
+    return Request(describe_request(prompt, {**options, **seed_override}, row_basis),
+                   {**options, **seed_override}, given)
+
+
+def build_sample(spec: JobSpec, request: Request, identity_value, reader: IdentityReader, row_key: str,
+                 where: str = "") -> Sample:
+    """A renderable sample (its photo read here), or one carrying the row's error: it then fails alone, with
+    that reason and place, under an id from its row key (two bad rows never share one)."""
+    try:
+        if request.error is not None:
+            raise request.error
+        data, digest, name = reader.get(identity_value)
+    except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
+        prompt = request.description.get("prompt", request.description.get("row", {}).get("prompt"))
+        shown = redact(shown_reference(identity_value))[:300] if isinstance(identity_value, str) else "<bytes>"
+        kind = (Kind.UNAVAILABLE if isinstance(exc, IdentityUnavailable) else Kind.INPUT).value
         reason = f"{where}: {exc}" if where else str(exc)
-        return Sample(fallback_id, redact(str(prompt))[:200], shown, given_settings, error=redact(reason), where=where)
+        return Sample(request.given_id or row_key[:24], redact(prompt)[:200] if isinstance(prompt, str) else "",
+                      shown, request.options, error=redact(reason), error_kind=kind, row_key=row_key, where=where)
+    content_key = request_key(request.description, digest)
+    sid = request.given_id or content_key[:24]
+    seed = request.options.get("seed", derived_seed(spec.job["seed"], sid))
+    return Sample(sid, request.description["prompt"], name, {**request.options, "seed": seed}, image=data,
+                  row_key=row_key, content_key=content_key, identity_sha=digest, where=where)
 
 
 def unused_columns(spec: JobSpec) -> list[str]:
@@ -260,29 +313,24 @@ def unused_columns(spec: JobSpec) -> list[str]:
     return sorted({name for table in tables(spec) if table is not None for name in table.columns()} - known)
 
 
-def _content(sample: Sample) -> str:
-    """What a sample asks for, for telling a reused dataset id from a repeated row."""
-    what = sample.error or [sample.prompt, sample.identity_sha, sample.options]
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def iter_samples(spec: JobSpec, accelerator: str, finished_rows: dict[str, str] | None = None) -> Iterator[Sample]:
     """Every requested sample once, in dataset order; a repeated row comes back marked `duplicate` (counted,
     not rendered), and a dataset id reused for different content fails that row under `id@where`.
 
-    A row whose key is in `finished_rows` (row key -> sample id, from the journal) yields a bare sample with
-    that id at the cost of one hash: its photo is neither read nor decoded.
+    A row whose key is in `finished_rows` (row key -> sample id, from the journal) yields a bare `settled`
+    sample with that id at the cost of one hash (and, for a photo reference, one memoised stat): its photo
+    is neither read nor decoded.
     """
     reader, limit, id_column = IdentityReader(), spec.dataset["limit"], spec.columns()["sample_id"]
     basis, finished_rows = id_basis(spec, accelerator), finished_rows or {}
     first: dict[str, tuple[str, str] | None] = {}  # id -> (content, where) for dataset ids; None for content ids
     for row, identity_value, where in _pairs(spec):
-        key = row_key(row, identity_value, basis)
+        request = parse_request(spec, row, basis)
+        key = request_key(request.description, reader.reference(identity_value))
         known = finished_rows.get(key)
-        sample = Sample(known, "", "", where=where) if known else \
-            build_sample(spec, row, identity_value, reader, basis, where)
-        sample.row_key = key
-        given = None if known or row.get(id_column) is None else (_content(sample), where)
+        sample = Sample(known, "", "", row_key=key, where=where, settled=True) if known else \
+            build_sample(spec, request, identity_value, reader, key, where)
+        given = None if known or row.get(id_column) is None else (sample.error or sample.content_key, where)
         if sample.sample_id in first:
             earlier = first[sample.sample_id]
             if given is not None and earlier is not None and given[0] != earlier[0]:
@@ -301,7 +349,7 @@ def _reused(sample: Sample, first_where: str) -> Sample:
     reason = (f"{sample.where}: sample_id {sample.sample_id!r} is reused for different content (first used at "
               f"{first_where}); give each row its own sample_id")
     return Sample(f"{sample.sample_id}@{sample.where}", sample.prompt, sample.identity, sample.options,
-                  error=reason, where=sample.where)
+                  error=reason, row_key=sample.row_key, where=sample.where)
 
 
 def validate_dataset(spec: JobSpec) -> int:

@@ -25,7 +25,7 @@ from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_data
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
-from ray_jobs.outputs import open_outputs
+from ray_jobs.outputs import open_outputs, photo_name
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Outcome, Replica, State
@@ -167,7 +167,8 @@ class JobDriver:
             "render_seconds": round(ended - first_up, 2),
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
         try:
-            self.report.summary = self.store.finalize(summary, QualityGate.of(self.spec.quality))
+            requested = self.feed.requested if self.feed.walked else None  # the whole job is known
+            self.report.summary = self.store.finalize(summary, QualityGate.of(self.spec.quality), requested)
             self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":
@@ -231,7 +232,8 @@ class JobDriver:
             sample = self._next()
             if sample is None:
                 return
-            replica.submit(sample, self.store.files_for(sample.sample_id, sample.identity_sha), self.clock.tick())
+            files = self.store.files_for(sample.sample_id, sample.identity_sha, sample.image)
+            replica.submit(sample, files, self.clock.tick())
 
     def _next(self) -> Sample | None:
         """A retry first, else the dataset's next sample."""
@@ -243,7 +245,7 @@ class JobDriver:
     def _from_feed(self, timeout: float = 0.0) -> Sample | None:
         """The next renderable sample if one is ready; rows rejected while reading fail on the way."""
         while (sample := self.feed.take(timeout)) is not None and sample.error:
-            self._fail(sample, sample.error, Kind.INPUT)
+            self._fail(sample, sample.error, Kind(sample.error_kind))
         return sample
 
     def _settle(self, replica: Replica, outcome: Outcome | None) -> None:
@@ -268,8 +270,9 @@ class JobDriver:
 
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
-            "sample_id": sample.sample_id, "row_key": sample.row_key, "prompt": sample.prompt,
-            "identity": sample.identity, "identity_sha": sample.identity_sha, "seed": sample.options["seed"],
+            "sample_id": sample.sample_id, "row_key": sample.row_key, "content_key": sample.content_key,
+            "prompt": sample.prompt, "identity": sample.identity, "identity_sha256": sample.identity_sha,
+            "photo": photo_name(sample.identity_sha, sample.image), "seed": sample.options["seed"],
             "options": sample.options, "attempts": sample.attempts,
             "path": self.store.video_name(sample.sample_id),
             "seconds": round(timing["seconds"], 3), "replica": str(replica.index), "scores": timing.get("scores")})
@@ -310,7 +313,7 @@ class JobDriver:
         the same way) and retries every other failure."""
         self.store.record_failure({"sample_id": sample.sample_id, "row_key": sample.row_key, "kind": kind.value,
                                    "prompt": sample.prompt, "identity": sample.identity,
-                                   "seed": sample.options.get("seed"), "options": sample.options,
+                                   "identity_sha256": sample.identity_sha, "seed": sample.options.get("seed"), "options": sample.options,
                                    "attempts": sample.attempts, "error": reason})
         self.report.failed += 1
         self.bar.update(1)

@@ -28,6 +28,7 @@ class OutputError(JobFailure):
 
 class Kind(Enum):
     INPUT = "bad input"  # the row itself: fails at once; the group agreed on it and is intact
+    UNAVAILABLE = "input unavailable"  # the photo could not be read now (missing, network, timeout): a rerun retries
     OUT_OF_MEMORY = "out of memory"  # fails at once (it would again on this layout); the replica is rebuilt
     SAMPLE = "sample error"  # anything else raised while rendering: retried on a rebuilt replica
     GROUP_LOST = "group lost"  # a rank died, hung or its group broke: retried on a rebuilt replica
@@ -102,7 +103,7 @@ def decide(failure: Failure, attempts: int, retries: int) -> Decision:
     """The one place that says what follows from a failure of a sample's `attempts`-th try."""
     if failure.kind is Kind.OUTPUT:
         return Decision(retry=False, rebuild=False, stop_job=True)
-    if failure.kind is Kind.INPUT:
+    if failure.kind in (Kind.INPUT, Kind.UNAVAILABLE):  # the reader already retried what could pass now
         return Decision(retry=False, rebuild=False, stop_job=False)
     if failure.kind is Kind.OUT_OF_MEMORY:
         return Decision(retry=False, rebuild=True, stop_job=False)

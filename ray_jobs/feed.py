@@ -15,11 +15,15 @@ END = object()
 
 
 class SampleFeed:
-    def __init__(self, samples: Iterator[Sample], done: set[str], capacity: int) -> None:
-        """`samples` in dataset order; those whose id is in `done` are counted in `skipped`, repeats of an
-        earlier row in `duplicates`; neither is queued."""
+    def __init__(self, samples: Iterator[Sample], done: dict[str, str | None], capacity: int) -> None:
+        """`samples` in dataset order; those settled before (known by row key, or finished under their id for
+        the same content: `done` maps id -> content key) are counted in `skipped`, repeats of an earlier row
+        in `duplicates`; neither is queued. `requested` collects every id the dataset asked for: the
+        manifest of a completed walk lists exactly those."""
         self.queue: queue.Queue = queue.Queue(maxsize=capacity)
         self.done, self.skipped, self.duplicates, self.exhausted = done, 0, 0, False
+        self.requested: set[str] = set()
+        self.walked = False  # every row was read (the feed was not stopped early)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._fill, args=(samples,), name="sample-feed", daemon=True)
         self.thread.start()
@@ -27,16 +31,25 @@ class SampleFeed:
     def _fill(self, samples: Iterator[Sample]) -> None:
         try:
             for sample in samples:
+                self.requested.add(sample.sample_id)
                 if sample.duplicate:
                     self.duplicates += 1
-                elif sample.sample_id in self.done:
+                elif sample.settled or self._finished(sample):
                     self.skipped += 1
                 elif not self._put(sample):
                     return
         except BaseException as exc:  # re-raised in the driver by `take`
             self._put(exc)
             return
+        self.walked = True
         self._put(END)
+
+    def _finished(self, sample: Sample) -> bool:
+        """Finished before under this id for this very content (a dataset's own id reused with other settings
+        is rendered again; a record older than content keys is trusted by id)."""
+        if sample.error or sample.sample_id not in self.done:
+            return False
+        return self.done[sample.sample_id] in (None, sample.content_key)
 
     def _put(self, item) -> bool:
         while not self.stopping.is_set():

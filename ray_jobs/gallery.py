@@ -35,7 +35,7 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
         scores = record.get("scores") or {}
         entry = {"id": record["sample_id"], "n": record["path"].removeprefix("videos/").removesuffix(".mp4"),
                  "p": prompts.setdefault(record["prompt"], len(prompts)), "i": str(record.get("identity")),
-                 "t": record.get("identity_sha"), "s": str(record.get("seed")),  # 64-bit: past a JS number
+                 "t": record.get("identity_sha256"), "s": str(record.get("seed")),  # 64-bit: past a JS number
                  **{short: scores.get(key) for key, short in SCORE_KEYS.items()}}
         if record.get("error"):
             entry["r"] = record["error"]

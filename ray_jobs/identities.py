@@ -1,13 +1,19 @@
 """Reading an identity photo by reference without trusting it: regular files and object-store files only, a
-bounded number of bytes, a deadline.
+bounded number of bytes, a deadline on every filesystem call.
 
 A dataset row can name `/dev/zero` (endless), a FIFO (blocks forever on open), a directory, or a
 path on a hung network mount; each must fail its row alone, with a reason, while the job goes on.
+
+Two kinds of failure: a definite property of what is there (not a regular file, too large; "not an image"
+is the header check's) settles the row, while anything that could pass on a retry (missing, a network error,
+a 5xx, a timeout, permission) raises `IdentityUnavailable`: retried a few times now, and again by a rerun.
 """
 
 import os
 import stat
 import threading
+import time
+from typing import Callable, TypeVar
 
 import pyarrow.fs as pfs
 
@@ -16,35 +22,74 @@ from ray_jobs.redact import redact
 
 MAX_IDENTITY_BYTES = 64 * 2**20  # far above any phone photo (a 48 MP HEIC-to-JPEG is ~20 MB)
 READ_TIMEOUT_S = 60.0
+READ_ATTEMPTS, RETRY_WAIT_S = 3, 0.5  # a transient failure is tried this often in a run, waits doubling
+T = TypeVar("T")
 
 
-def read_identity(reference: str, name: str) -> bytes:
-    """The bytes of a local path or a pyarrow filesystem URI (s3://, gs://, hdfs://, file://); raises
-    EchoVideoInputError naming `name` (the redacted reference) for anything but a readable photo-sized file."""
+class IdentityUnavailable(EchoVideoInputError):
+    """The photo could not be read now for a reason that may pass (it may exist on the next try)."""
+
+
+def under_deadline(call: Callable[[], T], name: str) -> T:
+    """`call()` on a thread of its own, given READ_TIMEOUT_S: a call stuck in the kernel (a hung mount) is
+    abandoned, not waited for. Its own EchoVideoInputError passes through; any other error is transient."""
     box: dict = {}
     finished = threading.Event()
 
-    def read() -> None:
+    def run() -> None:
         try:
-            box["data"] = _read_uri(reference, name) if "://" in reference else _read_local(reference, name)
+            box["value"] = call()
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
         finally:
             finished.set()
 
-    # A daemon thread, not an executor: a read stuck in the kernel (hung mount) cannot be cancelled, and an
-    # executor's worker would then hold up the interpreter's exit; the abandoned thread dies with the process.
-    threading.Thread(target=read, name="identity-read", daemon=True).start()
+    # A daemon thread, not an executor: a call stuck in the kernel cannot be cancelled, and an executor's
+    # worker would then hold up the interpreter's exit; the abandoned thread dies with the process.
+    threading.Thread(target=run, name="identity-io", daemon=True).start()
     if not finished.wait(READ_TIMEOUT_S):
-        raise EchoVideoInputError("identity", f"reading {name} did not finish within {READ_TIMEOUT_S:.0f} s",
-                                  "check the storage it is on")
+        raise IdentityUnavailable("identity", f"reading {name} did not finish within {READ_TIMEOUT_S:.0f} s",
+                                  "check the storage it is on; a rerun tries it again")
     error = box.get("error")
     if isinstance(error, EchoVideoInputError):
         raise error
     if error is not None:
-        raise EchoVideoInputError("identity", f"cannot read {name} ({type(error).__name__}: {redact(str(error))})",
-                                  "check the path or URI") from None
-    return box["data"]
+        raise IdentityUnavailable("identity", f"cannot read {name} ({type(error).__name__}: "
+                                  f"{redact(str(error))[:300]})", "check the path or URI; a rerun tries it again")
+    return box["value"]
+
+
+def read_identity(reference: str, name: str) -> bytes:
+    """The bytes of a local path or a pyarrow filesystem URI (s3://, gs://, hdfs://, file://); raises
+    EchoVideoInputError naming `name` (the public reference) for anything but a readable photo-sized file.
+    A transient failure is tried READ_ATTEMPTS times (not a timeout: that already waited its minute)."""
+    read = (lambda: _read_uri(reference, name)) if "://" in reference else (lambda: _read_local(reference, name))
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return under_deadline(read, name)
+        except IdentityUnavailable as exc:
+            if attempt == READ_ATTEMPTS or "did not finish" in str(exc):
+                raise
+            time.sleep(RETRY_WAIT_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def identity_version(reference: str, name: str) -> list | None:
+    """What the filesystem says of the photo now (size, modification time, file identity), under the
+    deadline: a replaced photo gets a new resume key without being read. None if it cannot be asked now."""
+    def ask() -> list:
+        if "://" not in reference:
+            info = os.stat(reference)
+            return [info.st_size, info.st_mtime_ns, info.st_ino, stat.S_IFMT(info.st_mode)]
+        filesystem, path = pfs.FileSystem.from_uri(reference)
+        info = filesystem.get_file_info(path)
+        mtime = info.mtime_ns if info.type == pfs.FileType.File else None
+        return [info.type.name, info.size, mtime]
+
+    try:
+        return under_deadline(ask, name)
+    except EchoVideoInputError:
+        return None
 
 
 def _read_local(path: str, name: str) -> bytes:
@@ -62,9 +107,11 @@ def _read_local(path: str, name: str) -> bytes:
 def _read_uri(uri: str, name: str) -> bytes:
     filesystem, path = pfs.FileSystem.from_uri(uri)
     info = filesystem.get_file_info(path)
+    if info.type == pfs.FileType.NotFound:  # perhaps not uploaded yet
+        raise IdentityUnavailable("identity", f"cannot read {name} (does not exist)",
+                                  "check the path or URI; a rerun tries it again")
     if info.type != pfs.FileType.File:
-        problem = "does not exist" if info.type == pfs.FileType.NotFound else "is not a file"
-        raise EchoVideoInputError("identity", f"cannot read {name} ({problem})", "check the path or URI")
+        raise EchoVideoInputError("identity", f"cannot read {name} (is not a file)", "point the row at a photo file")
     with filesystem.open_input_stream(path) as stream:  # bounded whatever size the store reported
         return _check_size(stream.read(MAX_IDENTITY_BYTES + 1), name)
 

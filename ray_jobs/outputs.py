@@ -12,7 +12,6 @@ the folder could otherwise send videos, journal lines or deletions elsewhere.
 
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from echovideo.video_io import atomic_output, is_our_temp
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Kind, OutputError
 from ray_jobs.gallery import thumbnail_name, write_gallery
+from echovideo.images import image_suffix
 from ray_jobs.quality_gate import SCORE_COLUMNS, QualityGate
 from ray_jobs.redact import redact
 
@@ -55,6 +55,12 @@ def safe_name(sample_id: str) -> str:
     return f"{name or 'sample'}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
+def photo_name(identity_sha: str, photo: bytes) -> str:
+    """An identity photo's bytes as given, kept in the output: a trainer gets (photo, prompt, video) from the
+    job alone, whatever became of the reference the row named."""
+    return f"photos/{identity_sha}{image_suffix(photo)}"
+
+
 @contextmanager
 def writing(what: str | Path) -> Iterator[None]:
     """OS errors while writing the output become one clear job-level error (disk full, read-only, gone)."""
@@ -72,8 +78,8 @@ class JobOutputs:
     A subclass keeps the completion records (`_completion_records`, `_failure_records`, `record_*`), holds
     the output for one job (`locked`), and says where logs are written (`log_path`, `publish_logs`)."""
 
-    FOLDERS = ("videos", "metadata", "posters", "identities", "state", "logs")
-    RANK_FOLDERS = ("videos", "metadata", "posters", "identities")  # what rank 0 writes (and may leave temps in)
+    FOLDERS = ("videos", "metadata", "posters", "identities", "photos", "state", "logs")
+    RANK_FOLDERS = ("videos", "metadata", "posters", "identities", "photos")  # what rank 0 writes (and may leave temps in)
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
@@ -82,11 +88,13 @@ class JobOutputs:
     def video_name(self, sample_id: str) -> str:
         return f"videos/{safe_name(sample_id)}.mp4"
 
-    def files_for(self, sample_id: str, identity_sha: str) -> dict[str, str]:
+    def files_for(self, sample_id: str, identity_sha: str, photo: bytes) -> dict[str, str]:
         """Where rank 0 writes a sample's video, its json (prompt, settings and scores: what `generate` writes
-        to OUT.json), its poster, and its identity's thumbnail (relative names)."""
+        to OUT.json), its poster, its identity photo as given and that photo's thumbnail (relative names; a
+        photo and its thumbnail are named by the photo's sha256, so each is written once per job)."""
         return {"video": self.video_name(sample_id), "record": f"metadata/{safe_name(sample_id)}.json",
-                "poster": f"posters/{safe_name(sample_id)}.jpg", "thumbnail": thumbnail_name(identity_sha)}
+                "poster": f"posters/{safe_name(sample_id)}.jpg", "thumbnail": thumbnail_name(identity_sha),
+                "photo": photo_name(identity_sha, photo)}
 
     def remove_orphan_temps(self) -> int:
         """Temp files of renders that died mid-write: only names we make (nothing else matches)."""
@@ -113,32 +121,44 @@ class JobOutputs:
     def _compact(self, done: dict[str, dict]) -> None:
         """Where records are many small objects, fold them into one a rerun reads instead (see subclasses)."""
 
-    def resume_index(self) -> tuple[set[str], dict[str, str]]:
-        """What a rerun skips: settled sample ids, and row key -> sample id for the rows they came from.
+    def resume_index(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """What a rerun skips: finished sample id -> its content key, and row key -> sample id for every
+        settled row.
 
         Settled: finished with its video present, or failed as bad input (that row, unchanged, fails the same
-        way: its key covers the row and the photo file's size and time, so a fixed row or photo is new work).
-        Only ids and keys are kept (tens of bytes per settled row).
+        way). A row key is `dataset.request_key` over the whole request (prompt, effective settings, model,
+        and the photo's reference with its size and time), so any change to any of them is new work; an
+        unavailable photo is never settled. Only ids and keys are kept (tens of bytes per settled row).
         """
-        done, rows = set(), {}
-        settled = itertools.chain(self._settled_completions(),
-                                  (r for r in self._failure_records() if r.get("kind") == INPUT_KIND))
-        for record in settled:
-            done.add(record["sample_id"])
+        done, rows = {}, {}
+        for record in self._settled_completions():
+            done[record["sample_id"]] = record.get("content_key")
             if record.get("row_key"):
+                rows[record["row_key"]] = record["sample_id"]
+        for record in self._failure_records():
+            if record.get("kind") == INPUT_KIND and record.get("row_key"):
                 rows[record["row_key"]] = record["sample_id"]
         return done, rows
 
-    def finalize(self, summary: dict, gate: QualityGate = QualityGate()) -> dict:
+    def finalize(self, summary: dict, gate: QualityGate = QualityGate(), requested: set[str] | None = None) -> dict:
         """manifest.parquet (one row per sample, latest outcome: ok, rejected by the quality gate, or failed),
-        failures.parquet, summary.json, the gallery."""
-        with writing(self.name):
-            return self._finalize(summary, gate)
+        failures.parquet, summary.json, the gallery.
 
-    def _finalize(self, summary: dict, gate: QualityGate) -> dict:
+        `requested`: every sample id the job asks for, known once its dataset was read to the end. The
+        manifest then lists exactly those: clips of an earlier version of the job (other settings, a photo
+        since replaced, a row since fixed) stay on disk but are not this job's, and are counted apart."""
+        with writing(self.name):
+            return self._finalize(summary, gate, requested)
+
+    def _finalize(self, summary: dict, gate: QualityGate, requested: set[str] | None) -> dict:
         done = self.completed()
         self._compact(done)
         failed = {r["sample_id"]: r for r in self._failure_records() if r["sample_id"] not in done}
+        if requested is not None:
+            earlier = sum(sid not in requested for sid in done)
+            done = {sid: r for sid, r in done.items() if sid in requested}
+            failed = {sid: r for sid, r in failed.items() if sid in requested}
+            summary = {**summary, "not_requested_now": earlier}
         finished = [{**r, "status": "ok", "error": None} for r in done.values()]
         for row in finished:
             if (reason := gate.reason(row.get("scores"))) is not None:
@@ -288,6 +308,7 @@ def open_outputs(location: str) -> JobOutputs:
 
 
 MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.string(), "identity": pa.string(),
+                  "identity_sha256": pa.string(), "photo": pa.string(),
                   "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "error": pa.string(),
                   "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
                   **{c: pa.bool_() if c == "dynamic" else pa.float64() for c in SCORE_COLUMNS}, "scores": pa.string()}

@@ -182,15 +182,30 @@ class CsvTable(TextTable):
 
 
 class RayDataTable(Table):
-    """Rows of a `ray.data.Dataset`, streamed (a lazy 10-million-row dataset is never materialised here)."""
+    """Rows of a `ray.data.Dataset`, executed once.
 
-    def __init__(self, dataset, key: str = "dataset") -> None:
+    The job asks a table for its columns, its size and then its rows; on a lazy Dataset each of those runs
+    the user's whole pipeline again (their UDFs: often model inference, not always deterministic). The
+    Dataset is therefore materialised on first use, in Ray's object store (which spills to disk beyond its
+    memory), and every question after that reads those blocks. With the job's `limit`, only the first
+    `limit` rows are executed (a lazy 10-million-row Dataset rendered with a limit costs only those rows).
+    """
+
+    def __init__(self, dataset, key: str = "dataset", limit: int | None = None) -> None:
         # Rows are named and limited by position, so a rerun must see them in the same order: Ray Data
         # yields blocks as they finish unless told otherwise. The order is set on a copy of the Dataset's
         # context (derived Datasets share one), leaving the caller's Dataset as it was.
         ordered = type(dataset).copy(dataset, _deep_copy=True)
         ordered.context.execution_options.preserve_order = True
-        self.uri, self.key, self.name, self.dataset = "ray.data.Dataset", key, "dataset", ordered
+        self.uri, self.key, self.name = "ray.data.Dataset", key, "dataset"
+        self.lazy = ordered.limit(limit) if limit is not None else ordered
+        self.executed = None
+
+    @property
+    def dataset(self):
+        if self.executed is None:
+            self.executed = self.lazy.materialize()
+        return self.executed
 
     def rows(self) -> Iterator[Row]:
         for number, values in enumerate(self.dataset.iter_rows(), 1):
@@ -201,7 +216,8 @@ class RayDataTable(Table):
         return list(schema.names) if schema is not None else []
 
     def count(self, stop_at: int | None = None) -> int:
-        return (self.dataset.limit(stop_at) if stop_at is not None else self.dataset).count()
+        total = self.dataset.count()  # materialised: from block metadata, no row is read
+        return min(total, stop_at) if stop_at is not None else total
 
     def take(self, indices) -> list[Row]:
         raise EchoVideoInputError("dataset.mode", "a Ray Dataset is read in rows mode only",

@@ -111,10 +111,11 @@ class RankWorker:
                       f" ({given})" if given else "", *address, root)
 
     def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, files: dict[str, str],
-               scores: bool = True) -> dict:
-        """Every rank calls this with the same sample (only rank 0 gets the image and `files`: where the video,
-        its poster and the identity's thumbnail go). Rank 0 returns timings and the clip's quality scores,
-        computed on the frames it holds (`scores=False`: none).
+               scores: bool = True, about: dict | None = None) -> dict:
+        """Every rank calls this with the same sample (only rank 0 gets the image, `files`: where the video,
+        its poster, the photo and its thumbnail go, and `about`: what the clip's json says of its identity).
+        Rank 0 returns timings and the clip's quality scores, computed on the frames it holds (`scores=False`:
+        none).
 
         Any failure is raised as a SampleFailure: classified here, where the real exception is known.
         """
@@ -126,7 +127,8 @@ class RankWorker:
             self._progressed()
             clip_scores = result.scores.as_dict() if result.scores else None
             if self.rank == 0:
-                record = {"sample_id": sample_id, "prompt": prompt, "options": options, "scores": clip_scores}
+                record = {"sample_id": sample_id, "prompt": prompt, **(about or {}), "options": options,
+                          "scores": clip_scores}
                 self._deliver(result.frames, result.fps, image, files, record)
         except Exception as exc:
             failure = classify(exc)
@@ -146,8 +148,12 @@ class RankWorker:
                 "scores": clip_scores}
 
     def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str], record: dict) -> None:
-        """The clip, checked before anyone can see it (it decodes, every frame is there), then its json,
-        poster and the identity's thumbnail: each in place whole under its name in the output, or not at all."""
+        """The identity photo as given (first: the clip's json names it), then the clip, checked before anyone
+        can see it (it decodes, every frame is there), its json, poster and the photo's thumbnail: each in place
+        whole under its name in the output, or not at all."""
+        if not self.destination.exists(files["photo"]):  # once per photo: it is named by its hash
+            with self.destination.output(files["photo"], Path(files["photo"]).suffix) as local:
+                local.write_bytes(image)
         with self.destination.output(files["video"], ".mp4") as local:
             write_mp4(frames, local, fps=fps)
             check_mp4(local, len(frames))

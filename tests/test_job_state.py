@@ -73,7 +73,7 @@ def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_record(tmp_pat
     with open(store.state / "completed.jsonl", "a") as journal:
         journal.write('{"sample_id": "torn", "row_ke')  # the driver died mid-append
     store.record_success({"sample_id": "b", "row_key": "kb"})
-    assert store.resume_index() == ({"a", "b"}, {"ka": "a", "kb": "b"})
+    assert store.resume_index() == ({"a": None, "b": None}, {"ka": "a", "kb": "b"})
 
 
 def test_the_driver_clock_counts_only_time_it_was_watching():

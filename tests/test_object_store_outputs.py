@@ -178,13 +178,13 @@ def test_resume_trusts_a_clip_only_with_its_marker(object_store):
     outputs.destination.put("state/done/torn-marker.json", b'{"sample_id": "torn-')
     outputs.record_failure({"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"})
     outputs.record_failure({"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"})
-    assert outputs.resume_index() == ({"both", "bad"}, {"k-both": "both", "k-bad": "bad"})
+    assert outputs.resume_index() == ({"both": None}, {"k-both": "both", "k-bad": "bad"})
     outputs.finalize({})  # folds the done markers into state/done.parquet
     assert outputs.destination.exists("state/done.parquet")
     outputs.destination.put(outputs.video_name("late"), b"mp4")
     outputs.record_success(record("late"))  # after the fold: read as a marker
     outputs.destination.delete("state/done/both.json")  # gone from the listing: the fold's record is not trusted
-    assert outputs.resume_index() == ({"late", "bad"}, {"k-late": "late", "k-bad": "bad"})
+    assert outputs.resume_index() == ({"late": None}, {"k-late": "late", "k-bad": "bad"})
 
 
 def test_one_job_per_prefix(object_store):
