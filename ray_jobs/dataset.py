@@ -297,7 +297,8 @@ def build_sample(spec: JobSpec, request: Request, identity_value, reader: Identi
         shown = redact(shown_reference(identity_value))[:300] if isinstance(identity_value, str) else "<bytes>"
         kind = (Kind.UNAVAILABLE if isinstance(exc, IdentityUnavailable) else Kind.INPUT).value
         reason = f"{where}: {exc}" if where else str(exc)
-        return Sample(request.given_id or row_key[:24], redact(prompt)[:200] if isinstance(prompt, str) else "",
+        shown_prompt = redact(prompt).replace("\x00", "\\x00")[:200] if isinstance(prompt, str) else ""
+        return Sample(request.given_id or row_key[:24], shown_prompt,
                       shown, request.options, error=redact(reason), error_kind=kind, row_key=row_key, where=where)
     content_key = request_key(request.description, digest)
     sid = request.given_id or content_key[:24]

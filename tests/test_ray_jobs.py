@@ -1,5 +1,6 @@
 """Mass generation on a real local Ray cluster with the tiny model: outputs, bad rows, resume, job-file errors."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -133,3 +134,38 @@ def test_ctrl_c_ends_the_job_in_one_line_with_the_manifest_of_what_finished(tmp_
     finished = [r for r in manifest(out) if r["status"] == "ok"]
     assert summary["ended"] == "interrupted" and summary["ok"] == len(finished) >= 1
     assert all(read_frames(out / r["path"]) == FRAMES for r in finished)
+
+
+def test_a_rerun_renders_what_changed_and_the_manifest_holds_each_requested_clip_once(local_ray, tmp_path, face_path):
+    """Issue 24's reproductions in one job: failed rows sharing a prompt stay apart (a photo, /dev/zero, a
+    FIFO, a photo uploaded late), a late photo is retried by the rerun, and a rerun with another job-level
+    setting renders every clip anew; the manifest lists the job as it stands, each request once."""
+    fifo, late = tmp_path / "fifo", tmp_path / "late.jpg"
+    os.mkfifo(fifo)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a person waves"}])
+    people = write_jsonl(tmp_path / "people.jsonl", [{"identity": str(p)} for p in (face_path, "/dev/zero", fifo, late)])
+    out = tmp_path / "out"
+    settings = {"dataset.mode": "cross", "dataset.identities": str(people), "parallel.ulysses": 1,
+                "parallel.replicas": 1}
+    first = run_job(job(prompts, out, **settings), progress=False)
+    rows = manifest(out)
+    assert (first.rendered, first.summary["ok"], first.summary["failed"], len(rows)) == (1, 1, 3, 4)
+    assert {r["identity"] for r in rows} == {str(face_path), "/dev/zero", str(fifo), str(late)}
+    kinds = {r["identity"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert "does not exist" in kinds[str(late)] or "No such file" in kinds[str(late)]
+
+    Image.open(face_path).save(late, quality=80)  # uploaded late (another photo of her): the rerun reads it
+    again = run_job(job(prompts, out, **settings), progress=False)
+    assert (again.rendered, again.skipped, again.summary["ok"], again.summary["failed"]) == (1, 3, 2, 2)
+
+    changed = run_job(job(prompts, out, **settings, **{"generation.steps": 3}), progress=False)
+    assert changed.rendered == 2 and changed.summary["not_requested_now"] == 2
+    rows = manifest(out)
+    assert len(rows) == 4 and sorted(r["status"] for r in rows) == ["failed", "failed", "ok", "ok"]
+    assert all(json.loads(r["options"])["steps"] == 3 for r in rows if r["status"] == "ok")
+    photos = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in (face_path, late)}
+    assert {r["identity_sha256"] for r in rows if r["status"] == "ok"} == set(photos)
+    for row in (r for r in rows if r["status"] == "ok"):  # the photo as given travels with its clip
+        assert (out / row["photo"]).read_bytes() == photos[row["identity_sha256"]].read_bytes()
+        clip = json.loads((out / "metadata" / f"{row['sample_id']}.json").read_text())
+        assert clip["identity_sha256"] == row["identity_sha256"] and clip["photo"] == row["photo"]

@@ -1,0 +1,177 @@
+"""One description of a request names its clip and keys its resume: changing any field of a job or a row
+changes the sample id exactly when the pixels would change, and the resume key with it; failed rows keep
+their own ids; a photo that could not be read now is never settled; every filesystem call on an identity runs
+under the deadline; outputs name photos by their public name. No Ray: what the driver's feed sees."""
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+import ray_jobs.dataset as dataset
+import ray_jobs.identities as identities
+from jobs import job, write_jsonl
+from ray_jobs.failures import Kind
+from ray_jobs.outputs import OutputStore
+
+
+@pytest.fixture()
+def photo(tmp_path, face_path):
+    target = tmp_path / "face.jpg"
+    shutil.copy(face_path, target)
+    return target
+
+
+def one(spec):
+    samples = list(dataset.iter_samples(spec, "cpu"))
+    assert len(samples) == 1, samples
+    return samples[0]
+
+
+def rows_file(tmp_path, name="prompts.jsonl", **row):
+    return write_jsonl(tmp_path / name, [row])
+
+
+# (section.key or row column, new value, whether the clip's pixels change)
+JOB_CHANGES = [
+    ("generation.steps", 3, True), ("generation.width", 48, True), ("generation.height", 48, True),
+    ("generation.frames", 9, True), ("generation.guidance", 4.0, True), ("generation.cache", 0.1, True),
+    ("generation.riflex", True, True), ("generation.negative_prompt", "blurry", True),
+    ("model.scheduler", "ddim", True), ("model.dtype", "bf16", True), ("job.seed", 8, True),
+    ("model.compile", True, False), ("parallel.ulysses", 1, False), ("parallel.replicas", 1, False),
+    ("job.retries", 5, False),
+]
+
+
+@pytest.mark.parametrize("key, value, pixels", JOB_CHANGES)
+def test_a_job_setting_changes_the_id_and_the_resume_key_exactly_when_it_changes_the_pixels(
+        tmp_path, photo, key, value, pixels):
+    rows = rows_file(tmp_path, prompt="a person smiles", identity=str(photo))
+    before, after = one(job(rows, tmp_path)), one(job(rows, tmp_path, **{key: value}))
+    assert (before.sample_id != after.sample_id) is pixels
+    assert (before.row_key != after.row_key) is pixels  # a rerun with the new setting renders it anew
+    assert (before.content_key != after.content_key) is pixels
+
+
+ROW_CHANGES = [
+    ({"prompt": "a person frowns"}, True), ({"steps": 3}, True), ({"seed": 5}, True), ({"guidance": 7.0}, True),
+    ({"width": 48}, True), ({"cache": 0.0}, False), ({"riflex": False}, False),  # off is the default: same clip
+    ({"guidance": 6}, False),  # 6 and 6.0 are one request
+    ({"notes": "reviewed"}, False),  # a column the job does not read
+]
+
+
+@pytest.mark.parametrize("change, pixels", ROW_CHANGES)
+def test_a_row_field_changes_the_id_and_the_resume_key_exactly_when_it_changes_the_pixels(
+        tmp_path, photo, change, pixels):
+    base = {"prompt": "a person smiles", "identity": str(photo), "guidance": 6.0}
+    before = one(job(rows_file(tmp_path, "a.jsonl", **base), tmp_path))
+    after = one(job(rows_file(tmp_path, "b.jsonl", **{**base, **change}), tmp_path))
+    assert (before.sample_id != after.sample_id) is pixels
+    assert (before.row_key != after.row_key) is pixels
+
+
+def test_remapped_columns_change_the_request_only_when_the_mapped_text_differs(tmp_path, photo):
+    rows = rows_file(tmp_path, prompt="a person smiles", caption="a person dances", same="a person smiles",
+                     identity=str(photo))
+    base = one(job(rows, tmp_path))
+    other = one(job(rows, tmp_path, **{"dataset.columns": {"prompt": "caption"}}))
+    same = one(job(rows, tmp_path, **{"dataset.columns": {"prompt": "same"}}))
+    assert other.sample_id != base.sample_id and other.row_key != base.row_key and other.prompt == "a person dances"
+    assert same.sample_id == base.sample_id and same.row_key == base.row_key
+
+
+def test_the_photo_names_the_clip_by_content_and_the_resume_key_by_reference_and_version(tmp_path, photo):
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(photo, copy)
+    base = one(job(rows_file(tmp_path, "a.jsonl", prompt="p", identity=str(photo)), tmp_path))
+    renamed = one(job(rows_file(tmp_path, "b.jsonl", prompt="p", identity=str(copy)), tmp_path))
+    assert renamed.sample_id == base.sample_id and renamed.row_key != base.row_key  # same bytes: same clip
+    os.utime(photo, ns=(1, 1))  # replaced in place (a new modification time): known again only by reading it
+    touched = one(job(rows_file(tmp_path, "a.jsonl", prompt="p", identity=str(photo)), tmp_path))
+    assert touched.row_key != base.row_key and touched.sample_id == base.sample_id
+
+
+def test_the_sample_id_and_both_keys_come_from_one_function(tmp_path, photo, monkeypatch):
+    calls = []
+    real = dataset.request_key
+    monkeypatch.setattr(dataset, "request_key", lambda d, i: calls.append((d, i)) or real(d, i))
+    sample = one(job(rows_file(tmp_path, prompt="p", identity=str(photo)), tmp_path))
+    (row_description, reference), (content_description, digest) = calls
+    assert row_description == content_description and digest == sample.identity_sha
+    assert reference["reference"] == str(photo) and sample.row_key == real(row_description, reference)
+    assert sample.sample_id == sample.content_key[:24] == real(content_description, digest)[:24]
+
+
+def test_failed_rows_sharing_a_prompt_stay_distinct(tmp_path, photo):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a person waves"}])
+    people = write_jsonl(tmp_path / "people.jsonl", [{"identity": str(p)} for p in (photo, "/dev/zero", fifo)])
+    spec = job(prompts, tmp_path, **{"dataset.mode": "cross", "dataset.identities": str(people)})
+    samples = list(dataset.iter_samples(spec, "cpu"))
+    assert len({s.sample_id for s in samples}) == 3 and not any(s.duplicate for s in samples)
+    assert [bool(s.error) for s in samples] == [False, True, True]
+    assert "a device" in samples[1].error and "a FIFO" in samples[2].error
+    assert {s.error_kind for s in samples[1:]} == {Kind.INPUT.value}  # properties of what is there: settled
+
+
+def test_a_missing_photo_is_unavailable_retried_and_renders_once_it_is_there(tmp_path, photo, monkeypatch):
+    monkeypatch.setattr(identities, "RETRY_WAIT_S", 0.01)
+    late = tmp_path / "late.jpg"
+    spec = job(rows_file(tmp_path, prompt="p", identity=str(late)), tmp_path)
+    attempts = []
+    real = identities._read_local
+    monkeypatch.setattr(identities, "_read_local", lambda *a: attempts.append(a) or real(*a))
+    missing = one(spec)
+    assert missing.error and missing.error_kind == Kind.UNAVAILABLE.value and len(attempts) == identities.READ_ATTEMPTS
+    store = OutputStore(tmp_path / "out")
+    store.record_failure({"sample_id": missing.sample_id, "row_key": missing.row_key, "kind": missing.error_kind})
+    done, rows = store.resume_index()
+    assert missing.row_key not in rows and missing.sample_id not in done  # not settled: a rerun reads it again
+    shutil.copy(photo, late)
+    found = one(spec)
+    assert found.error is None and found.row_key != missing.row_key
+
+
+def test_a_stat_on_a_hung_mount_is_abandoned_at_the_deadline(tmp_path, photo, monkeypatch):
+    monkeypatch.setattr(identities, "READ_TIMEOUT_S", 0.5)
+    release = threading.Event()
+
+    class HungMount:  # identities' view of `os`: every call on the photo's path is stuck in the kernel
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def stat(self, path, *args, **kwargs):
+            release.wait(60)
+            return os.stat(path, *args, **kwargs)
+
+        def open(self, path, *args, **kwargs):
+            release.wait(60)
+            return os.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(identities, "os", HungMount())
+    spec = job(rows_file(tmp_path, prompt="p", identity=str(tmp_path / "hung.jpg")), tmp_path)
+    started = time.monotonic()
+    try:
+        sample = one(spec)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 30
+    assert "did not finish" in sample.error and sample.error_kind == Kind.UNAVAILABLE.value
+
+
+@pytest.mark.parametrize("prompt, says", [(None, "null"), ("a person\x00 waves", "NUL")])
+def test_a_null_or_nul_prompt_is_the_rows_error(tmp_path, photo, prompt, says):
+    sample = one(job(rows_file(tmp_path, prompt=prompt, identity=str(photo)), tmp_path))
+    assert sample.error and says in sample.error and sample.prompt == ("" if prompt is None else sample.prompt)
+    assert "None" not in sample.prompt and "\x00" not in sample.prompt
+
+
+def test_outputs_name_a_uri_photo_without_its_query_or_credentials(tmp_path):
+    uri = "s3://KEY:SECRET@bucket/faces/a.jpg?endpoint_override=127.0.0.1:1&scheme=http"
+    assert dataset.shown_reference(uri) == "s3://bucket/faces/a.jpg"
+    reader = dataset.IdentityReader()
+    assert reader.reference(uri)["reference"] == "s3://bucket/faces/a.jpg"
