@@ -215,8 +215,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="pack a job's finished clips for training (WebDataset, CSV, CogVideoX lists)")
     p.add_argument("output", metavar="OUTPUT", help="the job's output folder or URI (holds manifest.parquet)")
     p.add_argument("--format", required=True, choices=["webdataset", "csv", "prompts-videos"],
-                   help="webdataset: tar shards of <key>.mp4/.json/.txt; csv: clips.csv; prompts-videos: "
-                        "prompt.txt + videos.txt + videos/ (CogVideoX fine-tuning)")
+                   help="webdataset: tar shards of <key>.mp4/.json/.txt + the identity photo (.jpg/.png); csv: "
+                        "clips.csv; prompts-videos: prompt.txt + videos.txt + photos.txt + videos/ + photos/ "
+                        "(CogVideoX fine-tuning)")
     p.add_argument("--to", required=True, help="destination folder or URI (s3://, gs://, ...)")
     p.add_argument("--shard-size", type=int, default=1000, help="clips per WebDataset shard (default 1000)")
     p.set_defaults(handler=_export)
@@ -228,9 +229,11 @@ def _export(args: argparse.Namespace) -> int:
 
     done = export(args.output, args.to, args.format, args.shard_size)
     if args.format == "webdataset":
-        print(f"{done['shards']} shard(s) written, {done['skipped']} already there; in {redact(args.to)}")
+        print(f"{done['shards']} shard(s) written, {done['skipped']} already there, {done['removed']} no longer "
+              f"listed removed; in {redact(args.to)}")
     else:
-        print(f"{done['rows']} clip(s) listed in {redact(args.to)}")
+        removed = f" ({done['removed']} file(s) no longer listed removed)" if done.get("removed") else ""
+        print(f"{done['rows']} clip(s) listed in {redact(args.to)}{removed}")
     return 0
 
 

@@ -90,8 +90,9 @@ class Destination:
         return self.fs.get_file_info(self.path(relative)).type == pfs.FileType.File
 
     def names(self, folder: str) -> list[str]:
-        """File names directly in `folder` (one listing; an object store pages it 1,000 keys a request)."""
-        selector = pfs.FileSelector(self.path(folder), allow_not_found=True)
+        """File names directly in `folder` ("" for the root; one listing, an object store pages it 1,000 keys a
+        request)."""
+        selector = pfs.FileSelector(self.path(folder) if folder else self.root, allow_not_found=True)
         return [info.base_name for info in self.fs.get_file_info(selector) if info.type == pfs.FileType.File]
 
     def delete(self, relative: str) -> None:

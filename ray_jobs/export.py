@@ -1,9 +1,16 @@
 """Training-ready exports of a job's finished clips: WebDataset tar shards, a CSV, or CogVideoX's
 `prompt.txt` + `videos.txt` pair, to a local folder or any pyarrow filesystem URI.
 
+Identity-preserving training data is (reference photo, prompt, video): every export carries the identity
+photo as given (kept by the job under `photos/<sha256>.<ext>`): in each WebDataset sample (`.jpg`/`.png`
+beside `.mp4`, `.json`, `.txt`), as a column of the CSV, as `photos/` + `photos.txt` in the CogVideoX pair.
+
 Shard membership is deterministic from the manifest (finished clips sorted by sample id, `shard_size` per
 shard), each shard is built in a local temp folder and uploaded whole, and `shards.json` records what each
 shard holds and its size: a rerun skips every shard already at the destination with that content and size.
+An export's output is always what a fresh export into an empty folder would write: shards, index entries,
+videos and photos that the current manifest no longer lists (a quality gate rejected their clips since) are
+removed.
 """
 
 import csv
@@ -24,6 +31,8 @@ from ray_jobs.quality_gate import SCORE_COLUMNS
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+SHARD = re.compile(r"shard-\d{6}\.tar")
+SHARD_LAYOUT = 2  # what a sample holds (2: with its identity photo); a shard of another layout is rewritten
 
 
 def finished_clips(output: str) -> list[dict]:
@@ -46,7 +55,8 @@ def caption(prompt: str) -> str:
 
 def _metadata(clip: dict) -> dict:
     return {"sample_id": clip["sample_id"], "prompt": clip["prompt"], "seed": clip["seed"],
-            "identity": clip["identity"], "settings": clip["options"], "scores": clip.get("scores") or {}}
+            "identity": clip["identity"], "identity_sha256": clip.get("identity_sha256"),
+            "settings": clip["options"], "scores": clip.get("scores") or {}}
 
 
 class Exporter:
@@ -57,9 +67,25 @@ class Exporter:
         self.target.fs.create_dir(self.target.root, recursive=True)
         self.clips = finished_clips(output)
 
-    def _video(self, clip: dict) -> bytes:
-        with self.source.fs.open_input_stream(self.source.path(clip["path"])) as stream:
+    def _read(self, relative: str) -> bytes:
+        with self.source.fs.open_input_stream(self.source.path(relative)) as stream:
             return stream.read()
+
+    def _members(self, clip: dict) -> list[tuple[str, bytes]]:
+        """A WebDataset sample's files by suffix: the video, its json, its caption and its identity photo (an
+        output written before photos were kept has none)."""
+        members = [(".mp4", self._read(clip["path"])), (".json", json.dumps(_metadata(clip), sort_keys=True).encode()),
+                   (".txt", caption(clip["prompt"]).encode())]
+        if clip.get("photo"):
+            members.append((Path(clip["photo"]).suffix, self._read(clip["photo"])))
+        return members
+
+    def _remove_unlisted(self, folder: str, keep: set[str], ours: "re.Pattern | None" = None) -> int:
+        """Delete what an earlier export wrote into `folder` that this one does not list (only our names)."""
+        stale = [n for n in self.target.names(folder) if n not in keep and (ours is None or ours.fullmatch(n))]
+        for name in stale:
+            self.target.delete(f"{folder}/{name}" if folder else name)
+        return len(stale)
 
     def _size(self, name: str) -> int | None:
         info = self.target.fs.get_file_info(self.target.path(name))
@@ -69,19 +95,24 @@ class Exporter:
         """-> {"shards": written now, "skipped": already there}."""
         if shard_size < 1:
             raise EchoVideoInputError("--shard-size", f"{shard_size} must be >= 1", "e.g. --shard-size 1000")
-        index = self._index()
+        index, wanted = self._index(), {}
         written = skipped = 0
         for number, start in enumerate(range(0, len(self.clips), shard_size)):
             members = [clip["sample_id"] for clip in self.clips[start:start + shard_size]]
             name = f"shard-{number:06d}.tar"
             recorded = index.get(name)
-            if recorded and recorded["members"] == members and self._size(name) == recorded["size"]:
+            if recorded and recorded["members"] == members and recorded.get("layout") == SHARD_LAYOUT and \
+                    self._size(name) == recorded["size"]:
+                wanted[name] = recorded
                 skipped += 1
                 continue
-            index[name] = {"members": members, "size": self._write_shard(name, self.clips[start:start + shard_size])}
+            size = self._write_shard(name, self.clips[start:start + shard_size])
+            wanted[name] = index[name] = {"members": members, "size": size, "layout": SHARD_LAYOUT}
             self._write_text("shards.json", json.dumps(index, indent=1, sort_keys=True))
             written += 1
-        return {"shards": written, "skipped": skipped}
+        self._write_text("shards.json", json.dumps(wanted, indent=1, sort_keys=True))  # the index first: a
+        removed = self._remove_unlisted("", set(wanted), SHARD)  # crash between the two leaves only orphans
+        return {"shards": written, "skipped": skipped, "removed": removed}
 
     def _index(self) -> dict:
         if self._size("shards.json") is None:
@@ -95,9 +126,7 @@ class Exporter:
             with tarfile.open(local, "w", format=tarfile.PAX_FORMAT) as tar:
                 for clip in clips:
                     key = sample_key(clip["sample_id"])
-                    for suffix, data in ((".mp4", self._video(clip)),
-                                         (".json", json.dumps(_metadata(clip), sort_keys=True).encode()),
-                                         (".txt", caption(clip["prompt"]).encode())):
+                    for suffix, data in self._members(clip):
                         member = tarfile.TarInfo(key + suffix)
                         member.size, member.mtime = len(data), 0  # same bytes for the same clips
                         tar.addfile(member, io.BytesIO(data))
@@ -115,30 +144,38 @@ class Exporter:
             self.target.upload(local, name)
 
     def csv(self) -> dict:
-        """`clips.csv`: video (the clip's location in the output), caption, seed, identity, settings, scores."""
+        """`clips.csv`: video and photo (their locations in the output), caption, seed, identity, settings,
+        scores."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["video", "caption", "seed", "identity", "settings", "sample_id", *SCORE_COLUMNS])
+        writer.writerow(["video", "photo", "caption", "seed", "identity", "identity_sha256", "settings", "sample_id",
+                         *SCORE_COLUMNS])
         for clip in self.clips:
             scores = clip["scores"] or {}
-            writer.writerow([f"{self.source.name}/{clip['path']}", caption(clip["prompt"]), clip["seed"],
-                             clip["identity"], json.dumps(clip["options"], sort_keys=True), clip["sample_id"],
-                             *(scores.get(column) for column in SCORE_COLUMNS)])
+            photo = f"{self.source.name}/{clip['photo']}" if clip.get("photo") else None
+            writer.writerow([f"{self.source.name}/{clip['path']}", photo, caption(clip["prompt"]), clip["seed"],
+                             clip["identity"], clip.get("identity_sha256"), json.dumps(clip["options"], sort_keys=True),
+                             clip["sample_id"], *(scores.get(column) for column in SCORE_COLUMNS)])
         self._write_text("clips.csv", buffer.getvalue())
         return {"rows": len(self.clips)}
 
     def prompts_videos(self) -> dict:
         """CogVideoX fine-tuning's pair: `prompt.txt` and `videos.txt` (line i of each is clip i), videos copied
-        under `videos/`; a video already there with the same size is not copied again."""
+        under `videos/`, and each clip's identity photo in `photos.txt` (copied once per photo under `photos/`);
+        a file already there with the same size is not copied again, and one no longer listed is removed."""
         copied = 0
-        for clip in self.clips:
-            info = self.source.fs.get_file_info(self.source.path(clip["path"]))
-            if self._size(clip["path"]) != info.size:
-                self._write_bytes(clip["path"], self._video(clip))
+        files = [c["path"] for c in self.clips] + sorted({c["photo"] for c in self.clips if c.get("photo")})
+        for relative in files:
+            info = self.source.fs.get_file_info(self.source.path(relative))
+            if self._size(relative) != info.size:
+                self._write_bytes(relative, self._read(relative))
                 copied += 1
         self._write_text("prompt.txt", "".join(caption(c["prompt"]) + "\n" for c in self.clips))
         self._write_text("videos.txt", "".join(c["path"] + "\n" for c in self.clips))
-        return {"videos_copied": copied, "rows": len(self.clips)}
+        self._write_text("photos.txt", "".join((c.get("photo") or "") + "\n" for c in self.clips))
+        removed = sum(self._remove_unlisted(folder, {Path(f).name for f in files if f.startswith(f"{folder}/")})
+                      for folder in ("videos", "photos"))
+        return {"files_copied": copied, "rows": len(self.clips), "removed": removed}
 
 
 def export(output: str, destination: str, fmt: str, shard_size: int = 1000) -> dict:

@@ -2,16 +2,19 @@
 CogVideoX `prompt.txt` + `videos.txt` pair; shards deterministic and resumable one by one."""
 
 import csv
+import hashlib
+import io
 import json
 import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from echovideo.cli import main
 from echovideo.video_io import write_mp4
 from ray_jobs.export import sample_key
-from ray_jobs.outputs import OutputStore
+from ray_jobs.outputs import OutputStore, photo_name
 from ray_jobs.quality_gate import QualityGate
 
 
@@ -20,10 +23,18 @@ def finished_job(folder, count: int, failed: int = 1, scores=None, gate=QualityG
     cluster needed)."""
     store = OutputStore(folder)
     rng = np.random.default_rng(0)
+    photos = []  # two identity photos as the job keeps them: photos/<sha256>.<ext>, bytes as given
+    for colour, ext in (((200, 80, 60), "JPEG"), ((60, 80, 200), "PNG")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (24, 24), colour).save(buffer, ext)
+        photos.append((buffer.getvalue(), photo_name(hashlib.sha256(buffer.getvalue()).hexdigest(), buffer.getvalue())))
+        (store.folder / photos[-1][1]).write_bytes(photos[-1][0])
     for i in range(count):
         sid = f"clip.{i:03d}" if i == 0 else f"{i:024x}"  # one id with a dot: WebDataset keys must not have one
         write_mp4(rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), store.video_path(sid), fps=8)
+        data, photo = photos[i % 2]
         store.record_success({"sample_id": sid, "prompt": f"a person\nwaves {i}", "identity": f"faces/{i % 2}.jpg",
+                              "identity_sha256": hashlib.sha256(data).hexdigest(), "photo": photo,
                               "seed": i, "options": {"steps": 2, "height": 32}, "attempts": 1, "seconds": 1.0,
                               "path": str(store.video_path(sid).relative_to(store.folder)), "replica": "0",
                               "scores": scores[i] if scores else None})
@@ -58,7 +69,7 @@ def test_webdataset_shards_hold_every_clip_once_with_its_metadata_and_resume_per
 
     first = (shards / "shard-000000.tar").stat().st_mtime_ns
     assert main(["export", str(store.folder), "--format", "webdataset", "--shard-size", "2", "--to", str(shards)]) == 0
-    assert "0 shard(s) written, 3 already there" in capsys.readouterr().out
+    assert "0 shard(s) written, 3 already there, 0 no longer listed removed" in capsys.readouterr().out
     assert (shards / "shard-000000.tar").stat().st_mtime_ns == first
 
 
@@ -114,6 +125,17 @@ def test_webdataset_export_from_and_to_an_object_store(tmp_path, object_store):
         text = stream.read().decode()
     assert "s3://echovideo/jobs/out/videos/" in text and "secret" not in text  # no credentials in the data
 
+    gated = finished_job(tmp_path / "gated", 3, scores=[scored(0.6, 1.0), scored(0.1, 1.0), scored(0.1, 1.0)],
+                         gate=QualityGate(min_identity=0.3))  # a gate now rejects two of the three
+    pfs.copy_files(str(gated.folder), "echovideo/jobs/out", source_filesystem=pfs.LocalFileSystem(),
+                   destination_filesystem=fs)
+    assert main(["export", object_store.uri("jobs/out"), "--format", "webdataset", "--shard-size", "2",
+                 "--to", destination]) == 0
+    left = sorted(i.base_name for i in fs.get_file_info(pfs.FileSelector("echovideo/exports/wds"))
+                  if i.base_name.endswith(".tar"))
+    with fs.open_input_stream("echovideo/exports/wds/shards.json") as stream:
+        assert left == sorted(json.loads(stream.read())) == ["shard-000000.tar"]
+
 
 def scored(identity: float | None, face: float | None, motion: float = 3.0) -> dict:
     return {"identity_average": identity, "identity_variation": 0.05, "face_share": face, "motion": motion,
@@ -150,3 +172,52 @@ def test_clips_below_the_quality_gate_are_rejected_kept_on_disk_and_left_out_of_
 
     finished_job(tmp_path / "out", 5, scores=scores)  # the same clips without a gate: all ok, nothing re-rendered
     assert json.loads((store.folder / "summary.json").read_text())["rejected"] == 0
+
+
+def test_a_trainer_reads_photo_prompt_and_video_from_one_webdataset_sample(tmp_path):
+    import webdataset as wds
+
+    store = finished_job(tmp_path / "out", 3)
+    assert main(["export", str(store.folder), "--format", "webdataset", "--to", str(tmp_path / "wds")]) == 0
+    records = {r["sample_id"]: r for r in map(json.loads, (store.state / "completed.jsonl").read_text().splitlines())}
+    samples = list(wds.WebDataset(str(tmp_path / "wds" / "shard-000000.tar"), shardshuffle=False))
+    assert len(samples) == 3
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        record = records[meta["sample_id"]]
+        photo = sample.get("jpg") or sample.get("png")
+        assert photo == (store.folder / record["photo"]).read_bytes()
+        assert hashlib.sha256(photo).hexdigest() == meta["identity_sha256"] == record["identity_sha256"]
+        assert sample["mp4"] == (store.folder / record["path"]).read_bytes()
+        assert sample["txt"].decode() == record["prompt"].replace("\n", " ")
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "csv")]) == 0
+    for row in csv.DictReader(open(tmp_path / "csv" / "clips.csv")):
+        assert row["photo"] == f"{store.folder}/{records[row['sample_id']]['photo']}" and row["identity_sha256"]
+    target = tmp_path / "cogvideox"
+    assert main(["export", str(store.folder), "--format", "prompts-videos", "--to", str(target)]) == 0
+    photos = (target / "photos.txt").read_text().splitlines()
+    videos = (target / "videos.txt").read_text().splitlines()
+    assert len(photos) == len(videos) == 3 and len(list((target / "photos").iterdir())) == 2  # once per photo
+    for photo, video in zip(photos, videos):
+        (record,) = [r for r in records.values() if r["path"] == video]
+        assert photo == record["photo"] and (target / photo).read_bytes() == (store.folder / photo).read_bytes()
+
+
+def tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "prompts-videos"])
+def test_a_re_export_after_a_gate_equals_a_fresh_export(tmp_path, fmt, capsys):
+    scores = [scored(0.6, 1.0), scored(0.2, 1.0), scored(0.7, 1.0), scored(0.5, 1.0), scored(0.8, 1.0)]
+    store = finished_job(tmp_path / "out", 5, scores=scores)
+    again = tmp_path / "again"
+    assert main(["export", str(store.folder), "--format", fmt, "--shard-size", "2", "--to", str(again)]) == 0
+    store = finished_job(tmp_path / "out", 5, scores=scores, gate=QualityGate(min_identity=0.55))  # 2 rejected now
+    assert main(["export", str(store.folder), "--format", fmt, "--shard-size", "2", "--to", str(again)]) == 0
+    assert "removed" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    assert main(["export", str(store.folder), "--format", fmt, "--shard-size", "2", "--to", str(fresh)]) == 0
+    assert tree(again) == tree(fresh)
+    if fmt == "webdataset":
+        assert sorted(json.loads((fresh / "shards.json").read_text())) == ["shard-000000.tar", "shard-000001.tar"]
