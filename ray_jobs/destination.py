@@ -32,6 +32,9 @@ class Destination:
         self.location = str(location)
         self.remote = is_uri(self.location)
         self.fs, self.root = filesystem(self.location)
+        # a file:// URI is a local disk: written through atomic local files like a path (an output stream there
+        # is neither atomic nor able to create its folders)
+        self.local_disk = isinstance(self.fs, pfs.LocalFileSystem)
         self.name = public_name(self.location) if self.remote else self.root  # never holds credentials
 
     def path(self, relative: str) -> str:
@@ -40,7 +43,7 @@ class Destination:
     @contextmanager
     def output(self, relative: str, suffix: str) -> Iterator[Path]:
         """Yield a local path to write; on success it becomes `relative` whole, on failure nothing does."""
-        if not self.remote:
+        if self.local_disk:
             with atomic_output(self.path(relative), suffix) as tmp:
                 yield tmp
             return
@@ -53,7 +56,7 @@ class Destination:
         """A whole local file to `relative`, through a temp key and a server-side move (see the module doc)."""
         final = self.path(relative)
         parent, name = final.rsplit("/", 1)
-        if not self.remote:
+        if self.local_disk:
             self.fs.create_dir(parent, recursive=True)
         temp = f"{parent}/.{name}.{secrets.token_hex(4)}{TEMP_MARK}{Path(name).suffix or '.bin'}"
         try:
@@ -62,7 +65,7 @@ class Destination:
                     stream.write(chunk)
             self.fs.move(temp, final)
         except OSError as exc:
-            if not self.remote:  # a local disk's errors keep their errno (full, read-only: the job stops)
+            if self.local_disk:  # a local disk's errors keep their errno (full, read-only: the job stops)
                 raise
             raise UploadError(f"cannot upload {relative} to {self.name}: {redact(str(exc))[:300]}") from None
         finally:
@@ -71,7 +74,7 @@ class Destination:
     def put(self, relative: str, data: bytes) -> None:
         """Small bytes held in memory (markers, leases, logs): one write, so no code of ours runs while the
         upload is open and it completes whole or not at all."""
-        if not self.remote:
+        if self.local_disk:
             with atomic_output(self.path(relative), Path(relative).suffix or ".bin") as tmp:
                 tmp.write_bytes(data)
             return

@@ -25,6 +25,7 @@ from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_data
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
+from ray_jobs.object_outputs import LeaseLost
 from ray_jobs.outputs import open_outputs, photo_name
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
@@ -174,6 +175,10 @@ class JobDriver:
             if ended_by == "complete":
                 raise
             logger.warning("could not write the manifest after the job ended (%s); rerunning the job writes it", exc)
+        except LeaseLost:
+            if ended_by == "complete":
+                raise
+            # the other job owns the output now: its manifest, not this one's
 
     def _start_replicas(self) -> None:
         """All placed and started at once, inside the loop; only once there is a sample to render (a dataset

@@ -157,13 +157,20 @@ def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
     plt.close(figure)
 
 
+def _photo_bytes(clip: dict, source: Destination) -> bytes:
+    """The identity photo as the job kept it (`photos/<sha256>.<ext>` in the output: the reference a row named
+    may be gone, or a URI whose public name no longer says how to reach it); else the reference itself."""
+    kept = source.read(clip["photo"]) if clip.get("photo") else None
+    return kept if kept is not None else read_identity(clip["identity"], "identity")
+
+
 def add_inception_distance(clips: list[dict], source: Destination, stage: FaceStage,
                            features: InceptionFeatures) -> int:
     """Each clip's Inception Distance from its video and identity photo; -> clips that could not be measured."""
     missed = 0
     for clip in clips:
         try:
-            photo = decode_identity_image(read_identity(clip["identity"], "identity"), "identity")
+            photo = decode_identity_image(_photo_bytes(clip, source), "identity")
             with tempfile.TemporaryDirectory() as folder:
                 local = Path(folder) / "clip.mp4"
                 local.write_bytes(source.read(clip["path"]))

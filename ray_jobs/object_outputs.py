@@ -16,8 +16,18 @@ thread. A second job refuses while the lease is younger than LEASE_S; a holder o
 is gone is stale at once (the usual rerun after a crash); on another host its lease lapses. Object stores
 offer no create-only write through pyarrow, so two jobs starting in the same second could both take it:
 the lease is re-read after writing and a lost race stops the job.
+
+Fencing: a driver whose renewals stalled (a paused process, a partitioned network) may find its lapsed
+lease taken. Every renewal reads the lease before writing it and never overwrites another holder's; every
+write of the driver (`fence`) first checks that its lease was confirmed recently, verifying it with the
+store when it was not, and a driver that lost its lease raises `LeaseLost` (exit 2, naming the holder)
+before that write. Markers carry their lease token and the time they were written; a driver taking over a
+lapsed lease records the old token as lost from that moment (`state/lost/<token>.json`), and resume and
+the fold ignore markers of a lost lease written after it (assumes hosts' clocks agree to well within
+LEASE_S, as any lease does).
 """
 
+import itertools
 import json
 import logging
 import os
@@ -39,15 +49,23 @@ from ray_jobs.destination import Destination
 from ray_jobs.outputs import JobOutputs, holder_description, safe_name, writing
 
 LEASE = "state/job.lock"
+LOST = "state/lost"
 FOLDED = "state/done.parquet"
 LEASE_S, LEASE_RENEW_S = 120.0, 30.0
 READERS = 32  # markers read at once: the cost of a resume is requests in flight, not bytes
 logger = logging.getLogger("ray_jobs")
 
 
+class LeaseLost(EchoVideoInputError):
+    """Another job holds this output prefix now: this one stops before its next write."""
+
+
 class ObjectStoreOutputs(JobOutputs):
     def __init__(self, location: str) -> None:
         super().__init__(Destination(location))
+        self.token: str | None = None  # this job's lease, while it holds one
+        self.confirmed_at = 0.0  # monotonic time the store last confirmed the lease was ours
+        self.lost_to: str | None = None  # the holder that took the lease, once known
         self.logs = default_cache_dir() / "job-logs" / f"{safe_name(self.name)}"
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
@@ -65,18 +83,28 @@ class ObjectStoreOutputs(JobOutputs):
         self._put_record("failed", record)
 
     def _put_record(self, kind: str, record: dict) -> None:
+        self.fence()
         with writing(self.name):
             self.destination.put(f"state/{kind}/{safe_name(record['sample_id'])}.json",
-                                 json.dumps(record, ensure_ascii=True).encode())
+                                 json.dumps({**record, "lease": self.token, "written": time.time()},
+                                            ensure_ascii=True).encode())
 
     def _completion_records(self) -> Iterator[dict]:
-        folded = self._folded()
+        folded, lost = self._folded(), self._lost_leases()
         names = self._marker_names("done")
-        yield from (folded[name] for name in names if name in folded)
-        yield from self._read_markers("done", [name for name in names if name not in folded])
+        records = itertools.chain((folded[name] for name in names if name in folded),
+                                  self._read_markers("done", [name for name in names if name not in folded]))
+        return (record for record in records if not _after_loss(record, lost))
 
     def _failure_records(self) -> Iterator[dict]:
-        return self._read_markers("failed", self._marker_names("failed"))
+        lost = self._lost_leases()
+        return (r for r in self._read_markers("failed", self._marker_names("failed")) if not _after_loss(r, lost))
+
+    def _lost_leases(self) -> dict[str, float]:
+        """Token -> when it was lost, for every lease another job took over."""
+        return {name.removesuffix(".json"): float(json.loads(self.destination.read(f"{LOST}/{name}") or b"{}")
+                                                  .get("lost_at", 0.0))
+                for name in self.destination.names(LOST) if name.endswith(".json")}
 
     def _marker_names(self, kind: str) -> list[str]:
         return [name for name in self.destination.names(f"state/{kind}") if name.endswith(".json")]
@@ -102,6 +130,14 @@ class ObjectStoreOutputs(JobOutputs):
             return {}
         return dict(zip(table["marker"].to_pylist(), map(json.loads, table["record"].to_pylist())))
 
+    def files_for(self, sample_id: str, identity_sha: str, photo: bytes) -> dict[str, str]:
+        self.fence()  # handing a sample to rank 0 starts writes into the prefix
+        return super().files_for(sample_id, identity_sha, photo)
+
+    def _finalize(self, summary: dict, gate, requested: set[str] | None) -> dict:
+        self.fence()
+        return super()._finalize(summary, gate, requested)
+
     def _compact(self, done: dict[str, dict]) -> None:
         table = pa.table({"marker": [f"{safe_name(sample_id)}.json" for sample_id in done],
                           "record": [json.dumps(record, ensure_ascii=True) for record in done.values()]})
@@ -118,20 +154,24 @@ class ObjectStoreOutputs(JobOutputs):
                                       f"wait for it to end (a lease lapses {LEASE_S:g} s after its job stops), or "
                                       "give this job another job.output")
         token = uuid.uuid4().hex
+        if holder is not None and holder.get("token"):  # taken over: its later writes are not to be trusted
+            self.destination.put(f"{LOST}/{holder['token']}.json", json.dumps({"lost_at": time.time()}).encode())
         self._write_lease(token)
         if (self._lease() or {}).get("token") != token:
             raise EchoVideoInputError("job.output", f"another job took {self.name} at the same moment",
                                       "run one job per output prefix")
+        self.token, self.confirmed_at, self.lost_to = token, time.monotonic(), None
         stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(token, stop), daemon=True, name="lease")
+        renewer = threading.Thread(target=self._renew, args=(stop,), daemon=True, name="lease")
         renewer.start()
         try:
             yield
         finally:
             stop.set()
             renewer.join()
-            if (self._lease() or {}).get("token") == token:
+            if self.lost_to is None and (self._lease() or {}).get("token") == token:
                 self.destination.delete(LEASE)
+            self.token = None
 
     def _lease(self) -> dict | None:
         data = self.destination.read(LEASE)
@@ -144,12 +184,34 @@ class ObjectStoreOutputs(JobOutputs):
         self.destination.put(LEASE, json.dumps({"token": token, "who": holder_description(), "renewed": time.time(),
                                                 "host": socket.gethostname(), "pid": os.getpid()}).encode())
 
-    def _renew(self, token: str, stop: threading.Event) -> None:
-        while not stop.wait(LEASE_RENEW_S):
+    def _renew(self, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_RENEW_S) and self.lost_to is None:
             try:
-                self._write_lease(token)
+                self._confirm()
             except OSError as exc:  # the store is unreachable now: the job's own writes will say so
                 logger.warning("could not renew the lease on %s (%s)", self.name, str(exc)[:200])
+
+    def _confirm(self) -> bool:
+        """Renew the lease if it is still ours (read first: never overwrite another holder's); -> still ours."""
+        holder = self._lease() or {}
+        if holder.get("token") != self.token:
+            self.lost_to = holder.get("who", "a job that has since ended")
+            return False
+        self._write_lease(self.token)
+        self.confirmed_at = time.monotonic()
+        return True
+
+    def fence(self) -> None:
+        """Before each write: raise LeaseLost if another job holds the prefix. Free while the renewals keep
+        the lease confirmed; a lease unconfirmed for longer than two renewals is verified with the store now."""
+        if self.token is None:
+            return  # not held (a tool reading or writing outside a job)
+        if self.lost_to is None and time.monotonic() - self.confirmed_at > 2 * LEASE_RENEW_S:
+            self._confirm()
+        if self.lost_to is not None:
+            raise LeaseLost("job.output", f"another job took over {self.name} while this one was not renewing its "
+                            f"lease ({self.lost_to}); this job stopped before writing more",
+                            "let that job finish; rerun this one afterwards to render only what is left")
 
     # -- logs ------------------------------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:
@@ -160,6 +222,11 @@ class ObjectStoreOutputs(JobOutputs):
         with writing(self.name):
             for path in self.logs.iterdir():
                 self.destination.put(f"logs/{path.name}", path.read_bytes())
+
+
+def _after_loss(record: dict, lost: dict[str, float]) -> bool:
+    """A marker written under a lease after another job took it over (a fenced driver's last write in flight)."""
+    return record.get("lease") in lost and record.get("written", 0.0) > lost[record["lease"]]
 
 
 def _stale(holder: dict) -> bool:

@@ -311,6 +311,7 @@ MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.
                   "identity_sha256": pa.string(), "photo": pa.string(),
                   "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "error": pa.string(),
                   "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
+                  "lease": pa.string(),  # the job that recorded it, on an object store (see object_outputs)
                   **{c: pa.bool_() if c == "dynamic" else pa.float64() for c in SCORE_COLUMNS}, "scores": pa.string()}
 
 

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 
 import pyarrow.fs as pfs
 import pyarrow.parquet as pq
@@ -201,3 +203,57 @@ def test_one_job_per_prefix(object_store):
         "pid": int(dead.stdout)}).encode())
     with second.locked():  # its holder's process is gone from this host: stale at once
         pass
+
+
+@pytest.fixture(params=["seaweedfs", "file"])
+def prefix(request, tmp_path):
+    """An output prefix on the real S3 server, or a file:// URI (the same object-store code on a local disk)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/out"
+    return request.getfixturevalue("object_store").uri(f"race-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_driver_whose_renewal_stalled_past_the_lease_age_is_fenced_by_the_one_that_took_over(prefix, monkeypatch):
+    import ray_jobs.object_outputs as object_outputs
+
+    monkeypatch.setattr(object_outputs, "LEASE_S", 1.0)
+    monkeypatch.setattr(object_outputs, "LEASE_RENEW_S", 0.2)
+    first, second = ObjectStoreOutputs(prefix), ObjectStoreOutputs(prefix)
+    stalled = threading.Event()
+    real_confirm = ObjectStoreOutputs._confirm
+
+    def confirm(self):  # the first driver's renewals stall (a paused process, a partitioned link)
+        if self is first and stalled.is_set():
+            return True
+        return real_confirm(self)
+
+    monkeypatch.setattr(ObjectStoreOutputs, "_confirm", confirm)
+    with first.locked():
+        first.record_success(record("before"))  # written while the lease was its own: kept
+        with pytest.raises(EchoVideoInputError, match="another job is writing"):
+            with second.locked():
+                pass
+        stalled.set()
+        deadline = time.monotonic() + 60
+        while True:  # the lease lapses LEASE_S after its last renewal; the second job takes it over
+            try:
+                with second.locked():
+                    second.record_success(record("second"))
+                    stalled.clear()  # the first wakes up: its next write must not happen
+                    first.confirmed_at = 0.0
+                    with pytest.raises(object_outputs.LeaseLost, match="another job took over"):
+                        first.record_success(record("after"))
+                    assert "pid" in first.lost_to
+                    # a write already in flight when the lease was lost lands, and is ignored by resume
+                    first.destination.put("state/done/inflight.json", json.dumps(
+                        {**record("inflight"), "lease": first.token, "written": time.time() + 1}).encode())
+                    for name in ("before", "second", "inflight"):
+                        second.destination.put(f"videos/{name}.mp4", b"\0")
+                    assert set(second.resume_index()[0]) == {"before", "second"}
+                    assert (second._lease() or {}).get("token") == second.token  # never overwritten by the first
+                break
+            except EchoVideoInputError as exc:
+                if "another job is writing" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    assert not second.destination.exists("state/done/after.json")
