@@ -3,9 +3,14 @@ per node into a node-local cache, then loaded like a local folder.
 
 Concurrent ranks on a node take an exclusive lock on the cache entry: one downloads, the others wait and
 then find it done. A download goes to a staging folder, is checked file by file against the store's
-listing (every size), and only then renamed into place with its file list; an entry whose files no longer
-match that list (a disk cleaner, a crash before this scheme) is downloaded again. A half download is never
-used.
+listing (every size), and only then renamed into place with that listing. Every use compares the entry's
+listing with the store's current one (names, sizes, modification times): weights replaced under the same
+URI are downloaded again, and an entry whose files no longer match (a disk cleaner) too. A half download is
+never used, and one left by a killed download is removed by the next (its owner provably gone: it held
+the entry's lock, which the kernel released when it died).
+
+`fingerprint` names the weights by that listing, not by the URI: sample ids made from it change when the
+weights do.
 """
 
 import fcntl
@@ -22,8 +27,9 @@ import pyarrow.fs as pfs
 from echovideo.errors import CheckpointError
 from echovideo.locations import default_cache_dir, is_uri, public_name
 
-LISTING = ".echovideo-files.json"  # relative path -> size, written last: marks a complete entry
+LISTING = ".echovideo-files.json"  # relative path -> [size, mtime_ns] in the store, written last: a complete entry
 DOWNLOADS_LOG = "downloads.log"  # one line per download: what a node really fetched
+PARTIAL = ".partial-"
 
 
 def cache_root() -> Path:
@@ -35,51 +41,81 @@ def checkpoint_folder(location: str) -> Path:
     return local_checkpoint(location) if is_uri(location) else Path(location)
 
 
-def local_checkpoint(uri: str) -> Path:
-    """The node-local copy of the checkpoint at `uri`, downloading it if this node has no complete one."""
+def store_listing(uri: str) -> dict[str, list]:
+    """What the store says the checkpoint is: relative path -> [size, modification time in ns]."""
     name = public_name(uri)
-    entry = cache_root() / hashlib.sha256(name.encode()).hexdigest()[:20]
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other ranks of this node wait here for the one downloading
-        if not _complete(entry):
-            _download(uri, name, entry)
-    return entry
-
-
-def _complete(entry: Path) -> bool:
-    try:
-        files = json.loads((entry / LISTING).read_text())
-    except (OSError, ValueError):
-        return False
-    return all((entry / rel).is_file() and (entry / rel).stat().st_size == size for rel, size in files.items())
-
-
-def _download(uri: str, name: str, entry: Path) -> None:
     try:
         filesystem, root = pfs.FileSystem.from_uri(uri)
-        listing = [info for info in filesystem.get_file_info(pfs.FileSelector(root, recursive=True))
-                   if info.type == pfs.FileType.File]
+        infos = [info for info in filesystem.get_file_info(pfs.FileSelector(root, recursive=True))
+                 if info.type == pfs.FileType.File]
     except (OSError, ValueError) as exc:
         raise CheckpointError("model.checkpoint", f"cannot list {name} ({str(exc)[:200]})",
                               "check the URI and the storage credentials in the environment") from None
-    if not listing:
+    if not infos:
         raise CheckpointError("model.checkpoint", f"{name} holds no files", "point at the released ckpts/ folder")
-    files = {info.path[len(root):].lstrip("/"): info.size for info in listing}
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=entry.parent))
+    return {info.path[len(root):].lstrip("/"): [info.size, info.mtime_ns] for info in infos}
+
+
+def fingerprint(listing: dict[str, list]) -> str:
+    """The weights' identity from their listing: the same files, sizes and times are the same weights."""
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def local_checkpoint(uri: str, on_progress=None) -> Path:
+    """The node-local copy of the checkpoint at `uri` as the store holds it now, downloading it if this node
+    has no complete, current one. `on_progress(bytes_done, bytes_total)` is called while downloading."""
+    name = public_name(uri)
+    entry = cache_root() / hashlib.sha256(name.encode()).hexdigest()[:20]
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    listing = store_listing(uri)
+    with open(entry.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other ranks of this node wait here for the one downloading
+        _remove_dead_partials(entry)
+        if not _current(entry, listing):
+            _download(uri, name, entry, listing, on_progress)
+    return entry
+
+
+def _current(entry: Path, listing: dict[str, list]) -> bool:
+    """The entry holds exactly what the store lists now, every file whole."""
     try:
-        started = time.monotonic()
-        pfs.copy_files(root, str(staging), source_filesystem=filesystem, destination_filesystem=pfs.LocalFileSystem())
-        wrong = [rel for rel, size in files.items()
+        recorded = json.loads((entry / LISTING).read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == listing and all(
+        (entry / rel).is_file() and (entry / rel).stat().st_size == size for rel, (size, _) in listing.items())
+
+
+def _remove_dead_partials(entry: Path) -> None:
+    """Staging folders of this entry left by a download that died (SIGKILL, power loss). Called holding the
+    entry's lock, which every download holds while it runs: none of them can belong to a live download."""
+    for partial in entry.parent.glob(f".{entry.name}{PARTIAL}*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _download(uri: str, name: str, entry: Path, listing: dict[str, list], on_progress) -> None:
+    filesystem, root = pfs.FileSystem.from_uri(uri)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}{PARTIAL}", dir=entry.parent))
+    total = sum(size for size, _ in listing.values())
+    try:
+        started, done = time.monotonic(), 0
+        for rel, (size, _) in sorted(listing.items()):  # file by file: progress, and no hidden retry of a whole tree
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            pfs.copy_files(f"{root}/{rel}", str(staging / rel), source_filesystem=filesystem,
+                           destination_filesystem=pfs.LocalFileSystem())
+            done += size
+            if on_progress is not None:
+                on_progress(done, total)
+        wrong = [rel for rel, (size, _) in listing.items()
                  if not (staging / rel).is_file() or (staging / rel).stat().st_size != size]
         if wrong:
             raise CheckpointError("model.checkpoint", f"download of {name} is incomplete: {wrong[:3]}",
                                   "retry; check the storage") from None
-        (staging / LISTING).write_text(json.dumps(files, sort_keys=True))
+        (staging / LISTING).write_text(json.dumps(listing, sort_keys=True))
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(staging, entry)
         with open(entry.parent / DOWNLOADS_LOG, "a") as log:
-            log.write(f"{name} pid {os.getpid()} {sum(files.values())} bytes {time.monotonic() - started:.1f} s\n")
+            log.write(f"{name} pid {os.getpid()} {total} bytes {time.monotonic() - started:.1f} s\n")
     except OSError as exc:
         raise CheckpointError("model.checkpoint", f"cannot download {name} ({str(exc)[:200]})",
                               "check the URI, the credentials and the free space in ECHOVIDEO_CACHE") from None

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from echovideo.checkpoint_cache import fingerprint, store_listing
 from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
@@ -175,11 +176,15 @@ def derived_seed(job_seed: int, sid: str) -> int:
 
 
 def model_name(spec: JobSpec) -> str:
-    """The weights, by name: a checkpoint URI without its credentials (rotating a key keeps every id)."""
+    """The weights: a preset or a local folder by name; a checkpoint URI by its public name (rotating a key
+    keeps every id) and the store's listing of its files now (weights replaced under the same URI are other
+    weights: other ids, rendered anew)."""
     if spec.model["preset"]:
         return f"preset:{spec.model['preset']}"
     checkpoint = spec.model["checkpoint"]
-    return f"checkpoint:{public_name(checkpoint) if is_uri(checkpoint) else checkpoint}"
+    if not is_uri(checkpoint):
+        return f"checkpoint:{checkpoint}"
+    return f"checkpoint:{public_name(checkpoint)}@{fingerprint(store_listing(checkpoint))}"
 
 
 def id_basis(spec: JobSpec, accelerator: str) -> dict:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from echovideo.errors import EchoVideoInputError
+from ray_jobs.checkpoints import fetch_checkpoint
 from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_dataset
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
@@ -183,6 +184,8 @@ class JobDriver:
     def _start_replicas(self) -> None:
         """All placed and started at once, inside the loop; only once there is a sample to render (a dataset
         that is all done, or all bad, never builds one)."""
+        nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
+        fetch_checkpoint(self.spec, nodes)  # before any start deadline runs
         now = self.clock.tick()
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)

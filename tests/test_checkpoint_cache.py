@@ -2,14 +2,16 @@
 download), a half download is never used, and a job with two replicas on one node renders from it."""
 
 import os
+import signal
 import subprocess
+import time
 import sys
 import textwrap
 from pathlib import Path
 
 import pyarrow.fs as pfs
 
-from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, cache_root, local_checkpoint
+from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, PARTIAL, cache_root, local_checkpoint
 from jobs import job, manifest, write_jsonl
 from object_store import SECRET_KEY
 from ray_jobs.driver import run_job
@@ -64,6 +66,50 @@ def test_a_job_with_two_replicas_on_one_node_loads_the_checkpoint_from_the_store
     assert report.rendered == 2 and report.summary["replicas_started"] == 2
     assert len(downloads(tiny_root.parent, "ckpts/job")) == 1  # the workers' cache (ECHOVIDEO_CACHE)
     assert all(row["status"] == "ok" for row in manifest(tmp_path / "out"))
+    driver_log = (tmp_path / "out" / "logs" / "driver.log").read_text()
+    assert "checkpoint ready on node" in driver_log  # fetched per node before any replica's start deadline
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file() and path.suffix not in (".mp4", ".jpg"):
             assert SECRET_KEY.encode() not in path.read_bytes(), path
+
+
+STALL = textwrap.dedent("""
+    import sys, time
+    from echovideo.checkpoint_cache import local_checkpoint
+
+    def stall(done, total):  # killed here, mid-download, with part of the files in its staging folder
+        print("stalled", flush=True)
+        time.sleep(600)
+
+    local_checkpoint(sys.argv[1], stall)
+""")
+
+
+def test_replaced_weights_are_fetched_again_and_change_the_ids_and_a_killed_download_leaves_nothing(
+        object_store, tiny_root, tmp_path, monkeypatch, face_path):
+    from ray_jobs.dataset import iter_samples
+
+    uri = upload(object_store, tiny_root, "ckpts/replaced")
+    env = {**os.environ, "ECHOVIDEO_CACHE": str(tmp_path)}
+    killed = subprocess.Popen([sys.executable, "-c", STALL, uri], env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert killed.stdout.readline().strip() == "stalled"
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    monkeypatch.setenv("ECHOVIDEO_CACHE", str(tmp_path))
+    assert [p for p in cache_root().iterdir() if PARTIAL in p.name]  # what a SIGKILLed download leaves
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a person waves", "identity": str(face_path)}])
+    spec = job(prompts, tmp_path / "out", **{"model.preset": None, "model.checkpoint": uri})
+    before = next(iter_samples(spec, "cpu")).sample_id
+    folder = local_checkpoint(uri)
+    assert not [p for p in cache_root().iterdir() if PARTIAL in p.name]
+    assert local_checkpoint(uri) == folder and len(downloads(tmp_path, "ckpts/replaced")) == 1  # current: kept
+
+    time.sleep(1.1)  # a store's modification times have one-second resolution
+    config = folder / "scheduler" / "scheduler_config.json"
+    with object_store.filesystem().open_output_stream("echovideo/ckpts/replaced/scheduler/scheduler_config.json") as out:
+        out.write(config.read_bytes())  # the same name re-uploaded: other weights as far as anyone can tell
+    assert next(iter_samples(spec, "cpu")).sample_id != before
+    assert local_checkpoint(uri) == folder and len(downloads(tmp_path, "ckpts/replaced")) == 2
