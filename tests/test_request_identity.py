@@ -175,3 +175,22 @@ def test_outputs_name_a_uri_photo_without_its_query_or_credentials(tmp_path):
     assert dataset.shown_reference(uri) == "s3://bucket/faces/a.jpg"
     reader = dataset.IdentityReader()
     assert reader.reference(uri)["reference"] == "s3://bucket/faces/a.jpg"
+
+
+def test_a_photo_uri_uploaded_late_or_replaced_is_new_work_and_its_outputs_name_have_no_query(
+        tmp_path, photo, object_store, monkeypatch):
+    monkeypatch.setattr(identities, "RETRY_WAIT_S", 0.01)
+    uri = object_store.uri(f"faces/{tmp_path.name}.jpg")
+    spec = job(rows_file(tmp_path, prompt="p", identity=uri), tmp_path)
+    missing = one(spec)
+    assert missing.error_kind == Kind.UNAVAILABLE.value and "does not exist" in missing.error
+    assert missing.identity == f"s3://echovideo/faces/{tmp_path.name}.jpg"  # no credentials, no query
+    with object_store.filesystem().open_output_stream(f"echovideo/faces/{tmp_path.name}.jpg") as out:
+        out.write(photo.read_bytes())
+    uploaded = one(spec)
+    assert uploaded.error is None and uploaded.row_key != missing.row_key
+    assert uploaded.identity == missing.identity
+    time.sleep(1.1)  # the store's modification times have one-second resolution
+    with object_store.filesystem().open_output_stream(f"echovideo/faces/{tmp_path.name}.jpg") as out:
+        out.write(photo.read_bytes() + b"\0")  # replaced under the same name
+    assert one(spec).row_key != uploaded.row_key
