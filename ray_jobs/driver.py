@@ -152,8 +152,13 @@ class JobDriver:
         """However the run ended (done, a job error, Ctrl-C), what finished is in the manifest, summary and gallery.
 
         Finalising after a failure is best effort: the disk that stopped the job may refuse this too, and the
-        journal, which a rerun reads, already holds every finished clip.
+        journal, which a rerun reads, already holds every finished clip. A job whose output another job took
+        over touches nothing more there (not even temp files: they may be the other job's uploads in flight).
         """
+        try:
+            self.store.fence()
+        except LeaseLost:
+            return
         self.store.remove_orphan_temps()  # renders cut short by a teardown
         run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds; %s", self.report.rendered,
                      self.report.skipped, self.report.failed, self.report.rebuilds, ended_by)

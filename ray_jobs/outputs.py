@@ -96,6 +96,9 @@ class JobOutputs:
                 "poster": f"posters/{safe_name(sample_id)}.jpg", "thumbnail": thumbnail_name(identity_sha),
                 "photo": photo_name(identity_sha, photo)}
 
+    def fence(self) -> None:
+        """Raise if this job no longer holds the output (a folder's lock cannot be lost; see object_outputs)."""
+
     def remove_orphan_temps(self) -> int:
         """Temp files of renders that died mid-write: only names we make (nothing else matches)."""
         return self.destination.remove_temps(self.RANK_FOLDERS)

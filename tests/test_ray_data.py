@@ -37,3 +37,27 @@ def test_a_lazy_million_row_dataset_streams_through_the_driver(tmp_path, face_pa
     assert sorted(r["prompt"] for r in result["rows"]) == [f"a person waves {i}" for i in range(3)]
     assert all(r["status"] == "ok" for r in result["rows"])
     assert result["grown_mb"] < 250, result  # 1,000,000 rows held in the driver would be ~350 MB of dicts alone
+
+
+def test_the_users_dataset_is_executed_once_whatever_the_driver_asks(local_ray, tmp_path, face_path):
+    """Columns, count, the first-row check and the rows: 20 rows, the UDF runs 20 times (a file line a call:
+    Ray Data runs it in other processes)."""
+    import ray
+
+    from jobs import job
+    from ray_jobs.dataset import iter_samples, validate_dataset
+    from ray_jobs.tables import RayDataTable
+
+    calls = tmp_path / "calls"
+
+    def row_of(r):
+        with open(calls, "a") as log:
+            log.write(f"{r['id']}\n")
+        return {"prompt": f"a person waves {r['id']}", "identity": str(face_path)}
+
+    spec = job(tmp_path / "unused.jsonl", tmp_path / "out")
+    spec.rows = RayDataTable(ray.data.range(20).map(row_of))
+    assert validate_dataset(spec) == 20
+    samples = list(iter_samples(spec, "cpu"))
+    assert len(samples) == 20 and not any(s.error for s in samples)
+    assert sorted(map(int, calls.read_text().split())) == list(range(20))
