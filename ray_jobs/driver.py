@@ -142,11 +142,18 @@ class JobDriver:
 
     def _collect_rank_logs(self) -> None:
         """An object-store output gets every rank's last lines before the ranks go (best effort)."""
-        if not self.store.destination.remote:
+        if not self.store.destination.remote or not self._holds_output():
             return
         refs = [ref for replica in self.replicas.values() for ref in replica.upload_logs()]
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=LOG_UPLOAD_WAIT_S)
+
+    def _holds_output(self) -> bool:
+        try:
+            self.store.fence()
+            return True
+        except LeaseLost:
+            return False
 
     def _finish(self, begun: float, ended_by: str) -> None:
         """However the run ended (done, a job error, Ctrl-C), what finished is in the manifest, summary and gallery.
@@ -155,9 +162,7 @@ class JobDriver:
         journal, which a rerun reads, already holds every finished clip. A job whose output another job took
         over touches nothing more there (not even temp files: they may be the other job's uploads in flight).
         """
-        try:
-            self.store.fence()
-        except LeaseLost:
+        if not self._holds_output():
             return
         self.store.remove_orphan_temps()  # renders cut short by a teardown
         run_log.info("finished: %d rendered, %d skipped (done before), %d failed, %d rebuilds; %s", self.report.rendered,
