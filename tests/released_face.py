@@ -39,8 +39,10 @@ def det_scale(height: int, width: int) -> float:
     return int(DET_SIZE[0] * height / width) / height
 
 
-def scrfd(faces_in_canvas: list[tuple[np.ndarray, np.ndarray]], score: float = 0.9) -> onnx.ModelProto:
-    """Constant outputs that decode to `faces_in_canvas` (box, keypoints in 640x640 canvas pixels)."""
+def scrfd(faces_in_canvas: list[tuple[np.ndarray, np.ndarray]], score: float = 0.9,
+          batched: bool = False) -> onnx.ModelProto:
+    """Constant outputs that decode to `faces_in_canvas` (box, keypoints in 640x640 canvas pixels); `batched`:
+    each output with a leading batch dimension of 1, as some SCRFD exports have."""
     outputs = {}
     for stride in STRIDES:
         cells = (DET_SIZE[1] // stride) * (DET_SIZE[0] // stride) * 2
@@ -57,7 +59,7 @@ def scrfd(faces_in_canvas: list[tuple[np.ndarray, np.ndarray]], score: float = 0
         distances[anchor] = np.array([cx - box[0], cy - box[1], box[2] - cx, box[3] - cy]) / stride
         offsets[anchor] = ((points - np.array([cx, cy])) / stride).reshape(-1)
     names = [f"{kind}_{stride}" for kind in ("score", "bbox", "kps") for stride in STRIDES]
-    values = [outputs[stride][k] for k in range(3) for stride in STRIDES]
+    values = [outputs[stride][k][None] if batched else outputs[stride][k] for k in range(3) for stride in STRIDES]
     nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, f"{name}_value"))
              for name, value in zip(names, values)]
     graph = helper.make_graph(
@@ -107,10 +109,11 @@ def retinaface_state(finds_faces: bool, seed: int = 0) -> dict:
     return model.state_dict()
 
 
-def write_face_encoder(folder: Path, faces_in_canvas: list, embedding_width: int, retinaface_finds: bool = True) -> Path:
+def write_face_encoder(folder: Path, faces_in_canvas: list, embedding_width: int, retinaface_finds: bool = True,
+                       batched: bool = False) -> Path:
     antelope = folder / ANTELOPE
     antelope.mkdir(parents=True, exist_ok=True)
-    onnx.save(scrfd(faces_in_canvas), str(antelope / DETECTOR))
+    onnx.save(scrfd(faces_in_canvas, batched=batched), str(antelope / DETECTOR))
     onnx.save(glintr(embedding_width), str(antelope / RECOGNIZER))
     for name, size in (("1k3d68.onnx", 192), ("2d106det.onnx", 192), ("genderage.onnx", 96)):
         onnx.save(identity_model(size), str(antelope / name))

@@ -20,7 +20,7 @@ from echovideo.errors import CheckpointError, NoFaceFoundError
 from echovideo.face import load_face_stage
 from echovideo.face.antelope import ARCFACE_DST
 from echovideo.face.geometry import align_face
-from echovideo.face.released_stage import ANTELOPE, BISENET, RECOGNIZER, RETINAFACE, onnx_providers
+from echovideo.face.released_stage import ANTELOPE, BISENET, DETECTOR, RECOGNIZER, RETINAFACE, onnx_providers
 from echovideo.images import load_identity_image
 from released_face import det_scale, template_face, write_face_encoder
 
@@ -53,9 +53,14 @@ def arcface_crop(photo, points) -> np.ndarray:
     return cv2.warpAffine(np.ascontiguousarray(photo[:, :, ::-1]), similarity.params[:2], (112, 112), borderValue=0.0)
 
 
-def test_one_face_is_found_where_it_is_and_embedded_from_its_arcface_crop(photo, tmp_path):
+@pytest.mark.parametrize("batched", [False, True], ids=["unbatched-scrfd", "batched-scrfd"])
+def test_one_face_is_found_where_it_is_and_embedded_from_its_arcface_crop(photo, tmp_path, batched):
+    """Both SCRFD export kinds (outputs with and without a batch dimension, insightface's `batched`) find the
+    same face."""
     box, points = template_face(150, 100, 200)
-    folder = write_face_encoder(tmp_path, in_canvas(photo, (box, points)), WIDTH)
+    folder = write_face_encoder(tmp_path, in_canvas(photo, (box, points)), WIDTH, batched=batched)
+    session = onnxruntime.InferenceSession(str(folder / ANTELOPE / DETECTOR), providers=["CPUExecutionProvider"])
+    assert len(session.get_outputs()[0].shape) == (3 if batched else 2)
     stage = load_face_stage(folder, CPU, WIDTH)
     (face,) = stage.detect(photo)
     np.testing.assert_allclose(face.bbox, box, atol=1e-3)

@@ -38,7 +38,11 @@ def _session(path: Path, providers: list):
 
 
 class ScrfdDetector:
-    """`insightface.model_zoo.SCRFD` as FaceAnalysis uses it: 640x640 letterbox, threshold 0.5, NMS 0.4."""
+    """`insightface.model_zoo.SCRFD` as FaceAnalysis uses it: 640x640 letterbox, threshold 0.5, NMS 0.4.
+
+    SCRFD graphs come exported two ways: outputs (anchors, k) or with a batch dimension (1, anchors, k).
+    insightface tells them apart by the first output's rank (`SCRFD._init_vars`: `self.batched`) and reads
+    the first batch item of the batched kind; so do we."""
 
     def __init__(self, path: Path, providers: list) -> None:
         self.session = _session(path, providers)
@@ -48,6 +52,7 @@ class ScrfdDetector:
                                   "and keypoints at strides 8, 16, 32)", "use the released scrfd_10g_bnkps.onnx")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in outputs]
+        self.batched = len(outputs[0].shape) == 3
 
     def detect(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (N, 5) boxes with scores and (N, 5, 2) keypoints in image pixels, best first after NMS."""
@@ -68,6 +73,8 @@ class ScrfdDetector:
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / SCRFD_STD, DET_SIZE, (SCRFD_MEAN,) * 3, swapRB=True)
         outs = self.session.run(self.output_names, {self.input_name: blob})
+        if self.batched:
+            outs = [out[0] for out in outs]
         scores, boxes, points = [], [], []
         for index, stride in enumerate(STRIDES):
             height, width = blob.shape[2] // stride, blob.shape[3] // stride
