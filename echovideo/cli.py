@@ -52,7 +52,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses degree (divides the attention heads)")
     par.add_argument("--ring", type=int, default=1, help="ring-attention degree (any)")
     par.add_argument("--cfg-parallel", action="store_true", help="run the two CFG branches on two rank groups")
-    par.add_argument("--kernel", default="auto", help="attention kernel: auto, sdpa-cpu, sdpa-cuda, flash-attn, "
+    par.add_argument("--kernel", default="auto", help="attention kernel: auto (on CUDA: the fastest measured), sdpa-cpu, "
+                                                      "sdpa-cuda, cudnn, flash, efficient, flash-attn, "
                                                       "xfuser, npu-fusion, math")
     par.add_argument("--timeout", type=float, default=600.0,
                      help="seconds a rank waits for its peers before failing (a dead or hung rank)")

@@ -34,7 +34,8 @@ class SequenceParallelDiT:
                  kernel: AttentionKernel | None = None) -> None:
         self.model = model
         self.mesh = mesh
-        self.processor = USPAttnProcessor(mesh, kernel or kernel_for(next(model.parameters()).device))
+        weights = next(model.parameters())
+        self.processor = USPAttnProcessor(mesh, kernel or kernel_for(weights.device, dtype=weights.dtype))
         model.set_attn_processor(self.processor)
         self._rotary: tuple[tuple, tuple] | None = None  # (the whole table, this rank's slices)
 

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from echovideo.attention_choice import chosen_backend
 from echovideo.errors import EchoVideoInputError
 
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -29,11 +30,26 @@ def sdpa_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
 
 
 def sdpa_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's FlashAttention-2 for fp16/bf16, its memory-efficient kernel otherwise."""
     if q.dtype in (torch.float16, torch.bfloat16):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False)[:2]
-    else:
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+        return flash_cuda(q, k, v)
+    return efficient_cuda(q, k, v)
+
+
+def flash_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False)[:2]
     return out, lse[..., : q.shape[2]].float()
+
+
+def efficient_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    return out, lse[..., : q.shape[2]].float()
+
+
+def cudnn_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN attention with its log-sum-exp (fp16/bf16, sm80+); some builds give it a trailing unit dim."""
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)[:2]
+    return out, lse.reshape(*q.shape[:2], -1)[..., : q.shape[2]].float()
 
 
 def flash_attn_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +85,9 @@ def math_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
 KERNELS: dict[str, tuple[str, AttentionKernel]] = {  # name -> (device type, kernel)
     "sdpa-cpu": ("cpu", sdpa_cpu),
     "sdpa-cuda": ("cuda", sdpa_cuda),
+    "cudnn": ("cuda", cudnn_cuda),
+    "flash": ("cuda", flash_cuda),
+    "efficient": ("cuda", efficient_cuda),
     "flash-attn": ("cuda", flash_attn_cuda),
     "xfuser": ("cuda", xfuser_cuda),
     "npu-fusion": ("npu", fusion_attention_npu),
@@ -77,10 +96,12 @@ KERNELS: dict[str, tuple[str, AttentionKernel]] = {  # name -> (device type, ker
 DEFAULT_FOR_DEVICE = {"cpu": "sdpa-cpu", "cuda": "sdpa-cuda", "npu": "npu-fusion"}
 
 
-def kernel_for(device: torch.device, name: str = "auto") -> AttentionKernel:
-    """`auto` picks the device's default; a named kernel must match the device."""
+def kernel_for(device: torch.device, name: str = "auto", dtype: torch.dtype = torch.float32) -> AttentionKernel:
+    """`auto` picks the device's default: on CUDA the kernel measured fastest for this dtype (the one the
+    single-device forward runs, `echovideo.attention_choice`), in its log-sum-exp form; a named kernel must
+    match the device."""
     if name == "auto":
-        name = DEFAULT_FOR_DEVICE.get(device.type, "math")
+        name = chosen_backend(device, dtype) or DEFAULT_FOR_DEVICE.get(device.type, "math")
     if name not in KERNELS:
         raise EchoVideoInputError("--kernel", f"unknown attention kernel {name!r}", f"use auto or one of {sorted(KERNELS)}")
     kind, kernel = KERNELS[name]

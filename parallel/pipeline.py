@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from echovideo.attention_choice import chosen_backend, remember_backend
 from echovideo.errors import EchoVideoInputError, PeerFailedError
 from echovideo.pipeline import EchoVideoPipeline, GenerationResult, SamplingState
 from echovideo.sampling import GenerationOptions
@@ -77,7 +78,11 @@ class ParallelEchoVideoPipeline:
         pipe = EchoVideoPipeline.from_pretrained(root, device, dtype, scheduler, conditioning=dist.get_rank() == 0,
                                                  compile=compile)
         mesh = ParallelMesh.create(config, heads, timeout)
-        return cls(pipe, mesh, kernel_for(pipe.device, kernel))
+        # every rank runs the kernel rank 0 measured fastest: one choice, one set of numerics, per group
+        choice = [chosen_backend(pipe.device, pipe.dtype)]
+        dist.broadcast_object_list(choice, src=0)
+        remember_backend(pipe.device, pipe.dtype, choice[0])
+        return cls(pipe, mesh, kernel_for(pipe.device, kernel, pipe.dtype))
 
     def shared_state(self, prompt: str, image, opts: GenerationOptions) -> SamplingState:
         pipe = self.pipe

@@ -16,6 +16,7 @@ from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
 
+from echovideo.attention_choice import sdpa_backend
 from echovideo.models.checkpoint import StrictCheckpointMixin
 from echovideo.models.iitf import FaceResampler
 from echovideo.models.rope import rotary_table
@@ -260,4 +261,6 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         if image_rotary_emb is None:
             image_rotary_emb = self.rotary_embedding(frames, height, width, hidden_states.device)
         tokens = self.embed(hidden_states, fused_text, timestep)
-        return self.unpatchify(self.run_blocks(tokens, image_rotary_emb, cache), frames, height, width)
+        with sdpa_backend(tokens.device, tokens.dtype):  # the kernel measured fastest here (CUDA only)
+            out = self.run_blocks(tokens, image_rotary_emb, cache)
+        return self.unpatchify(out, frames, height, width)
