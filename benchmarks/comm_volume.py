@@ -24,6 +24,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from parallel.costs import comm_bytes_per_forward  # noqa: E402
+
 HEADS, HEAD_DIM = 12, 16
 
 
@@ -33,18 +35,8 @@ def layouts_for(world: int) -> list[tuple[int, int, int]]:
             if world % (c * u) == 0 and HEADS % u == 0]
 
 
-def theory_terms(c, u, r, layers, video_tokens, text_tokens, patch_out, elem=4, hidden=HEADS * HEAD_DIM) -> dict:
-    """Bytes each rank sends per forward, by kind; each CFG group carries 2/c of the batch of two branches."""
-    p, h, batch = u * r, hidden, 2 // c
-    s = video_tokens + text_tokens
-    output = video_tokens * patch_out * elem
-    return {"ulysses": batch * layers * 4 * s * h * elem / p * (u - 1) / u,
-            "ring": batch * layers * 2 * (s / r) * (h / u) * elem * (r - 1),
-            "gather": batch * output * (p - 1) / p, "cfg": output * (c - 1)}
-
-
 def theory_bytes(*args, **kwargs) -> float:
-    return sum(theory_terms(*args, **kwargs).values())
+    return sum(comm_bytes_per_forward(*args, **kwargs, hidden=HEADS * HEAD_DIM).values())
 
 
 def build_model(layers: int):

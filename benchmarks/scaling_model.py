@@ -21,9 +21,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from comm_volume import theory_terms  # noqa: E402
+from parallel.costs import comm_bytes_per_forward  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM = 42, 48, 64
 VIDEO_TOKENS, TEXT_TOKENS, PATCH_OUT, BF16 = 13 * 30 * 53, 226, 2 * 2 * 16, 2
@@ -51,7 +51,7 @@ def layouts(world: int) -> list[tuple[int, int, int]]:
 
 def projected_step(t1: float, attention_share: float, c: int, u: int, r: int, gbps: float) -> float:
     p = c * u * r
-    terms = theory_terms(c, u, r, LAYERS, VIDEO_TOKENS, TEXT_TOKENS, PATCH_OUT, BF16, HEADS * HEAD_DIM)
+    terms = comm_bytes_per_forward(c, u, r, LAYERS, VIDEO_TOKENS, TEXT_TOKENS, PATCH_OUT, BF16, HEADS * HEAD_DIM)
     text_dense = (1 - attention_share) * TEXT_TOKENS / (VIDEO_TOKENS + TEXT_TOKENS)  # replicated, not split
     compute = t1 * ((1 - text_dense) / p + text_dense)
     seconds = {kind: volume / (gbps * 1e9) for kind, volume in terms.items()}

@@ -175,6 +175,10 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="Ray cluster address (auto, ray://...); default: an embedded local cluster")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a job-file value, e.g. --set parallel.replicas=4 (repeatable)")
+        if name == "plan":
+            p.add_argument("--nodes", metavar="NxG:DEVICE", help="a cluster to plan for, no cluster needed (e.g. "
+                           "4x8:H100): per-rank tokens, peak memory and step/clip time of every layout of the "
+                           "released model, and which do not fit and why")
         p.set_defaults(handler=handler)
 
 
@@ -185,6 +189,12 @@ def _plan_job(args: argparse.Namespace) -> int:
     from ray_jobs.plan import connect, local_nodes, make_plan
 
     spec = load_job(args.job, args.set)
+    if args.nodes:
+        from ray_jobs.layout_costs import describe, parse_nodes
+
+        text, fits = describe(spec, parse_nodes(args.nodes))
+        print(text)
+        return 0 if fits else EXIT_BAD_INPUT
     count = validate_dataset(spec)
     if args.address:
         connect(args.address, spec)

@@ -149,6 +149,17 @@ def replicas_per_node(spec: JobSpec, accelerator: str, nodes: list[dict] | None 
     return per_node
 
 
+def _refuse_unfit_on(spec: JobSpec, nodes: list[dict]) -> None:
+    """Ray labels a GPU node with `accelerator_type:<model>`: a layout that cannot fit on it stops here."""
+    from ray_jobs.layout_costs import refuse_unfit
+
+    for node in nodes:
+        resources = node.get("Resources", {}) if node.get("Alive") else {}
+        for key in resources:
+            if key.startswith("accelerator_type:") and resources.get("GPU", 0) >= 1:
+                refuse_unfit(spec, key.split(":", 1)[1], int(resources["GPU"]))
+
+
 def make_plan(spec: JobSpec, nodes: list[dict] | None = None) -> Plan:
     """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work.
     `nodes`: the cluster's (`ray.nodes()`, the default) or `local_nodes` for a plan without a cluster."""
@@ -164,6 +175,8 @@ def make_plan(spec: JobSpec, nodes: list[dict] | None = None) -> Plan:
     if capacity == 0:
         raise EchoVideoInputError("parallel", f"no node holds one replica of {ranks} ranks x {bundle}",
                                   "lower ulysses/ring/cfg or resources.cpus_per_rank, or use bigger nodes")
+    if accelerator == "gpu" and spec.model["checkpoint"]:  # the released model's sizes: not the tiny preset's
+        _refuse_unfit_on(spec, nodes)
     replicas = spec.parallel["replicas"]
     replicas = capacity if replicas == "auto" else replicas
     if replicas > capacity:
