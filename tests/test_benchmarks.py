@@ -72,3 +72,22 @@ def test_long_clips_benchmark_measures_every_rank_count():
 def test_quality_cost_benchmark_times_both_scores_and_finds_the_face():
     lines = run("quality_cost.py")
     assert "face found in 9" in lines[0] and any(line.startswith("motion (Farneback)") for line in lines)
+
+
+def test_gpu_check_runs_every_section_in_smoke_form_and_leaves_its_json(tmp_path):
+    """The device check end to end on CPU: every section ends ok and rewrote the JSON (the device run is the
+    same script on CUDA; see RESULTS.md for its one-call command)."""
+    import json
+
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = report["sections"]
+    assert [name for name, s in sections.items() if s["status"] != "ok"] == [], sections
+    assert sections["released_keys"]["tensors"] == 1081 and sections["released_keys"]["parameters"] == 5_621_259_202
+    assert sections["attention"]["ring4_sdpa-cpu_rel_error"] < 1e-5  # the LSE merge reproduces one call
+    assert sections["dit_480x848x49"]["ours_vs_diffusers_rel_error"] < 1e-5
+    assert any("scaled_dot_product" in k for k in sections["dit_480x848x49"]["attention_kernels_seen"])
+    assert sections["teacache"]["skipped_s"] < sections["teacache"]["computed_s"]
+    assert sections["compile"]["rel_error"] < 1e-4

@@ -261,6 +261,6 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         if image_rotary_emb is None:
             image_rotary_emb = self.rotary_embedding(frames, height, width, hidden_states.device)
         tokens = self.embed(hidden_states, fused_text, timestep)
-        with sdpa_backend(tokens.device, tokens.dtype):  # the kernel measured fastest here (CUDA only)
+        with sdpa_backend(hidden_states.device, self.dtype):  # the kernel measured fastest here (CUDA only)
             out = self.run_blocks(tokens, image_rotary_emb, cache)
         return self.unpatchify(out, frames, height, width)
