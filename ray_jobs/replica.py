@@ -158,7 +158,7 @@ class Replica:
         about = {"identity": sample.identity, "identity_sha256": sample.identity_sha, "photo": files.get("photo")}
         renders = {actor.render.remote(sample.sample_id, sample.prompt, sample.image if rank == 0 else None,
                                        sample.options, files if rank == 0 else {}, self.spec.quality["scores"],
-                                       about=about if rank == 0 else None): rank
+                                       about if rank == 0 else None): rank
                    for rank, actor in enumerate(self.actors)}
         self.work = Work(sample, renders, probes={rank: Probe(now, None) for rank in range(self.world)})
         self.state = State.BUSY
