@@ -20,6 +20,9 @@ class ParallelConfig:
     def world(self) -> int:
         return self.ulysses * self.ring * self.cfg
 
+    def describe(self) -> str:
+        return f"u{self.ulysses} r{self.ring} c{self.cfg}"
+
     def validate(self, num_heads: int, world_size: int) -> "ParallelConfig":
         for name in ("ulysses", "ring"):
             value = getattr(self, name)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 
+from parallel.config import ParallelConfig
+
 # The released transformer (echovideo-model.md; `EchoVideoTransformer3DModel()` counted on the meta device).
 LAYERS, HEADS, HEAD_DIM = 42, 48, 64
 HIDDEN = HEADS * HEAD_DIM
@@ -61,23 +63,9 @@ class Clip:
         return f"{self.height}x{self.width}x{self.frames}, {self.steps} steps"
 
 
-@dataclass(frozen=True)
-class Layout:
-    cfg: int = 1
-    ulysses: int = 1
-    ring: int = 1
-
-    @property
-    def ranks(self) -> int:
-        return self.cfg * self.ulysses * self.ring
-
-    def describe(self) -> str:
-        return f"u{self.ulysses} r{self.ring} c{self.cfg}"
-
-
 @dataclass
 class Cost:
-    layout: Layout
+    layout: ParallelConfig
     tokens_per_rank: int
     memory_gib: dict[str, float] = field(default_factory=dict)  # weights, t5, activations, vae, peak
     step_s: float = 0.0
@@ -94,10 +82,10 @@ def load_devices() -> dict:
     return json.loads(resources.files("parallel").joinpath("devices.json").read_text())
 
 
-def layouts(ranks: int, cfg: bool = True) -> list[Layout]:
+def layouts(ranks: int, cfg: bool = True) -> list[ParallelConfig]:
     """Every (cfg, ulysses, ring) of `ranks` ranks whose Ulysses degree divides the heads."""
-    return [Layout(c, u, ranks // (c * u)) for c in ((1, 2) if cfg else (1,)) for u in range(1, ranks + 1)
-            if ranks % (c * u) == 0 and HEADS % u == 0]
+    return [ParallelConfig(ulysses=u, ring=ranks // (c * u), cfg=c) for c in ((1, 2) if cfg else (1,))
+            for u in range(1, ranks + 1) if ranks % (c * u) == 0 and HEADS % u == 0]
 
 
 def vae_tiles(clip: Clip) -> int:
@@ -108,13 +96,13 @@ def vae_tiles(clip: Clip) -> int:
     return len(range(0, height, 50)) * len(range(0, width, 75))
 
 
-def layout_cost(clip: Clip, layout: Layout, device: dict, weight_bytes: int = 2) -> Cost:
+def layout_cost(clip: Clip, layout: ParallelConfig, device: dict, weight_bytes: int = 2) -> Cost:
     """Per-rank tokens, peak memory and times of one clip on one replica of `layout` on `device`."""
     if HEADS % layout.ulysses:
         return Cost(layout, 0, problem=f"{HEADS} heads do not split over ulysses={layout.ulysses}")
     if layout.cfg == 2 and not clip.cfg:
         return Cost(layout, 0, problem="cfg=2 with guidance <= 1: half the ranks would repeat the other half")
-    sequence = layout.ulysses * layout.ring
+    sequence = layout.sequence
     batch = (2 if clip.cfg else 1) // layout.cfg
     tokens = math.ceil(clip.video_tokens / sequence) + TEXT_TOKENS  # text replicated on every rank
     total = clip.video_tokens + TEXT_TOKENS
@@ -137,7 +125,7 @@ def layout_cost(clip: Clip, layout: Layout, device: dict, weight_bytes: int = 2)
     attention_s = attention / (device["attention_tflops"] * 1e12)
     step = compute + (sent["ulysses"] + sent["gather"] + sent["cfg"]) / link + max(0.0, sent["ring"] / link - attention_s)
     scale = clip.height * clip.width * clip.frames / (480 * 848 * 49)
-    decode = device["vae_seconds_480x848x49"] * scale / min(layout.ranks, vae_tiles(clip))
+    decode = device["vae_seconds_480x848x49"] * scale / min(layout.world, vae_tiles(clip))
     cost = Cost(layout, tokens, {k: round(v, 2) for k, v in memory.items()}, step, clip.steps * step + decode)
     usable = device["memory_gib"] - RESERVE_GIB
     if memory["peak"] > usable:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from echovideo.devices import resolve_dtype
 from echovideo.errors import EchoVideoInputError
-from parallel.costs import Clip, Cost, Layout, layout_cost, layouts, load_devices
+from parallel.config import ParallelConfig
+from parallel.costs import Clip, Cost, layout_cost, layouts, load_devices
 from ray_jobs.job import JobSpec
 
 NODES = re.compile(r"(\d+)x(\d+):([A-Za-z0-9]+)")
@@ -47,9 +48,9 @@ def clip_of(spec: JobSpec) -> Clip:
     return Clip(g["height"], g["width"], g["frames"], g["steps"], cfg=g["guidance"] > 1)
 
 
-def job_layout(spec: JobSpec) -> Layout:
+def job_layout(spec: JobSpec) -> ParallelConfig:
     p = spec.parallel
-    return Layout(p["cfg"], p["ulysses"], p["ring"])
+    return ParallelConfig(ulysses=p["ulysses"], ring=p["ring"], cfg=p["cfg"])
 
 
 def weight_bytes(spec: JobSpec) -> int:
@@ -68,8 +69,8 @@ def costs(spec: JobSpec, cluster: Cluster) -> list[Cost]:
     result = []
     for layout in candidates:
         cost = layout_cost(clip, layout, device, weight_bytes(spec))
-        if cost.fits and layout.ranks > cluster.gpus_per_node:
-            cost.problem = (f"a replica is placed on one node: {layout.ranks} ranks > {cluster.gpus_per_node} "
+        if cost.fits and layout.world > cluster.gpus_per_node:
+            cost.problem = (f"a replica is placed on one node: {layout.world} ranks > {cluster.gpus_per_node} "
                             "GPUs per node")
         result.append(cost)
     return result
@@ -89,11 +90,11 @@ def describe(spec: JobSpec, cluster: Cluster) -> tuple[str, bool]:
     for index, cost in enumerate(rows):
         m, marker = cost.memory_gib, "*" if index == 0 else " "
         if not m:  # cannot run at all: no numbers to show
-            lines.append(f"{marker}{cost.layout.describe():<11} {cost.layout.ranks:>5} {'-':>11}  no: {cost.problem}")
+            lines.append(f"{marker}{cost.layout.describe():<11} {cost.layout.world:>5} {'-':>11}  no: {cost.problem}")
             continue
-        replicas = cluster.nodes * (cluster.gpus_per_node // cost.layout.ranks)
+        replicas = cluster.nodes * (cluster.gpus_per_node // cost.layout.world)
         rate = replicas * 3600 / cost.clip_s if cost.fits else 0.0
-        lines.append(f"{marker}{cost.layout.describe():<11} {cost.layout.ranks:>5} {cost.tokens_per_rank:>11,} "
+        lines.append(f"{marker}{cost.layout.describe():<11} {cost.layout.world:>5} {cost.tokens_per_rank:>11,} "
                      f"{m['weights']:>7.1f} {m['t5']:>5.1f} {m['activations']:>6.1f} {m['vae']:>5.1f} "
                      f"{m['peak']:>8.1f} {cost.step_s:>7.2f} {cost.clip_s:>7.0f} {replicas:>8} {rate:>8.1f}  "
                      f"{'yes' if cost.fits else 'no: ' + cost.problem}")

@@ -8,7 +8,8 @@ import pytest
 
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
-from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, Layout, layout_cost, load_devices
+from parallel.config import ParallelConfig as Layout
+from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, layout_cost, load_devices
 from ray_jobs.job import load_job
 from ray_jobs.plan import make_plan
 
@@ -37,7 +38,7 @@ def test_one_device_peak_memory_is_within_the_specs_prediction():
         cost = layout_cost(Clip(480, 848, frames, 50), Layout(), H100)
         step_peak = cost.memory_gib["weights"] + cost.memory_gib["activations"] + 1.0
         assert low <= step_peak <= high, (frames, cost.memory_gib)
-    split = layout_cost(Clip(480, 848, 97, 50), Layout(2, 4, 1), H100)
+    split = layout_cost(Clip(480, 848, 97, 50), Layout(ulysses=4, ring=1, cfg=2), H100)
     whole = layout_cost(Clip(480, 848, 97, 50), Layout(), H100)
     assert split.tokens_per_rank == -(-39_750 // 4) + 226 and split.memory_gib["activations"] < whole.memory_gib["activations"] / 7
     assert split.step_s < whole.step_s / 6  # 8 ranks, little communication over NVLink
