@@ -2,14 +2,14 @@
 to 127.0.0.1 on ports of its own, with one access key and a bucket, stopped by pid."""
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import own_processes
 
 ACCESS_KEY, SECRET_KEY, BUCKET = "echovideo-test", "echovideo-test-secret", "echovideo"
 SERVICES = ("master", "volume", "filer", "s3", "admin")
@@ -25,6 +25,7 @@ def free_port() -> int:
 class ObjectStore:
     endpoint: str  # host:port of the S3 API
     process: subprocess.Popen
+    keeper: subprocess.Popen  # stops the server if the test run is killed before `stop`
 
     def uri(self, key: str) -> str:
         """An s3:// URI for `key` in the test bucket; credentials and endpoint ride in the query, as users write."""
@@ -53,7 +54,7 @@ def start(folder: Path, timeout_s: float = 60.0) -> ObjectStore:
                *(f"{flag}={port}" for flag, port in ports.items())]
     log = open(folder / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    store = ObjectStore(f"127.0.0.1:{ports['-s3.port']}", process)
+    store = ObjectStore(f"127.0.0.1:{ports['-s3.port']}", process, own_processes.guard(pgid=process.pid))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -70,10 +71,6 @@ def start(folder: Path, timeout_s: float = 60.0) -> ObjectStore:
 
 
 def stop(store: ObjectStore) -> None:
-    if store.process.poll() is None:
-        os.killpg(store.process.pid, signal.SIGTERM)
-        try:
-            store.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(store.process.pid, signal.SIGKILL)
-            store.process.wait()
+    own_processes.stop_group(store.process.pid)  # its own process group: the server and nothing else
+    store.process.wait()
+    own_processes.dismiss(store.keeper)

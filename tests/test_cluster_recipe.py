@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import own_processes
 from jobs import manifest, read_frames, write_jsonl
 
 RAY = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
@@ -41,15 +42,17 @@ def head(tiny_root):
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token"}  # Ray 2.5x clusters require a token; the CLI sends ~/.ray/auth_token with this
     dashboard = free_port()
-    started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-                              "--include-dashboard=true", f"--temp-dir={temp}"],
-                             env=env, capture_output=True, text=True, timeout=180)
+    keeper = own_processes.guard(path=temp)  # a killed test run still stops this cluster, and only it
     try:
+        started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
+                                  "--include-dashboard=true", f"--temp-dir={temp}"],
+                                 env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield f"http://127.0.0.1:{dashboard}", env, temp
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    finally:  # not `ray stop`: that stops every Ray cluster on the machine
+        own_processes.stop(own_processes.processes_under(temp))
+        own_processes.dismiss(keeper)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -1,0 +1,96 @@
+"""Stop what a test started, and only that, even when the test run itself is killed.
+
+`processes_under(path)`: the processes whose command line names `path`: a Ray cluster started with its own
+`--temp-dir`/`_temp_dir` names it in every process it runs (GCS, raylet, dashboard, workers), so that folder
+identifies exactly our cluster and no other on the machine. `stop(pids)` sends SIGTERM, then SIGKILL to any
+left after a grace period.
+
+`guard(...)` starts a watchdog process that outlives nothing: it polls the test process and, when that is
+gone (a pytest killed by its timeout, Ctrl-C twice), stops the given process group and the processes under
+the given path, then exits. Run as a script, it is that watchdog.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def processes_under(path: str | Path) -> list[int]:
+    marker, found = str(path).encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return found
+
+
+def stop(pids: list[int], grace_s: float = 20.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def stop_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def guard(pgid: int | None = None, path: str | Path | None = None) -> subprocess.Popen:
+    """A watchdog of this process for a process group and/or the processes under a path. Kill it (its own
+    process group) when the test stopped them itself."""
+    args = [sys.executable, __file__, str(os.getpid()), str(pgid or 0), str(path or "")]
+    return subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def dismiss(watchdog: subprocess.Popen) -> None:
+    watchdog.kill()
+    watchdog.wait()
+
+
+if __name__ == "__main__":
+    parent, group, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    while _alive(parent):
+        time.sleep(1.0)
+    if group:
+        stop_group(group)
+    if folder:
+        stop(processes_under(folder))
