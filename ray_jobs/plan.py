@@ -6,6 +6,7 @@ import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import ray
@@ -47,15 +48,56 @@ def connect(address: str | None, spec: JobSpec) -> None:
         return
     if address:
         _check_reachable(address)
+        sends_token = _use_token_if_available()
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
             raise EchoVideoInputError("--address", f"cannot join the cluster at {address} ({str(exc)[:200]})",
-                                      "start one with `ray start --head`, or fix the address") from None
+                                      _join_fix(sends_token)) from None
         return
     with _loopback_only():
         ray.init(address="local", num_cpus=embedded_cpus(spec), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def _use_token_if_available() -> bool:
+    """Ray 2.5x heads require a token by default (token authentication), but a process joining one sends
+    it only with RAY_AUTH_MODE=token, and otherwise retries for ~20 s and blames the address. So: an explicit
+    RAY_AUTH_MODE is respected; unset, a token this machine holds (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token) is sent, as `ray start` does for the cluster it starts. -> whether a token is sent."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    if not _token_available():
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")  # this process's cached Ray config observes the mode (Ray's own way)
+    except (ImportError, AttributeError):
+        pass
+    logger.info("joining with token authentication (a token is on this machine)")
+    return True
+
+
+def _token_available() -> bool:
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+
+        return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
+    except (ImportError, AttributeError):  # a Ray without token authentication
+        return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or
+                    (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _join_fix(sent_token: bool) -> str:
+    if sent_token:
+        return ("if the cluster is up, it refused this machine's token: copy the head's token (`ray get-auth-token` "
+                "on the head; it is ~/.ray/auth_token there) to ~/.ray/auth_token here or set RAY_AUTH_TOKEN")
+    return ("start one with `ray start --head`, or fix the address; a Ray 2.5x head requires its token by default: "
+            "set RAY_AUTH_MODE=token and copy the head's token (`ray get-auth-token` on the head; ~/.ray/auth_token "
+            "there) to ~/.ray/auth_token here or into RAY_AUTH_TOKEN")
 
 
 def _check_reachable(address: str) -> None:

@@ -37,19 +37,19 @@ def free_port() -> int:
 @pytest.fixture()
 def head(tiny_root):
     """A real head node on loopback with the job server (ray[default]); stopped however the test ends.
-    -> (job server address, environment, Ray's temp folder: short, as its socket paths must be)."""
+    -> (job server address, environment, Ray's temp folder: short, as its socket paths must be, GCS address)."""
     temp = Path(tempfile.mkdtemp(prefix="ev-ray-", dir="/tmp"))
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token"}  # Ray 2.5x clusters require a token; the CLI sends ~/.ray/auth_token with this
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     keeper = own_processes.guard(path=temp)  # a killed test run still stops this cluster, and only it
     try:
-        started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
                                   "--include-dashboard=true", f"--temp-dir={temp}"],
                                  env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}", env, temp
+        yield f"http://127.0.0.1:{dashboard}", env, temp, f"127.0.0.1:{gcs}"
     finally:  # not `ray stop`: that stops every Ray cluster on the machine
         own_processes.stop(own_processes.processes_under(temp))
         own_processes.dismiss(keeper)
@@ -63,7 +63,7 @@ def submit(address: str, env: dict, folder: Path, *args: str) -> subprocess.Comp
 
 
 def test_the_readme_submit_recipe_writes_where_the_readme_says(head, tmp_path, face_path):
-    address, env, ray_temp = head
+    address, env, ray_temp, _ = head
     project = tmp_path / "project"
     project.mkdir()
     (project / "job.yaml").write_text(JOB)
@@ -87,3 +87,23 @@ def test_the_readme_submit_recipe_writes_where_the_readme_says(head, tmp_path, f
     assert "job.output" in relative.stdout and "deleted with the Ray session" in relative.stdout, \
         relative.stdout[-3000:]
     assert not list(ray_temp.rglob("manifest.parquet"))  # nothing was rendered into the package
+
+
+def test_joining_a_token_auth_head_sends_the_token_or_says_how(head, tmp_path):
+    """A default Ray 2.5x head requires its token. With one on this machine and RAY_AUTH_MODE unset, `plan
+    --address` joins (Ray itself would retry for 20 s and blame the address); without one, the error says
+    what to set."""
+    _, env, _, gcs = head
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.replace("prompts.jsonl", str(tmp_path / "prompts.jsonl")))
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a person waves", "identity": "x.jpg"}])
+    plain = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    joined = subprocess.run(["echovideo", "plan", str(job), "--address", gcs], env=plain, capture_output=True,
+                            text=True, timeout=300)
+    assert joined.returncode == 0 and "1 replica(s)" in joined.stdout, joined.stderr[-2000:]
+    home = tmp_path / "elsewhere"  # a machine without the head's token
+    home.mkdir()
+    refused = subprocess.run(["echovideo", "plan", str(job), "--address", gcs], env={**plain, "HOME": str(home)},
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "RAY_AUTH_MODE=token" in refused.stderr and "ray get-auth-token" in refused.stderr
