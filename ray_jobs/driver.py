@@ -92,6 +92,7 @@ class JobDriver:
         self.up_at: dict[int, float] = {}  # when each slot's first replica was ready: start-up and render time
         self.bar = None
         self.plan, self.accelerator, self.requested, self.started = None, "cpu", 0, False
+        self.last_loss = ""  # why the last replica slot was dropped: the job's error if none is left
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -215,7 +216,7 @@ class JobDriver:
             if self.waiting_sample is not None and not self.started:
                 self._start_replicas()
             if self.started and not self.replicas:
-                raise JobFailure("every replica was lost; rerun the job to resume the rest")
+                raise JobFailure(f"every replica was lost (last: {self.last_loss}); rerun the job to resume the rest")
             self._advance(now)
             for replica in list(self.replicas.values()):
                 self._settle(replica, replica.check(self.clock.tick()))
@@ -324,6 +325,7 @@ class JobDriver:
 
     def _drop(self, index: int, reason: str) -> None:
         logger.warning("replica %d dropped, the others go on: %s", index, reason)
+        self.last_loss = reason
         self.report.dropped_replicas += 1
 
     def _fail(self, sample: Sample, reason: str, kind: Kind) -> None:

@@ -24,6 +24,7 @@ from ray_jobs.job import JobSpec
 from ray_jobs.worker import CONCURRENCY_GROUPS, RankWorker
 
 PROBE_EVERY_S = 5.0
+START_CPU_S = 0.2  # CPU seconds a starting rank must use between two probes to count as progressing
 ROOT_CAUSE_GRACE_S = 5.0  # after a rank fails because of another, how long to wait for that one's own report
 
 
@@ -49,6 +50,26 @@ class Outcome:
 class Probe:
     sent_at: float  # driver clock when it was asked
     ref: ray.ObjectRef | None  # None once answered (asked again PROBE_EVERY_S after sent_at)
+
+
+@dataclass
+class StartWatch:
+    """STARTING's clock: what each rank last said of its start-up, and when any rank last progressed."""
+
+    began: float  # driver clock when the ranks were created
+    quiet_since: float = 0.0  # driver clock of the last progress of any rank (once every rank answered)
+    probes: dict = field(default_factory=dict)  # rank -> Probe
+    seen: dict = field(default_factory=dict)  # rank -> (phase, CPU seconds) at its last answer
+
+    def heard(self, rank: int, phase: str, cpu_s: float, now: float) -> None:
+        """Silence counts from the moment every rank's process answered (starting one is Ray's, not ours)."""
+        last = self.seen.get(rank)
+        if last is None or last[0] != phase or cpu_s - last[1] >= START_CPU_S:
+            self.quiet_since = now
+        self.seen[rank] = (phase, cpu_s)
+
+    def phases(self, ranks) -> str:
+        return ", ".join(f"rank {r} {self.seen.get(r, ('not answering',))[0]}" for r in sorted(ranks))
 
 
 @dataclass
@@ -97,20 +118,25 @@ class Replica:
         self.work: Work | None = None
         self.failure: Failure | None = None
         self.state, self.deadline = State.PLACING, now + self.timeout
+        self.start = StartWatch(now)
 
     # -- what the loop waits on ------------------------------------------------------------------------------
     def refs(self) -> list[ray.ObjectRef]:
         if self.state is State.BUSY:
             return [*self.work.renders, *(p.ref for p in self.work.probes.values() if p.ref is not None)]
-        return list(self.waiting) if self.state in (State.PLACING, State.STARTING) else []
+        if self.state is State.STARTING:
+            return [*self.waiting, *(p.ref for p in self.start.probes.values() if p.ref is not None)]
+        return list(self.waiting) if self.state is State.PLACING else []
 
     def on_ready(self, ref: ray.ObjectRef, now: float) -> Outcome | None:
         """Advance on one completed reference; returns the sample's outcome once it is settled."""
         if self.state is State.PLACING:
             self.waiting.clear()
             self._start(now)
-        elif self.state is State.STARTING:
+        elif self.state is State.STARTING and ref in self.waiting:
             self._started_one(ref)
+        elif self.state is State.STARTING:
+            self._read_start_probe(ref, now)
         elif self.state is State.BUSY:
             return self._rank_returned(ref, now)
         else:  # a rank's answer after the replica failed: read, so Ray does not report it as unhandled
@@ -118,13 +144,48 @@ class Replica:
         return None
 
     def check(self, now: float) -> Outcome | None:
-        """Deadlines and the no-progress clock; returns the sample's outcome if the replica failed with it."""
-        if self.state in (State.PLACING, State.STARTING) and now > self.deadline:
-            what = "placement group not placed" if self.state is State.PLACING else "group not formed and loaded"
-            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: {what} within {self.timeout:g} s"))
+        """Deadlines and the no-progress clocks; returns the sample's outcome if the replica failed with it.
+
+        Placing has a deadline (resources do not come); starting has none: it fails only after
+        `group_timeout_s` in which no rank progressed (no new phase, no CPU used), whatever the time taken,
+        so a busy node, slow storage or a cold compile cache slows a start without failing it."""
+        if self.state is State.PLACING and now > self.deadline:
+            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: placement group not placed within "
+                                                f"{self.timeout:g} s"))
+        elif self.state is State.STARTING:
+            self._check_start(now)
         elif self.state is State.BUSY:
             return self._check_progress(now)
         return None
+
+    def _check_start(self, now: float) -> None:
+        starting = set(self.waiting.values())
+        unheard = sorted(set(range(self.world)) - set(self.start.seen))
+        if unheard and now - self.start.began > 2 * self.timeout:  # a process that never came up to answer
+            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: rank {unheard[0]}'s process did not start "
+                                                f"within {2 * self.timeout:g} s (2 x resources.group_timeout_s)"))
+            return
+        if not unheard and now - self.start.quiet_since > self.timeout:
+            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: no start-up progress for "
+                                                f"{now - self.start.quiet_since:.0f} s ({self.start.phases(starting)}; "
+                                                f"resources.group_timeout_s {self.timeout:g} extends it)"))
+            return
+        every = min(PROBE_EVERY_S, self.timeout / 3)
+        for rank in starting:
+            probe = self.start.probes.get(rank)
+            if probe is None or (probe.ref is None and now - probe.sent_at >= every):
+                self.start.probes[rank] = Probe(now, self.actors[rank].start_progress.remote())
+
+    def _read_start_probe(self, ref: ray.ObjectRef, now: float) -> None:
+        rank = next((r for r, p in self.start.probes.items() if p.ref == ref), None)
+        if rank is None:
+            return _discard(ref)
+        self.start.probes[rank].ref = None
+        try:
+            phase, cpu_s = ray.get(ref)
+        except Exception:  # the rank died: its setup reference reports why
+            return
+        self.start.heard(rank, phase, cpu_s, now)
 
     # -- transitions -----------------------------------------------------------------------------------------
     def _start(self, now: float) -> None:
@@ -138,7 +199,7 @@ class Replica:
         self.address = self.actors[0].rendezvous.remote(self.timeout)  # resolved by Ray before setup runs
         self.waiting = {actor.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, self.address,
                                            self.timeout): rank for rank, actor in enumerate(self.actors)}
-        self.state, self.deadline = State.STARTING, now + 2 * self.timeout
+        self.state, self.start = State.STARTING, StartWatch(now)
 
     def _started_one(self, ref: ray.ObjectRef) -> None:
         rank = self.waiting.pop(ref)

@@ -38,6 +38,7 @@ class RankWorker:
         to `logs/<log_name>` in it."""
         self.rank, self.world, self.pipe = rank, world, None
         self.progress_at = time.monotonic()
+        self.phase = "starting"  # what setup is doing: the driver names it when a start stalls
         self.store = None  # rank 0's rendezvous store, bound from `rendezvous` until the group forms
         self.destination = Destination(output) if output else None
         self.log_name, self.log_uploaded_at = log_name, 0.0
@@ -51,6 +52,18 @@ class RankWorker:
 
     def _progressed(self, *_) -> None:
         self.progress_at = time.monotonic()
+
+    @ray.method(concurrency_group=PROBES)
+    def start_progress(self) -> tuple[str, float]:
+        """While setup runs: (its phase, this process's CPU seconds). A rank importing, reading weights or
+        compiling uses CPU however slowly a busy node lets it; one stuck on a hung mount or a dead peer does
+        not, and neither changes phase: that silence, not the time taken, is what the driver's start clock
+        counts."""
+        return self.phase, time.process_time()
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self._progressed()
 
     def rendezvous(self, timeout_s: float = 300) -> tuple[str, int]:
         """Rank 0: open the group's store on a port the OS picks and keep it bound (no other process can take
@@ -94,18 +107,22 @@ class RankWorker:
         from parallel.launch import init_group, local_device
         from parallel.pipeline import ParallelEchoVideoPipeline
 
+        self._enter("reading the checkpoint")
         kind = DEVICE_KIND[accelerator]
         os.environ.update(self.group_environment(accelerator))
         device = local_device(kind, 0)  # Ray sets CUDA_/ASCEND_RT_VISIBLE_DEVICES: the actor's device is 0
         timeout = timedelta(seconds=timeout_s)
         # Before joining the group: transformers' save_pretrained writes weights only on distributed rank 0.
         root = checkpoint_folder(model["checkpoint"]) if model["checkpoint"] else tiny_checkpoint()
+        self._enter("forming the group")
         store = self.store or dist.TCPStore(address[0], address[1], self.world, is_master=False, timeout=timeout)
         init_group(kind, self.rank, self.world, store=store, timeout=timeout)
+        self._enter("loading the model")
         config = ParallelConfig(ulysses=parallel["ulysses"], ring=parallel["ring"], cfg=parallel["cfg"])
         self.pipe = ParallelEchoVideoPipeline.from_pretrained(root, config, device=str(device), dtype=model["dtype"],
                                                               scheduler=model["scheduler"], timeout=timeout,
                                                               compile=model["compile"])
+        self._enter("ready")
         given = {kind: ids for kind, ids in ray.get_runtime_context().get_accelerator_ids().items() if ids}
         self.log.info("rank %d/%d ready on %s%s, group at %s:%d, %s", self.rank, self.world, device,
                       f" ({given})" if given else "", *address, root)

@@ -43,6 +43,25 @@ class HangOnceWorker(RankWorker):
         return super().render(sample_id, prompt, *args)
 
 
+class SlowBusyStart(RankWorker):
+    """Start-up that takes several times group_timeout_s but keeps working (a busy node, a cold cache)."""
+
+    def setup(self, *args):
+        self._enter("warming a cold compile cache")
+        until = time.monotonic() + 12
+        while time.monotonic() < until:
+            sum(range(10_000))
+        return super().setup(*args)
+
+
+class SilentStart(RankWorker):
+    """Start-up stuck without using CPU (weights on a hung mount)."""
+
+    def setup(self, *args):
+        self._enter("reading weights from a hung mount")
+        threading.Event().wait(3600)
+
+
 def prompts(tmp_path, face_path, texts: list[str]):
     return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t, "identity": str(face_path)} for t in texts])
 
@@ -140,3 +159,17 @@ def test_an_unwritable_output_folder_is_a_job_error_before_any_work(local_ray, f
         run_job(job(dataset, tmp_path / "a-file" / "out"), progress=False)
     assert error.value.field == "job.output" and "writable" in error.value.fix
 
+
+
+def test_a_start_counts_silence_not_time_and_a_silent_one_stops_the_job_naming_its_phase(local_ray, face_path,
+                                                                                       tmp_path):
+    """group_timeout_s 4: a start taking 12 s of work renders (once, no rebuild); a start silent for 4 s is
+    torn down, rebuilt max_rebuilds times, and the job then stops with one line naming the phase and the
+    setting that extends it."""
+    settings = {"parallel.ulysses": 1, "parallel.replicas": 1, "resources.group_timeout_s": 4, "job.max_rebuilds": 1}
+    dataset = prompts(tmp_path, face_path, ["a person smiles"])
+    report = run_job(job(dataset, tmp_path / "slow", **settings), progress=False, worker=SlowBusyStart)
+    assert report.rendered == 1 and report.rebuilds == 0
+    with pytest.raises(Exception, match=r"every replica was lost \(last: .*no start-up progress for \d+ s \(rank 0 "
+                                        r"reading weights from a hung mount; resources.group_timeout_s 4 extends it\)"):
+        run_job(job(dataset, tmp_path / "silent", **settings), progress=False, worker=SilentStart)
