@@ -123,7 +123,8 @@ def layout_cost(clip: Clip, layout: ParallelConfig, device: dict, weight_bytes: 
                                   PATCH_OUT, weight_bytes)
     link = device["link_gbps"] * 1e9
     attention_s = attention / (device["attention_tflops"] * 1e12)
-    step = compute + (sent["ulysses"] + sent["gather"] + sent["cfg"]) / link + max(0.0, sent["ring"] / link - attention_s)
+    exposed_ring = max(0.0, sent["ring"] / link - attention_s)  # ring passes overlap the attention
+    step = compute + (sent["ulysses"] + sent["gather"] + sent["cfg"]) / link + exposed_ring
     scale = clip.height * clip.width * clip.frames / (480 * 848 * 49)
     decode = device["vae_seconds_480x848x49"] * scale / min(layout.world, vae_tiles(clip))
     cost = Cost(layout, tokens, {k: round(v, 2) for k, v in memory.items()}, step, clip.steps * step + decode)

@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.locations import public_name
+from ray_jobs.access import rank_runtime_env
 from ray_jobs.job import JobSpec
 
 PROGRESS_EVERY_S = 10.0
@@ -44,8 +45,8 @@ def fetch_checkpoint(spec: JobSpec, nodes: list[str]) -> None:
         return
     logger.info("fetching %s onto %d node(s) before the replicas start", public_name(uri), len(nodes))
     fetch = ray.remote(num_cpus=0, max_retries=0)(_fetch)
-    pending = [fetch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(uri)
-               for node in nodes]
+    pending = [fetch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                             **rank_runtime_env(spec)).remote(uri) for node in nodes]
     for ref in pending:
         try:
             node, seconds = ray.get(ref)

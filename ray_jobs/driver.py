@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from echovideo.errors import EchoVideoInputError
+from ray_jobs.access import check_access
 from ray_jobs.checkpoints import fetch_checkpoint
 from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_dataset
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
@@ -196,6 +197,7 @@ class JobDriver:
         """All placed and started at once, inside the loop; only once there is a sample to render (a dataset
         that is all done, or all bad, never builds one)."""
         nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
+        check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
         fetch_checkpoint(self.spec, nodes)  # before any start deadline runs
         now = self.clock.tick()
         for index in range(self.plan.replicas):
@@ -333,7 +335,8 @@ class JobDriver:
         the same way) and retries every other failure."""
         self.store.record_failure({"sample_id": sample.sample_id, "row_key": sample.row_key, "kind": kind.value,
                                    "prompt": sample.prompt, "identity": sample.identity,
-                                   "identity_sha256": sample.identity_sha, "seed": sample.options.get("seed"), "options": sample.options,
+                                   "identity_sha256": sample.identity_sha, "seed": sample.options.get("seed"),
+                                   "options": sample.options,
                                    "attempts": sample.attempts, "error": reason})
         self.report.failed += 1
         self.bar.update(1)

@@ -16,6 +16,9 @@ from ray_jobs.destination import UploadError
 
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}  # the clip cannot be written
 OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# A store refusing the credentials: no retry or rebuild can fix it, so the job stops (resumable once fixed).
+DENIED_MARKERS = ("access denied", "accessdenied", "access_denied", "forbidden", "invalidaccesskeyid",
+                  "signaturedoesnotmatch", "permission denied")
 
 
 class JobFailure(RuntimeError):
@@ -88,6 +91,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
             any(marker in str(exc).lower() for marker in OUT_OF_MEMORY_MARKERS):
         return Failure(Kind.OUT_OF_MEMORY, f"{type(exc).__name__}: {_first_line(exc)}")
+    if isinstance(exc, UploadError) and any(marker in str(exc).lower() for marker in DENIED_MARKERS):
+        return Failure(Kind.OUTPUT, f"the store refused this rank's credentials ({_first_line(exc)[:300]})")
     if isinstance(exc, UploadError):
         return Failure(Kind.UPLOAD, str(exc))
     if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:

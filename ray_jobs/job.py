@@ -18,7 +18,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
               "scheduler": ((str,), "dpm"), "compile": ((bool,), False)},
     "parallel": {"ulysses": ((int,), 1), "ring": ((int,), 1), "cfg": ((int,), 1), "replicas": ((int, str), "auto")},
     "resources": {"accelerator": ((str,), "auto"), "cpus_per_rank": ((int, float), 1),
-                  "group_timeout_s": ((int, float), 300), "step_timeout_s": ((int, float), 600)},
+                  "group_timeout_s": ((int, float), 300), "step_timeout_s": ((int, float), 600),
+                  "env": ((list,), None)},  # variables the ranks get from the driver (see ray_jobs.access)
     "dataset": {"prompts": ((str,), None), "identities": ((str,), None), "mode": ((str,), "rows"),
                 "count": ((int,), None), "seed": ((int,), 0), "columns": ((dict,), {}), "limit": ((int,), None)},
     "generation": {f.name: ((type(f.default),) if not isinstance(f.default, float) else (int, float), f.default)
@@ -147,6 +148,9 @@ def _check_meaning(spec: JobSpec) -> None:
         raise EchoVideoInputError("parallel.cfg", f"{p['cfg']} must be 1 or 2", "CFG has two branches")
     if p["replicas"] != "auto" and (isinstance(p["replicas"], str) or p["replicas"] < 1):
         raise EchoVideoInputError("parallel.replicas", f"{reprlib.repr(p['replicas'])} is not auto or >= 1", "e.g. auto")
+    if r["env"] is not None and not all(isinstance(n, str) and n for n in r["env"]):
+        raise EchoVideoInputError("resources.env", "must list environment variable names",
+                                  "e.g. env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]")
     if r["accelerator"] not in ACCELERATORS:
         raise EchoVideoInputError("resources.accelerator", f"{reprlib.repr(r['accelerator'])} is unknown", f"use {ACCELERATORS}")
     if d["prompts"] is None:

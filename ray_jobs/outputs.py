@@ -79,7 +79,7 @@ class JobOutputs:
     the output for one job (`locked`), and says where logs are written (`log_path`, `publish_logs`)."""
 
     FOLDERS = ("videos", "metadata", "posters", "identities", "photos", "state", "logs")
-    RANK_FOLDERS = ("videos", "metadata", "posters", "identities", "photos")  # what rank 0 writes (and may leave temps in)
+    RANK_FOLDERS = ("videos", "metadata", "posters", "identities", "photos")  # rank 0 writes these (temps too)
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination

@@ -21,7 +21,7 @@ from ray import cloudpickle
 import ray_jobs.destination as destination_module
 from echovideo.errors import EchoVideoInputError
 from jobs import job, read_frames, start_run, write_jsonl
-from object_store import BUCKET, SECRET_KEY
+from object_store import ACCESS_KEY, BUCKET, SECRET_KEY
 from ray_jobs.destination import Destination, UploadError
 from ray_jobs.driver import run_job
 from ray_jobs.object_outputs import ObjectStoreOutputs
@@ -257,3 +257,26 @@ def test_a_driver_whose_renewal_stalled_past_the_lease_age_is_fenced_by_the_one_
                     raise
                 time.sleep(0.2)
     assert not second.destination.exists("state/done/after.json")
+
+
+def test_credentials_only_in_the_drivers_environment_reach_the_ranks_and_a_node_without_them_stops_at_once(
+        local_ray, object_store, face_path, tmp_path, monkeypatch):
+    """The cluster was started without storage credentials; the driver has them in its environment only (no
+    credentials in the URI). The ranks get them; listed without the secret, the per-node check stops the job
+    in seconds with one line naming the node, the location and the fix, before any replica exists."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    def output(name: str) -> str:  # credentials in the environment only, not in the URI
+        return f"s3://{BUCKET}/{name}?endpoint_override={object_store.endpoint}&scheme=http&region=us-east-1"
+
+    rows = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a person waves", "identity": str(face_path)}])
+    settings = {"parallel.ulysses": 1, "parallel.replicas": 1}
+    report = run_job(job(rows, output(f"env-{uuid.uuid4().hex[:8]}"), **settings), progress=False)
+    assert report.rendered == 1 and report.summary["ok"] == 1 and report.rebuilds == 0
+    started = time.monotonic()
+    with pytest.raises(EchoVideoInputError, match=r"job.output: node [0-9.]+: cannot read and write job.output "
+                                                  r"s3://echovideo/env-.*resources.env lists which"):
+        run_job(job(rows, output(f"env-{uuid.uuid4().hex[:8]}"), **settings, **{"resources.env": ["AWS_ACCESS_KEY_ID"]}),
+                progress=False)
+    assert time.monotonic() - started < 60
+    assert SECRET_KEY not in open(os.path.join(tmp_path, "p.jsonl")).read()
