@@ -197,7 +197,11 @@ def _plan_job(args: argparse.Namespace) -> int:
         return 0 if fits else EXIT_BAD_INPUT
     count = validate_dataset(spec)
     if args.address:
+        import ray
+
         connect(args.address, spec)
+        free = {k: round(v, 1) for k, v in sorted(ray.available_resources().items()) if k in ("CPU", "GPU", "NPU")}
+        print(f"cluster free now: {free or 'nothing'} (replicas that do not fit now wait for resources)")
     print(make_plan(spec, None if args.address else local_nodes(spec)).describe(count))
     return 0
 

@@ -36,7 +36,8 @@ from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 LOOP_WAIT_S = 0.5  # the longest the loop waits for an event before reading its clocks again
-LOG_UPLOAD_WAIT_S = 30.0  # at the end, how long the ranks get to upload their logs to an object store
+LOG_UPLOAD_WAIT_S = 30.0
+PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute  # at the end, how long the ranks get to upload their logs to an object store
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
 run_log.setLevel(logging.INFO)
@@ -94,6 +95,7 @@ class JobDriver:
         self.bar = None
         self.plan, self.accelerator, self.requested, self.started = None, "cpu", 0, False
         self.last_loss = ""  # why the last replica slot was dropped: the job's error if none is left
+        self.started_at, self.said_placed, self.said_at = 0.0, -1, 0.0  # replicas asked for; placement last said
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -199,7 +201,7 @@ class JobDriver:
         nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
         check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
         fetch_checkpoint(self.spec, nodes)  # before any start deadline runs
-        now = self.clock.tick()
+        now = self.started_at = self.clock.tick()
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
         self.started = True
@@ -225,10 +227,23 @@ class JobDriver:
                 if replica.state in (State.IDLE, State.BUSY):
                     self.up_at.setdefault(replica.index, time.monotonic())
             self._replace_failed()
+            self._say_placement(now)
             self._count_skipped()
             elapsed = max(time.monotonic() - min(self.up_at.values(), default=time.monotonic()), 1e-9)
             self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed, refresh=False,
                                  clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
+
+    def _say_placement(self, now: float) -> None:
+        """While fewer replicas are placed than asked, say so above the bar (when the count changes, and once a
+        minute), with what the cluster has free: a busy or scaling cluster is not a stuck job."""
+        placed = sum(r.state is not State.PLACING for r in self.replicas.values())
+        waiting = placed < len(self.replicas) and now - self.started_at > PLACEMENT_QUIET_S
+        if not waiting or (placed == self.said_placed and now - self.said_at < PLACEMENT_REPEAT_S):
+            return
+        free = {k: round(v, 1) for k, v in ray.available_resources().items() if k in ("CPU", "GPU", "NPU")}
+        logger.warning("waiting for resources: %d of %d replicas placed (free on the cluster now: %s)", placed,
+                       len(self.replicas), free or "nothing")
+        self.said_placed, self.said_at = placed, now
 
     def _advance(self, now: float) -> None:
         """One `ray.wait` over every replica's outstanding references; the first completed one advances its replica

@@ -101,6 +101,7 @@ def test_joining_a_token_auth_head_sends_the_token_or_says_how(head, tmp_path):
     joined = subprocess.run(["echovideo", "plan", str(job), "--address", gcs], env=plain, capture_output=True,
                             text=True, timeout=300)
     assert joined.returncode == 0 and "1 replica(s)" in joined.stdout, joined.stderr[-2000:]
+    assert "cluster free now: {'CPU': 2.0}" in joined.stdout  # what it planned with
     home = tmp_path / "elsewhere"  # a machine without the head's token
     home.mkdir()
     refused = subprocess.run(["echovideo", "plan", str(job), "--address", gcs], env={**plain, "HOME": str(home)},

@@ -169,3 +169,22 @@ def test_a_rerun_renders_what_changed_and_the_manifest_holds_each_requested_clip
         assert (out / row["photo"]).read_bytes() == photos[row["identity_sha256"]].read_bytes()
         clip = json.loads((out / "metadata" / f"{row['sample_id']}.json").read_text())
         assert clip["identity_sha256"] == row["identity_sha256"] and clip["photo"] == row["photo"]
+
+
+def test_a_job_on_a_busy_cluster_says_it_waits_for_resources(local_ray, tmp_path, face_path, caplog):
+    """Another workload holds 2 of the cluster's 4 CPUs: one replica of 2 ranks is placed, the other waits,
+    and the job says so (with what is free) instead of sitting silent; the placed one renders everything."""
+    import ray
+
+    holder = ray.remote(num_cpus=2)(type("Holder", (), {"ready": lambda self: True})).remote()
+    ray.get(holder.ready.remote())
+    try:
+        rows = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"a person waves {i}", "identity": str(face_path)}
+                                                  for i in range(3)])
+        with caplog.at_level("WARNING", logger="ray_jobs"):
+            report = run_job(job(rows, tmp_path / "out", **{"parallel.replicas": 2}), progress=False)
+        assert report.rendered == 3
+        said = [r.getMessage() for r in caplog.records if "waiting for resources" in r.getMessage()]
+        assert said and said[0].startswith("waiting for resources: 1 of 2 replicas placed (free on the cluster now:")
+    finally:
+        ray.kill(holder)
