@@ -221,7 +221,9 @@ def _run_job(args: argparse.Namespace) -> int:
               "again to render the rest", file=sys.stderr)
         return EXIT_INTERRUPTED
     s = report.summary
-    print(f"{s['ok']} ok, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} settled before); "
+    rejected = f", {s['rejected']} rejected by the quality gate" if s.get("rejected") else ""
+    print(f"{s['ok']} ok{rejected}, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} settled "
+          "before); "
           f"outputs in {spec.output_name} (manifest.parquet, failures.parquet, summary.json, index.html)")
     return report.exit_code
 

@@ -110,3 +110,16 @@ def test_eval_of_a_store_it_cannot_reach_is_one_clear_line_without_credentials(c
     assert main(["eval", "s3://KEY:SECRET@bucket/out?endpoint_override=127.0.0.1:9&scheme=http"]) == 2
     err = capsys.readouterr().err
     assert "OUTPUT: cannot read s3://bucket/out" in err and "SECRET" not in err and "Traceback" not in err
+
+
+def test_eval_works_after_the_quickstart_install_without_matplotlib(tmp_path, capsys, monkeypatch):
+    """The plot is optional (the `eval` extra): without matplotlib the table and eval.json are the result."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    scored_job(tmp_path / "out", [(0.0, 0.6, True), (0.0, 0.4, False)])
+    assert main(["eval", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "plot: not drawn (matplotlib is not installed" in printed
+    assert (tmp_path / "out" / "eval.json").is_file() and not (tmp_path / "out" / "eval.png").exists()
