@@ -1,5 +1,6 @@
 """Sampling options and the released guidance schedule."""
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -72,9 +73,7 @@ class GenerationOptions:
         if not isinstance(self.negative_prompt, str):
             raise EchoVideoInputError("--negative-prompt", f"{self.negative_prompt!r} is not text", "quote it")
         if self.frames > TRAINED_FRAMES and not self.riflex:
-            logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that "
-                           "(RIFLEx, --riflex, is reported to keep quality up to 2x the length)",
-                           self.frames, TRAINED_FRAMES)
+            _warn_beyond_training(self.frames)
         return self
 
     @property
@@ -84,3 +83,10 @@ class GenerationOptions:
     @property
     def use_cfg(self) -> bool:
         return self.guidance > 1.0
+
+
+@functools.cache
+def _warn_beyond_training(frames: int) -> None:
+    """Once per process and length: options are validated by the CLI, the pipeline and every job row."""
+    logger.warning("%d frames: the released model was trained on %d; quality may drop beyond that "
+                   "(RIFLEx, --riflex, is reported to keep quality up to 2x the length)", frames, TRAINED_FRAMES)

@@ -35,10 +35,12 @@ def test_bad_options_name_the_field(field, kwargs, message):
     assert err.value.field == field and err.value.fix
 
 
-def test_frames_beyond_training_length_warn(caplog):
+def test_frames_beyond_training_length_warn_once(caplog):
+    """Once per process and length: the CLI, the pipeline and every job row validate the same options."""
     with caplog.at_level(logging.WARNING):
-        GenerationOptions(frames=97).validate()
-    assert "trained on 49" in caplog.text
+        GenerationOptions(frames=113).validate()
+        GenerationOptions(frames=113).validate()
+    assert caplog.text.count("113 frames: the released model was trained on 49") == 1
 
 
 def _save(img: Image.Image, path, **kw):
