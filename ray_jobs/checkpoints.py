@@ -2,12 +2,14 @@
 
 A replica's start deadline counts model loading, not a download: a ~25 GB checkpoint on a slow link would
 otherwise never finish inside it, and the replica would be rebuilt (and download again) forever. So the
-driver first runs one download task per node that will hold replicas (pinned to that node), without a
-deadline; each prints its progress, which Ray forwards to the driver's console, and validates the node's
-cache entry against the store's listing (weights replaced under the same URI are fetched again).
+driver first runs one fetcher per node that will hold replicas (an actor pinned to that node, with the
+ranks' storage credentials), without a deadline, and prints each node's progress to the console every
+PROGRESS_EVERY_S; each fetcher validates its node's cache entry against the store's listing (weights
+replaced under the same URI are fetched again).
 """
 
 import logging
+import sys
 import time
 
 import ray
@@ -19,40 +21,66 @@ from ray_jobs.access import rank_runtime_env
 from ray_jobs.job import JobSpec
 
 PROGRESS_EVERY_S = 10.0
-logger = logging.getLogger("ray_jobs.driver.run")  # driver.log; progress reaches the console from the tasks
+logger = logging.getLogger("ray_jobs.driver.run")  # driver.log; the console gets the progress lines too
 
 
-def _fetch(uri: str) -> tuple[str, float]:
-    """On one node: its cache entry made current; -> (node id, seconds)."""
-    from echovideo.checkpoint_cache import local_checkpoint
+class CheckpointFetcher:
+    """On one node: its cache entry made current, with the bytes done so far readable while it runs."""
 
-    node, started, shown = ray.get_runtime_context().get_node_id(), time.monotonic(), [0.0]
+    def __init__(self) -> None:
+        self.done, self.total = 0, 0
 
-    def progress(done: int, total: int) -> None:
-        if time.monotonic() - shown[0] >= PROGRESS_EVERY_S or done == total:
-            shown[0] = time.monotonic()
-            print(f"checkpoint on node {node[:8]}: {done / 2**30:.2f} of {total / 2**30:.2f} GiB", flush=True)
+    def fetch(self, uri: str) -> float:
+        from echovideo.checkpoint_cache import local_checkpoint
 
-    local_checkpoint(uri, progress)
-    return node, time.monotonic() - started
+        started = time.monotonic()
+        local_checkpoint(uri, self._progress)
+        return time.monotonic() - started
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def progress(self) -> tuple[int, int]:
+        return self.done, self.total
 
 
-def fetch_checkpoint(spec: JobSpec, nodes: list[str]) -> None:
+def fetch_checkpoint(spec: JobSpec, nodes: list[str], progress: bool = True) -> None:
     """Every node in `nodes` (Ray node ids) holds the job's checkpoint URI's current weights; returns at
     once for a preset or a local folder. A checkpoint that cannot be listed or fetched is the job's error."""
     uri = spec.model.get("checkpoint")
     if not uri or "://" not in uri:
         return
-    logger.info("fetching %s onto %d node(s) before the replicas start", public_name(uri), len(nodes))
-    fetch = ray.remote(num_cpus=0, max_retries=0)(_fetch)
-    pending = [fetch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-                             **rank_runtime_env(spec)).remote(uri) for node in nodes]
-    for ref in pending:
-        try:
-            node, seconds = ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, EchoVideoInputError):
-                raise cause from None
-            raise
-        logger.info("checkpoint ready on node %s (%.1f s)", node[:8], seconds)
+    say(f"fetching {public_name(uri)} onto {len(nodes)} node(s) before the replicas start", progress)
+    actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(CheckpointFetcher)
+    fetchers = {node: actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                                    **rank_runtime_env(spec)).remote() for node in nodes}
+    pending = {fetcher.fetch.remote(uri): node for node, fetcher in fetchers.items()}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY_S)
+            for ref in ready:
+                node = pending.pop(ref)
+                say(f"checkpoint ready on node {node[:8]} ({_result(ref):.1f} s)", progress)
+            if not ready:
+                for node in pending.values():
+                    done, total = ray.get(fetchers[node].progress.remote())
+                    say(f"checkpoint on node {node[:8]}: {done / 2**30:.2f} of {total / 2**30:.2f} GiB", progress)
+    finally:
+        for fetcher in fetchers.values():
+            ray.kill(fetcher)
+
+
+def _result(ref: ray.ObjectRef) -> float:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, EchoVideoInputError):
+            raise cause from None
+        raise
+
+
+def say(line: str, console: bool) -> None:
+    logger.info(line)
+    if console:
+        print(line, file=sys.stderr, flush=True)

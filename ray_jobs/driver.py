@@ -200,7 +200,7 @@ class JobDriver:
         that is all done, or all bad, never builds one)."""
         nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
         check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
-        fetch_checkpoint(self.spec, nodes)  # before any start deadline runs
+        fetch_checkpoint(self.spec, nodes, self.progress)  # before any start deadline runs
         now = self.started_at = self.clock.tick()
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
