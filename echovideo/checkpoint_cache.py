@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.fs as pfs
 
 from echovideo.errors import CheckpointError
-from echovideo.locations import default_cache_dir, is_uri, public_name
+from echovideo.locations import default_cache_dir, is_uri, open_uri, public_name
 
 LISTING = ".echovideo-files.json"  # relative path -> [size, mtime_ns] in the store, written last: a complete entry
 DOWNLOADS_LOG = "downloads.log"  # one line per download: what a node really fetched
@@ -45,7 +45,7 @@ def store_listing(uri: str) -> dict[str, list]:
     """What the store says the checkpoint is: relative path -> [size, modification time in ns]."""
     name = public_name(uri)
     try:
-        filesystem, root = pfs.FileSystem.from_uri(uri)
+        filesystem, root = open_uri(uri)
         infos = [info for info in filesystem.get_file_info(pfs.FileSelector(root, recursive=True))
                  if info.type == pfs.FileType.File]
     except (OSError, ValueError) as exc:
@@ -94,7 +94,7 @@ def _remove_dead_partials(entry: Path) -> None:
 
 
 def _download(uri: str, name: str, entry: Path, listing: dict[str, list], on_progress) -> None:
-    filesystem, root = pfs.FileSystem.from_uri(uri)
+    filesystem, root = open_uri(uri)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}{PARTIAL}", dir=entry.parent))
     total = sum(size for size, _ in listing.values())
     try:

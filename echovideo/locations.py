@@ -26,5 +26,26 @@ def public_name(uri: str) -> str:
 def filesystem(location: str | os.PathLike) -> tuple[pfs.FileSystem, str]:
     """(filesystem, path in it): a URI's own filesystem, or the local one with the path made absolute."""
     if is_uri(location):
-        return pfs.FileSystem.from_uri(str(location))
+        return open_uri(str(location))
     return pfs.LocalFileSystem(), str(Path(location).absolute())
+
+
+def open_uri(uri: str) -> tuple[pfs.FileSystem, str]:
+    """`pyarrow.fs.FileSystem.from_uri`, with a URI pyarrow refuses (a misspelt query key, an unknown scheme)
+    made one line that names the problem and the fix instead of pyarrow's traceback."""
+    try:
+        return pfs.FileSystem.from_uri(uri)
+    except (ValueError, TypeError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        from echovideo.errors import EchoVideoInputError
+
+        fix = ("S3 query keys are e.g. endpoint_override=HOST:PORT, scheme=http, region=..., "
+               "allow_bucket_creation=true" if uri.startswith("s3") else "check the URI's scheme and query")
+        raise EchoVideoInputError("URI", f"{public_name(uri)}: {str(exc).splitlines()[0][:200]}", fix) from None
+
+
+def store_hint(message: str) -> str:
+    """A fix for what a store's error text shows: TLS spoken to a plain-HTTP endpoint fails as 'wrong version
+    number' (OpenSSL), which does not point at the URI's missing `scheme=http`."""
+    if "wrong version number" in message.lower():
+        return " (the store speaks plain HTTP: add &scheme=http to the URI's query)"
+    return ""

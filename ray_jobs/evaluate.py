@@ -19,6 +19,7 @@ from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
 from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.inception import InceptionFeatures, inception_distance
+from echovideo.locations import store_hint
 from echovideo.quality import score_clip
 from echovideo.video_io import read_mp4
 from ray_jobs.destination import Destination
@@ -190,7 +191,8 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     try:
         has_manifest = source.exists("manifest.parquet")
     except OSError as exc:  # unreachable store, bad credentials
-        raise EchoVideoInputError("OUTPUT", f"cannot read {source.name} ({redact(str(exc))[:200]})",
+        raise EchoVideoInputError("OUTPUT", f"cannot read {source.name} ({redact(str(exc))[:200]})"
+                                  f"{store_hint(str(exc))}",
                                   "check the path or URI and its credentials") from None
     if has_manifest:  # every finished clip, rejected ones too: `eval` measures the model, not the filtered set
         clips = read_manifest(output, ("ok", "rejected"))

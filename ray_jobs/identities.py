@@ -18,6 +18,7 @@ from typing import Callable, TypeVar
 import pyarrow.fs as pfs
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.locations import open_uri
 from ray_jobs.redact import redact
 
 MAX_IDENTITY_BYTES = 64 * 2**20  # far above any phone photo (a 48 MP HEIC-to-JPEG is ~20 MB)
@@ -81,7 +82,7 @@ def identity_version(reference: str, name: str) -> list | None:
         if "://" not in reference:
             info = os.stat(reference)
             return [info.st_size, info.st_mtime_ns, info.st_ino, stat.S_IFMT(info.st_mode)]
-        filesystem, path = pfs.FileSystem.from_uri(reference)
+        filesystem, path = open_uri(reference)
         info = filesystem.get_file_info(path)
         mtime = info.mtime_ns if info.type == pfs.FileType.File else None
         return [info.type.name, info.size, mtime]
@@ -105,7 +106,7 @@ def _read_local(path: str, name: str) -> bytes:
 
 
 def _read_uri(uri: str, name: str) -> bytes:
-    filesystem, path = pfs.FileSystem.from_uri(uri)
+    filesystem, path = open_uri(uri)
     info = filesystem.get_file_info(path)
     if info.type == pfs.FileType.NotFound:  # perhaps not uploaded yet
         raise IdentityUnavailable("identity", f"cannot read {name} (does not exist)",

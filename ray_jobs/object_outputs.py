@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import default_cache_dir
+from echovideo.locations import default_cache_dir, store_hint
 from ray_jobs.destination import Destination
 from ray_jobs.outputs import JobOutputs, holder_description, safe_name, writing
 
@@ -71,7 +71,8 @@ class ObjectStoreOutputs(JobOutputs):
             self.logs.mkdir(parents=True, exist_ok=True)
             self.destination.put("state/writable.probe", b"ok")
         except OSError as exc:
-            raise EchoVideoInputError("job.output", f"{self.name} cannot be written ({str(exc)[:300]})",
+            raise EchoVideoInputError("job.output", f"{self.name} cannot be written ({str(exc)[:300]})"
+                                      f"{store_hint(str(exc))}",
                                       "check the URI, the bucket and the storage credentials in the "
                                       "environment (AWS_ACCESS_KEY_ID, ...)") from None
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import is_uri
+from echovideo.locations import is_uri, store_hint
 from echovideo.video_io import atomic_output, is_our_temp
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Kind, OutputError
@@ -336,7 +336,8 @@ def read_manifest(output: str, statuses: tuple[str, ...]) -> list[dict]:
         with source.fs.open_input_file(source.path("manifest.parquet")) as handle:
             rows = pq.read_table(handle).to_pylist()
     except (OSError, ValueError) as exc:
-        raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})",
+        raise EchoVideoInputError("OUTPUT", f"no manifest.parquet in {redact(output)} ({redact(str(exc))[:200]})"
+                                  f"{store_hint(str(exc))}",
                                   "pass a job's output folder (run the job first)") from None
     clips = [row for row in rows if row["status"] in statuses]
     for clip in clips:

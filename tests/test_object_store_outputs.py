@@ -280,3 +280,28 @@ def test_credentials_only_in_the_drivers_environment_reach_the_ranks_and_a_node_
                 progress=False)
     assert time.monotonic() - started < 60
     assert SECRET_KEY not in open(os.path.join(tmp_path, "p.jsonl")).read()
+
+
+@pytest.mark.parametrize("command", ["run", "export", "eval"])
+def test_a_misspelt_or_plain_http_store_uri_is_one_line_naming_the_fix(command, object_store, tmp_path, face_path,
+                                                                        capsys):
+    """`?endpoint_overide=` and a plain-HTTP store reached without `scheme=http`: exit 2, one line, the fix."""
+    from echovideo.cli import main
+
+    good = object_store.uri(f"bad-{command}-{uuid.uuid4().hex[:6]}")
+    misspelt = good.replace("endpoint_override", "endpoint_overide")
+    tls = good.replace("&scheme=http", "")
+    for uri, says in ((misspelt, "endpoint_overide"), (tls, "scheme=http")):
+        if command == "run":
+            rows = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a person waves", "identity": str(face_path)}])
+            job_file = tmp_path / "job.yaml"
+            job_file.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "dataset": {"prompts": str(rows)},
+                                                "job": {"output": uri}}))
+            argv = ["run", str(job_file)]
+        else:
+            argv = ["export", uri, "--format", "csv", "--to", str(tmp_path / "x")] if command == "export" else \
+                ["eval", uri]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert SECRET_KEY not in err
