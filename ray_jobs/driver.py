@@ -31,13 +31,14 @@ from ray_jobs.object_outputs import LeaseLost
 from ray_jobs.outputs import open_outputs, photo_name
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
-from ray_jobs.replica import Outcome, Replica, State
+from ray_jobs.replica import Outcome, Replica, State, rank_bundle
 from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 LOOP_WAIT_S = 0.5  # the longest the loop waits for an event before reading its clocks again
 LOG_UPLOAD_WAIT_S = 30.0
-PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute  # at the end, how long the ranks get to upload their logs to an object store
+PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute
+GROW_EVERY_S = 10.0  # how often the driver looks for room for replicas it lacks  # at the end, how long the ranks get to upload their logs to an object store
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
 run_log.setLevel(logging.INFO)
@@ -96,6 +97,7 @@ class JobDriver:
         self.plan, self.accelerator, self.requested, self.started = None, "cpu", 0, False
         self.last_loss = ""  # why the last replica slot was dropped: the job's error if none is left
         self.started_at, self.said_placed, self.said_at = 0.0, -1, 0.0  # replicas asked for; placement last said
+        self.grown_at, self.given_up = 0.0, set()  # slots dropped for failing max_rebuilds times in a row
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -201,7 +203,8 @@ class JobDriver:
         nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
         check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
         fetch_checkpoint(self.spec, nodes, self.progress)  # before any start deadline runs
-        now = self.started_at = self.clock.tick()
+        now = self.started_at = self.grown_at = self.clock.tick()
+        ask_autoscaler(self.spec, self.accelerator, self.plan.replicas)
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
         self.started = True
@@ -227,6 +230,7 @@ class JobDriver:
                 if replica.state in (State.IDLE, State.BUSY):
                     self.up_at.setdefault(replica.index, time.monotonic())
             self._replace_failed()
+            self._grow(now)
             self._say_placement(now)
             self._count_skipped()
             elapsed = max(time.monotonic() - min(self.up_at.values(), default=time.monotonic()), 1e-9)
@@ -289,6 +293,11 @@ class JobDriver:
         if outcome is None:
             return
         sample = outcome.sample
+        if outcome.failure is not None and self._node_lost(outcome.failure, replica):
+            logger.warning("sample %s: its replica's node was lost; it renders elsewhere (no attempt charged)",
+                           sample.sample_id)
+            self.retry.append(sample)
+            return
         sample.attempts += 1
         if outcome.failure is None:
             self._succeeded(sample, replica, outcome.result)
@@ -303,6 +312,38 @@ class JobDriver:
             return
         attempts = f" (after {sample.attempts} attempts)" if sample.attempts > 1 else ""
         self._fail(sample, f"{failure.kind.value}: {failure.message}{attempts}", failure.kind)
+
+    @staticmethod
+    def _node_lost(failure: Failure, replica: Replica) -> bool:
+        """The failure is a node's, not the sample's: Ray said the node died (or was preempted), or a rank's
+        node is no longer alive."""
+        if failure.kind is Kind.NODE_LOST:
+            return True
+        if failure.kind is not Kind.GROUP_LOST or not replica.nodes:
+            return False
+        alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+        return bool(replica.nodes - alive)
+
+    def _grow(self, now: float) -> None:
+        """Elastic replicas: every GROW_EVERY_S, while work remains, place replicas in slots the cluster has
+        room for again (a node joined, or came back), up to what the job asks (`auto`: all that fit)."""
+        if not self.started or now - self.grown_at < GROW_EVERY_S or self._no_work_left():
+            return
+        self.grown_at = now
+        capacity = sum(replicas_per_node(self.spec, self.accelerator).values())
+        asked = self.spec.parallel["replicas"]
+        wanted = (capacity if asked == "auto" else min(asked, capacity)) - len(self.given_up)
+        free = (index for index in range(wanted + len(self.replicas) + len(self.given_up))
+                if index not in self.replicas and index not in self.given_up)
+        while len(self.replicas) < wanted:
+            index = next(free)
+            logger.warning("replica %d added: the cluster has room for %d replica(s) now", index, wanted)
+            self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
+            self.rebuilds_in_a_row[index] = 0
+            self.report.replicas_started += 1
+
+    def _no_work_left(self) -> bool:
+        return self.feed.exhausted and not self.retry and self.waiting_sample is None
 
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
@@ -335,6 +376,7 @@ class JobDriver:
             if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
                 self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without finishing a "
                                   f"sample (job.max_rebuilds); last cause: {failure.message}")
+                self.given_up.add(index)  # never placed again by `_grow`: its failures are its own
                 continue
             self.report.rebuilds += 1
             self.report.replicas_started += 1
@@ -365,6 +407,18 @@ class JobDriver:
         if self.requested - self.feed.duplicates != self.bar.total:
             self.bar.total = self.requested - self.feed.duplicates
             self.bar.refresh()
+
+
+def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:
+    """Tell an autoscaling cluster what the job wants (every replica's bundles); a fixed cluster ignores it."""
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
+    wanted = replicas if spec.parallel["replicas"] == "auto" else spec.parallel["replicas"]
+    try:
+        request_resources(bundles=[bundle] * (spec.ranks_per_replica * wanted))
+    except Exception as exc:  # a cluster without an autoscaler endpoint: nothing to ask
+        logger.debug("no autoscaler request: %s", exc)
 
 
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on_result=None,

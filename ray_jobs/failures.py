@@ -37,6 +37,7 @@ class Kind(Enum):
     GROUP_LOST = "group lost"  # a rank died, hung or its group broke: retried on a rebuilt replica
     OUTPUT = "output error"  # the clip could not be written: the job stops, and resumes when rerun
     UPLOAD = "upload error"  # the store dropped rank 0's upload after the group finished: retried, same replica
+    NODE_LOST = "node lost"  # a rank's node died or was preempted: re-rendered elsewhere, no attempt charged
 
     @property
     def keeps_replica(self) -> bool:
@@ -83,6 +84,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, SampleFailure):
         return Failure(Kind(exc.kind), exc.message, exc.secondary)
     if isinstance(exc, ray.exceptions.RayActorError):
+        if getattr(exc, "preempted", False) or "node has died" in str(exc).lower():
+            return Failure(Kind.NODE_LOST, f"a rank's node was lost ({type(exc).__name__})")
         return Failure(Kind.GROUP_LOST, f"a rank died ({type(exc).__name__})")
     if isinstance(exc, ray.exceptions.RayError):
         return Failure(Kind.GROUP_LOST, f"{type(exc).__name__}: {_first_line(exc)}")
@@ -110,6 +113,8 @@ def decide(failure: Failure, attempts: int, retries: int) -> Decision:
         return Decision(retry=False, rebuild=False, stop_job=True)
     if failure.kind in (Kind.INPUT, Kind.UNAVAILABLE):  # the reader already retried what could pass now
         return Decision(retry=False, rebuild=False, stop_job=False)
+    if failure.kind is Kind.NODE_LOST:  # not the sample's fault: its retry budget is not charged (driver)
+        return Decision(retry=True, rebuild=True, stop_job=False)
     if failure.kind is Kind.OUT_OF_MEMORY:
         return Decision(retry=False, rebuild=True, stop_job=False)
     if failure.kind is Kind.UPLOAD:  # a store's hiccup: loading the model again would not help

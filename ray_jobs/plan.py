@@ -220,8 +220,8 @@ def make_plan(spec: JobSpec, nodes: list[dict] | None = None) -> Plan:
     if accelerator == "gpu" and spec.model["checkpoint"]:  # the released model's sizes: not the tiny preset's
         _refuse_unfit_on(spec, nodes)
     replicas = spec.parallel["replicas"]
-    replicas = capacity if replicas == "auto" else replicas
-    if replicas > capacity:
-        raise EchoVideoInputError("parallel.replicas", f"{replicas} replicas do not fit; the cluster holds {capacity}",
-                                  f"use auto or at most {capacity}")
+    if replicas != "auto" and replicas > capacity:  # an autoscaling cluster grows; the driver adds them then
+        logger.warning("parallel.replicas: %d asked, the cluster holds %d now; the others start as nodes join "
+                       "(the autoscaler is asked for them)", replicas, capacity)
+    replicas = capacity if replicas == "auto" else min(replicas, capacity)
     return Plan(accelerator, replicas, ranks, bundle, per_node)

@@ -120,6 +120,7 @@ class Replica:
         self.failure: Failure | None = None
         self.state, self.deadline = State.PLACING, now + self.timeout
         self.start = StartWatch(now)
+        self.nodes: set[str] = set()  # where its ranks run, once started
 
     # -- what the loop waits on ------------------------------------------------------------------------------
     def refs(self) -> list[ray.ObjectRef]:
@@ -206,7 +207,9 @@ class Replica:
     def _started_one(self, ref: ray.ObjectRef) -> None:
         rank = self.waiting.pop(ref)
         try:
-            ray.get(ref)
+            node = ray.get(ref)
+            if isinstance(node, str):  # a stand-in worker may return nothing
+                self.nodes.add(node)
         except Exception as exc:  # classified: a bad checkpoint is a bad input, a lost node a lost group
             failure = classify(exc)
             self._fail(Failure(failure.kind, f"replica {self.index} rank {rank} did not start: {failure.message}"))

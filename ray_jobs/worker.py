@@ -97,8 +97,9 @@ class RankWorker:
         return {"HCCL_IF_BASE_PORT": str(base + HCCL_PORTS_PER_DEVICE * physical)}
 
     def setup(self, model: dict, parallel: dict, accelerator: str, address: tuple[str, int],
-              timeout_s: float) -> None:
-        """Join the replica's group (rank 0's store at `address`) and load the parallel pipeline on this rank."""
+              timeout_s: float) -> str:
+        """Join the replica's group (rank 0's store at `address`) and load the parallel pipeline on this rank;
+        -> this rank's node id (the driver tells a lost node from a failed sample by it)."""
         import torch.distributed as dist
 
         from echovideo.checkpoint_cache import checkpoint_folder
@@ -126,6 +127,7 @@ class RankWorker:
         given = {kind: ids for kind, ids in ray.get_runtime_context().get_accelerator_ids().items() if ids}
         self.log.info("rank %d/%d ready on %s%s, group at %s:%d, %s", self.rank, self.world, device,
                       f" ({given})" if given else "", *address, root)
+        return ray.get_runtime_context().get_node_id()
 
     def render(self, sample_id: str, prompt: str, image: bytes | None, options: dict, files: dict[str, str],
                scores: bool = True, about: dict | None = None) -> dict:

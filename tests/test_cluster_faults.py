@@ -1,12 +1,27 @@
 """A cluster that loses a node mid-job (real raylets on one machine): the replica there cannot be rebuilt, is
 dropped, and the remaining replica renders every sample."""
 
+import sys
+import time
+
 import pytest
 import ray
+from ray import cloudpickle
 from ray.cluster_utils import Cluster
 
 from jobs import assert_exactly_once, job, write_jsonl
 from ray_jobs.driver import run_job
+from ray_jobs.worker import RankWorker
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the slow worker travels by value
+
+
+class SlowWorker(RankWorker):
+    """Each clip takes 2 s more: long enough for a node to join and a replica to start mid-job."""
+
+    def render(self, *args):
+        time.sleep(2)
+        return super().render(*args)
 
 
 @pytest.fixture()
@@ -38,3 +53,42 @@ def test_losing_a_node_mid_job_leaves_the_work_to_the_other_replica(two_nodes, f
                      progress=False, on_result=lose_node)
     assert lost and report.summary["replicas_dropped"] == 1 and report.exit_code == 0
     assert_exactly_once(out, 6)
+
+
+@pytest.fixture()
+def one_node(tiny_root):
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes.add_node(num_cpus=2)
+    ray.init(address=nodes.address, log_to_driver=False,
+             runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+    nodes.wait_for_nodes()
+    yield nodes
+    ray.shutdown()
+    nodes.shutdown()
+
+
+def test_replicas_follow_the_cluster_a_joining_node_adds_one_and_a_lost_node_charges_no_attempt(
+        one_node, face_path, tmp_path, caplog):
+    """`replicas: auto` on one 2-CPU node: one replica. A node joins after the first clip: a second replica is
+    placed while the job runs. Then the first node is removed under its busy replica: that sample renders on
+    the other replica without an attempt charged, and nothing is lost or rendered twice."""
+    dataset = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(20)])
+    first_node, events = one_node.worker_nodes and next(iter(one_node.worker_nodes)), []
+
+    def follow(sample, replica):
+        if not events:
+            events.append(("added", one_node.add_node(num_cpus=2)))
+        elif replica.index == 1 and len(events) == 1:
+            one_node.remove_node(first_node)
+            events.append(("removed", first_node))
+
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        report = run_job(job(dataset, out, **{"parallel.replicas": "auto"}), progress=False, on_result=follow,
+                         worker=SlowWorker)
+    assert [kind for kind, _ in events] == ["added", "removed"]
+    assert report.summary["replicas_started"] >= 2 and "replica 1 added" in caplog.text
+    rows = assert_exactly_once(out, 20)
+    assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text  # it was busy there
+    assert all(row["attempts"] == 1 for row in rows)  # a lost node is not the sample's fault
