@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,16 @@ def head(tiny_root):
 
 
 def submit(address: str, env: dict, folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
-                           "echovideo", "run", "job.yaml", "--address", "auto", *args],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=420)
+    """`ray job submit` as the README writes it; while the head's job agent is still starting (a busy
+    machine), Ray answers "No available agent": asked again until a generous deadline."""
+    deadline = time.monotonic() + 180
+    while True:
+        done = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+                               "echovideo", "run", "job.yaml", "--address", "auto", *args],
+                              cwd=folder, env=env, capture_output=True, text=True, timeout=420)
+        if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
 
 
 def test_the_readme_submit_recipe_writes_where_the_readme_says(head, tmp_path, face_path):
