@@ -38,7 +38,9 @@ EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 LOOP_WAIT_S = 0.5  # the longest the loop waits for an event before reading its clocks again
 LOG_UPLOAD_WAIT_S = 30.0
 PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute
-GROW_EVERY_S = 10.0  # how often the driver looks for room for replicas it lacks  # at the end, how long the ranks get to upload their logs to an object store
+GROW_EVERY_S = 10.0  # how often the driver looks for room for replicas it lacks
+DRAIN_CHECK_S = 2.0  # how often it asks which nodes are being drained
+HAND_BACK_S = 15.0  # a replica on a node drained within this hands its sample back instead of finishing it  # at the end, how long the ranks get to upload their logs to an object store
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
 run_log.setLevel(logging.INFO)
@@ -98,6 +100,7 @@ class JobDriver:
         self.last_loss = ""  # why the last replica slot was dropped: the job's error if none is left
         self.started_at, self.said_placed, self.said_at = 0.0, -1, 0.0  # replicas asked for; placement last said
         self.grown_at, self.given_up = 0.0, set()  # slots dropped for failing max_rebuilds times in a row
+        self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -230,6 +233,7 @@ class JobDriver:
                 if replica.state in (State.IDLE, State.BUSY):
                     self.up_at.setdefault(replica.index, time.monotonic())
             self._replace_failed()
+            self._retire_draining(now)
             self._grow(now)
             self._say_placement(now)
             self._count_skipped()
@@ -267,7 +271,7 @@ class JobDriver:
     def _dispatch(self) -> None:
         """Each idle replica pulls the next sample: a retry first, then the dataset's next one."""
         for replica in self.replicas.values():
-            if replica.state is not State.IDLE:
+            if replica.state is not State.IDLE or replica.nodes & self.draining:
                 continue
             sample = self._next()
             if sample is None:
@@ -330,7 +334,8 @@ class JobDriver:
         if not self.started or now - self.grown_at < GROW_EVERY_S or self._no_work_left():
             return
         self.grown_at = now
-        capacity = sum(replicas_per_node(self.spec, self.accelerator).values())
+        per_node = replicas_per_node(self.spec, self.accelerator)
+        capacity = sum(fits for node, fits in per_node.items() if node not in self.draining)
         asked = self.spec.parallel["replicas"]
         wanted = (capacity if asked == "auto" else min(asked, capacity)) - len(self.given_up)
         free = (index for index in range(wanted + len(self.replicas) + len(self.given_up))
@@ -341,6 +346,24 @@ class JobDriver:
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
             self.rebuilds_in_a_row[index] = 0
             self.report.replicas_started += 1
+
+    def _retire_draining(self, now: float) -> None:
+        """A node being drained (Ray's drain API: a spot-preemption notice, an idle scale-down) takes no new
+        sample; each replica there finishes the one it has, then is torn down without counting as a failure
+        (were the node gone first, its sample renders elsewhere uncharged: `_node_lost`)."""
+        if now - self.drain_checked_at < DRAIN_CHECK_S:
+            return
+        self.drain_checked_at = now
+        deadlines = _draining_nodes()
+        self.draining = set(deadlines)
+        for index, replica in list(self.replicas.items()):
+            on = replica.nodes & self.draining
+            if on and replica.state is State.IDLE:
+                logger.warning("replica %d retired: its node is being drained", index)
+                replica.teardown()
+                del self.replicas[index]
+            elif on and replica.state is State.BUSY and _due(deadlines, on):  # no time to finish: hand it back
+                self._settle(replica, replica.hand_back("its node is being drained and its deadline is near"))
 
     def _no_work_left(self) -> bool:
         return self.feed.exhausted and not self.retry and self.waiting_sample is None
@@ -407,6 +430,24 @@ class JobDriver:
         if self.requested - self.feed.duplicates != self.bar.total:
             self.bar.total = self.requested - self.feed.duplicates
             self.bar.refresh()
+
+
+def _draining_nodes() -> dict[str, int]:
+    """Node id -> drain deadline (ms since the epoch, 0: none) for the nodes the cluster is draining (Ray's
+    GCS; nothing on a Ray without the drain API)."""
+    try:
+        from ray._private.state import state
+
+        return dict(state.get_draining_nodes())
+    except Exception as exc:  # an older Ray, or a GCS that cannot be asked now: nothing is draining
+        logger.debug("cannot ask for draining nodes: %s", exc)
+        return {}
+
+
+def _due(deadlines: dict[str, int], nodes: set[str]) -> bool:
+    """A drain deadline closer than HAND_BACK_S: an in-flight sample could not finish before the node goes."""
+    soonest = min((deadlines[n] for n in nodes if deadlines.get(n)), default=0)
+    return bool(soonest) and soonest / 1000 - time.time() < HAND_BACK_S
 
 
 def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:

@@ -288,6 +288,10 @@ class Replica:
         self.state = State.FAILED
         return Outcome(work.sample, None, failure) if work is not None else None
 
+    def hand_back(self, reason: str) -> Outcome | None:
+        """BUSY -> FAILED for a reason that is the node's, not the sample's (it renders elsewhere, uncharged)."""
+        return self._fail(Failure(Kind.NODE_LOST, f"replica {self.index}: {reason}"))
+
     def upload_logs(self) -> list[ray.ObjectRef]:
         """Each rank's log to an object-store output (they run beside a render: read-only probes' group)."""
         return [actor.upload_log.remote() for actor in self.actors]

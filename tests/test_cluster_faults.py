@@ -92,3 +92,32 @@ def test_replicas_follow_the_cluster_a_joining_node_adds_one_and_a_lost_node_cha
     rows = assert_exactly_once(out, 20)
     assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text  # it was busy there
     assert all(row["attempts"] == 1 for row in rows)  # a lost node is not the sample's fault
+
+
+def test_a_node_being_drained_takes_no_new_sample_and_finishes_its_own(two_nodes, face_path, tmp_path, caplog):
+    """Ray's drain API (a spot-preemption notice) on the node of the replica that just finished a clip: that
+    replica takes no new sample and is retired; the other replica renders the rest; nothing is charged."""
+    from ray.core.generated import autoscaler_pb2
+
+    dataset = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(8)])
+    drained, after = [], []
+
+    def drain(sample, replica):
+        if drained:
+            after.append(replica.index)
+            return
+        node = replica.placements()[0]["node"]
+        accepted, why = ray._raylet.GcsClient(address=two_nodes.address).drain_node(
+            node, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "spot notice",
+            int((time.time() + 600) * 1000))
+        assert accepted, why
+        drained.append(replica.index)
+
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        report = run_job(job(dataset, out), progress=False, on_result=drain, worker=SlowWorker)
+    assert f"replica {drained[0]} retired: its node is being drained" in caplog.text
+    assert after.count(drained[0]) <= 1  # at most the sample it already had
+    rows = assert_exactly_once(out, 8)
+    assert report.exit_code == 0 and all(row["attempts"] == 1 for row in rows)
