@@ -3,7 +3,7 @@ the node-local cache folder."""
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pfs
 
@@ -40,7 +40,17 @@ def open_uri(uri: str) -> tuple[pfs.FileSystem, str]:
 
         fix = ("S3 query keys are e.g. endpoint_override=HOST:PORT, scheme=http, region=..., "
                "allow_bucket_creation=true" if uri.startswith("s3") else "check the URI's scheme and query")
-        raise EchoVideoInputError("URI", f"{public_name(uri)}: {str(exc).splitlines()[0][:200]}", fix) from None
+        raise EchoVideoInputError("URI", f"{public_name(uri)}: {_without_secrets(str(exc), uri)}", fix) from None
+
+
+def _without_secrets(message: str, uri: str) -> str:
+    """pyarrow's message with the URI's credentials and query values taken out (they may hold keys)."""
+    parts = urlsplit(uri)
+    message = message.splitlines()[0].replace(uri, public_name(uri))[:200]
+    for secret in [parts.password, parts.username, *(value for _, value in parse_qsl(parts.query))]:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
 
 
 def store_hint(message: str) -> str:

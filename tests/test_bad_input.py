@@ -54,8 +54,8 @@ def cases(tmp_path, face_path):
     photo = str(face_path)
     fifo = tmp_path / "photo.fifo"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
-    unreachable = (f"s3://AKIDEXAMPLE:{SECRET}@bucket/face.jpg?endpoint_override=127.0.0.1:1&scheme=http"
-                   f"&session_token={SECRET}")
+    unreachable = f"s3://AKIDEXAMPLE:{SECRET}@bucket/face.jpg?endpoint_override=127.0.0.1:1&scheme=http"
+    misspelt = f"s3://AKIDEXAMPLE:{SECRET}@bucket/face.jpg?endpoint_overide=127.0.0.1:1&token={SECRET}"
 
     def row(prompt="a person smiles", identity=photo, **extra):
         return {"prompt": prompt.encode("utf-8") if isinstance(prompt, str) else prompt, "identity": identity, **extra}
@@ -63,6 +63,7 @@ def cases(tmp_path, face_path):
     table = {
         "missing-path": (row(identity=str(tmp_path / "missing.jpg")), "cannot read"),
         "unreachable-uri": (row(identity=unreachable), "cannot read"),
+        "misspelt-uri": (row(identity=misspelt), "Unexpected query parameter in S3 URI"),
         "corrupt-bytes": (row(identity=None, image=encoded(face, "JPEG")[:300] + b"\xff" * 64), "not a readable image"),
         "not-an-image": (row(identity=str(tmp_path / "notes.jpg")), "not a readable image"),
         "zero-bytes": (row(identity=str(tmp_path / "empty.jpg")), "empty (0 bytes)"),
