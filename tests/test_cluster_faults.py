@@ -24,17 +24,22 @@ class SlowWorker(RankWorker):
         return super().render(*args)
 
 
+def cluster_of(nodes: int, tiny_root):
+    """A real multi-node cluster on this machine: a head without CPUs and `nodes` nodes of 2 CPUs."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, log_to_driver=False,
+             runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
 @pytest.fixture()
 def two_nodes(tiny_root):
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        nodes.add_node(num_cpus=2)
-    ray.init(address=nodes.address, log_to_driver=False,
-             runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
-    nodes.wait_for_nodes()
-    yield nodes
-    ray.shutdown()
-    nodes.shutdown()
+    yield from cluster_of(2, tiny_root)
 
 
 def test_losing_a_node_mid_job_leaves_the_work_to_the_other_replica(two_nodes, face_path, tmp_path):
@@ -57,14 +62,7 @@ def test_losing_a_node_mid_job_leaves_the_work_to_the_other_replica(two_nodes, f
 
 @pytest.fixture()
 def one_node(tiny_root):
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes.add_node(num_cpus=2)
-    ray.init(address=nodes.address, log_to_driver=False,
-             runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
-    nodes.wait_for_nodes()
-    yield nodes
-    ray.shutdown()
-    nodes.shutdown()
+    yield from cluster_of(1, tiny_root)
 
 
 def test_replicas_follow_the_cluster_a_joining_node_adds_one_and_a_lost_node_charges_no_attempt(
