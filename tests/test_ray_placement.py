@@ -121,10 +121,18 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
 @pytest.mark.parametrize("accelerator, ulysses, replicas, field", [
     ("gpu", 6, "auto", "parallel"),  # no node has 6 GPUs
     ("npu", 4, "auto", "parallel"),  # the Ascend node has 2 NPUs
-    ("gpu", 2, 4, "parallel.replicas"),  # the GPU nodes hold 3 such replicas
     ("gpu", 5, "auto", "parallel.ulysses"),  # 5 does not divide the tiny model's 12 heads: refused first
 ])
 def test_layout_no_node_holds_is_refused_at_plan_time(cluster, tmp_path, accelerator, ulysses, replicas, field):
     with pytest.raises(EchoVideoInputError) as error:
         make_plan(spec(accelerator, tmp_path, ulysses, replicas))
     assert error.value.field == field
+
+
+def test_more_replicas_than_the_cluster_holds_start_with_what_fits(cluster, tmp_path, caplog):
+    """An autoscaling cluster grows: 4 replicas asked where the GPU nodes hold 3 start as 3, with a warning
+    (the driver asks the autoscaler for the fourth and places it when a node joins)."""
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        plan = make_plan(spec("gpu", tmp_path, 2, 4))
+    assert plan.replicas == 3
+    assert "parallel.replicas: 4 asked, the cluster holds 3 now" in caplog.text
