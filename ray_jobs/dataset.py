@@ -49,6 +49,7 @@ class Sample:
     row_key: str | None = None  # the request by its photo's reference and version: `request_key`
     content_key: str | None = None  # the request by its photo's content: `request_key`; its prefix is a content id
     identity_sha: str | None = None  # the photo's content hash: its file's and thumbnail's name in the output
+    photo: str | None = None  # where the job keeps the photo as given (set when first handed to a replica)
     where: str = ""  # the row's place in the dataset ("prompts.jsonl line 7")
     duplicate: bool = False  # a repeat of an earlier row (same id, same content): counted, never rendered
     settled: bool = False  # known from the journal by its row key: counted as done, never rendered

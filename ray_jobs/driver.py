@@ -28,7 +28,7 @@ from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
 from ray_jobs.job import JobSpec
 from ray_jobs.object_outputs import LeaseLost
-from ray_jobs.outputs import open_outputs, photo_name
+from ray_jobs.outputs import open_outputs
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Outcome, Replica, State, rank_bundle
@@ -36,11 +36,11 @@ from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 LOOP_WAIT_S = 0.5  # the longest the loop waits for an event before reading its clocks again
-LOG_UPLOAD_WAIT_S = 30.0
+LOG_UPLOAD_WAIT_S = 30.0  # at the end, how long the ranks get to upload their logs to an object store
 PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute
 GROW_EVERY_S = 10.0  # how often the driver looks for room for replicas it lacks
 DRAIN_CHECK_S = 2.0  # how often it asks which nodes are being drained
-HAND_BACK_S = 15.0  # a replica on a node drained within this hands its sample back instead of finishing it  # at the end, how long the ranks get to upload their logs to an object store
+HAND_BACK_S = 15.0  # a replica on a node drained within this hands its sample back instead of finishing it
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
 run_log.setLevel(logging.INFO)
@@ -277,6 +277,7 @@ class JobDriver:
             if sample is None:
                 return
             files = self.store.files_for(sample.sample_id, sample.identity_sha, sample.image)
+            sample.photo = files["photo"]  # named once (a header read): the completion record repeats it
             replica.submit(sample, files, self.clock.tick())
 
     def _next(self) -> Sample | None:
@@ -372,7 +373,7 @@ class JobDriver:
         self.store.record_success({
             "sample_id": sample.sample_id, "row_key": sample.row_key, "content_key": sample.content_key,
             "prompt": sample.prompt, "identity": sample.identity, "identity_sha256": sample.identity_sha,
-            "photo": photo_name(sample.identity_sha, sample.image), "seed": sample.options["seed"],
+            "photo": sample.photo, "seed": sample.options["seed"],
             "options": sample.options, "attempts": sample.attempts,
             "path": self.store.video_name(sample.sample_id),
             "seconds": round(timing["seconds"], 3), "replica": str(replica.index), "scores": timing.get("scores")})
