@@ -23,7 +23,7 @@ needs_browser = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (.c
 def records(count: int) -> list[dict]:
     """Cross mode: every prompt with each of five identities; identity score i/count, face share, motion."""
     return [{"sample_id": f"{i:024x}", "prompt": f"prompt {i // IDENTITIES:05d}: a person waves",
-             "identity": f"faces/person-{i % IDENTITIES}.jpg", "identity_sha": f"{i % IDENTITIES:064x}",
+             "identity": f"faces/person-{i % IDENTITIES}.jpg", "identity_sha256": f"{i % IDENTITIES:064x}",
              "seed": 2**63 - 1 - i, "path": f"videos/{i:024x}.mp4",  # seeds past JavaScript's 2**53
              "scores": {"identity_average": round(i / count, 6), "identity_variation": 0.01,
                         "face_share": (i % 4) / 3, "motion": float(i % 7), "dynamic": i % 7 > 3}}
@@ -64,7 +64,7 @@ def test_cards_show_posters_thumbnails_and_scores_and_sections_split_rejected_an
     assert len(card_ids(dom)) == 12 and dom.count("<h2>prompt") == 3  # grouped under a heading per prompt
     name = done[5]["path"].removeprefix("videos/").removesuffix(".mp4")
     assert f'poster="posters/{name}.jpg"' in dom and f'src="videos/{name}.mp4"' in dom
-    assert f'src="identities/{done[5]["identity_sha"]}.jpg"' in dom
+    assert f'src="identities/{done[5]["identity_sha256"]}.jpg"' in dom
     assert identity_scores(dom) == [round(i / 12, 3) for i in range(12)]
     assert "face <span class=\"fs\">100%</span>" in dom and "(dynamic)" in dom
     assert f"seed {2**63 - 1 - 5}" in dom  # exactly, not rounded to a double
