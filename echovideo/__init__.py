@@ -1,7 +1,11 @@
-"""EchoVideo: identity-preserving human video generation (photo + prompt -> video)."""
+"""EchoVideo: identity-preserving human video generation (photo + prompt -> video).
 
-from echovideo.models import EchoVideoTransformer3DModel
-from echovideo.pipeline import EchoVideoPipeline
-from echovideo.sampling import GenerationOptions
+The public names load on first use, so `echovideo --help`, `plan` and `echovideo.errors` never pay for torch
+and diffusers."""
 
-__all__ = ["EchoVideoPipeline", "EchoVideoTransformer3DModel", "GenerationOptions"]
+from echovideo.lazy import lazy_names
+
+_PUBLIC = {"EchoVideoPipeline": "echovideo.pipeline", "EchoVideoTransformer3DModel": "echovideo.models",
+           "GenerationOptions": "echovideo.sampling"}
+__all__ = sorted(_PUBLIC)
+__getattr__ = lazy_names(globals(), _PUBLIC)

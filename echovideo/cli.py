@@ -13,6 +13,7 @@ from echovideo.errors import EchoVideoInputError, ParallelGroupError
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
+MODEL_COMMANDS = ("generate", "eval")  # the commands that load diffusers/transformers models in this process
 
 
 GENERATION_FLAGS = ("height", "width", "frames", "steps", "guidance", "negative_prompt", "seed", "fps", "cache")
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
+    if not args.verbose and args.command in MODEL_COMMANDS:  # the rest never import them: they start fast
         _quiet_library_output()
     try:
         return args.handler(args)

@@ -1,24 +1,33 @@
 """Device and dtype resolution: CUDA, Ascend NPU or CPU, detected automatically, overridable."""
 
-import importlib.util
+from __future__ import annotations
 
-import torch
+import importlib.util
+from typing import TYPE_CHECKING
 
 from echovideo.errors import EchoVideoInputError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# Names, not torch objects: a job's ids and `plan` resolve a dtype without importing torch.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def npu_available() -> bool:
     """True when torch_npu is installed and sees a device (imported lazily: it patches torch)."""
     if importlib.util.find_spec("torch_npu") is None:
         return False
+    import torch
     import torch_npu  # noqa: F401
 
     return bool(torch.npu.is_available())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -34,10 +43,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on accelerators (the released precision) and fp32 on CPU (bf16 matmuls are slow there)."""
+def dtype_name(name: str, device_type: str) -> str:
+    """The torch dtype's name that `name` means on a device of `device_type` ("cpu", "cuda", "npu"): `auto` is
+    bf16 on accelerators (the released precision) and fp32 on CPU (bf16 matmuls are slow there)."""
     if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        return "float32" if device_type == "cpu" else "bfloat16"
     if name not in DTYPES:
         raise EchoVideoInputError("--dtype", f"unknown dtype {name!r}", f"use auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    return getattr(torch, dtype_name(name, device.type))

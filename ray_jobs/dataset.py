@@ -14,20 +14,18 @@ from itertools import islice
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from echovideo.checkpoint_cache import fingerprint, store_listing
-from echovideo.devices import resolve_dtype
+from echovideo.devices import dtype_name
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
 from echovideo.locations import is_uri, public_name
 from echovideo.sampling import OFF_BY_DEFAULT, GenerationOptions
 from ray_jobs.failures import Kind
 from ray_jobs.identities import IdentityUnavailable, identity_version, read_identity
-from ray_jobs.job import JobSpec
+from ray_jobs.job import DEVICE_KIND, JobSpec
 from ray_jobs.redact import redact
 from ray_jobs.tables import BATCH_ROWS, Row, Table, open_table
-from ray_jobs.worker import DEVICE_KIND
 
 OVERRIDABLE = {f.name: f for f in fields(GenerationOptions)}  # per-row columns that override the job's settings
 ID_COLUMNS = ("prompt", "identity", "image", "sample_id")
@@ -192,9 +190,8 @@ def id_basis(spec: JobSpec, accelerator: str) -> dict:
     """What changes every clip's pixels besides its row: the weights, the scheduler, the dtype the ranks will
     really run (`auto` resolved for the accelerator) and the job seed. Not `compile` (same maths), not the
     parallel layout (every layout reproduces one device)."""
-    dtype = resolve_dtype(spec.model["dtype"], torch.device(DEVICE_KIND[accelerator]))
     return {"model": model_name(spec), "scheduler": spec.model["scheduler"],
-            "dtype": str(dtype).removeprefix("torch."), "job_seed": spec.job["seed"]}
+            "dtype": dtype_name(spec.model["dtype"], DEVICE_KIND[accelerator]), "job_seed": spec.job["seed"]}
 
 
 def _digest_or_repr(value) -> str:

@@ -6,10 +6,10 @@ what Ray tells it (a rank died) with the same function and acts on `decide`.
 """
 
 import errno
+import sys
 from dataclasses import dataclass
 from enum import Enum
 
-import torch
 
 from echovideo.errors import EchoVideoInputError, ParallelGroupError, PeerFailedError
 from ray_jobs.destination import UploadError
@@ -91,7 +91,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Kind.GROUP_LOST, f"{type(exc).__name__}: {_first_line(exc)}")
     if isinstance(exc, EchoVideoInputError):
         return Failure(Kind.INPUT, str(exc))
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
+    if isinstance(exc, _out_of_memory_types()) or \
             any(marker in str(exc).lower() for marker in OUT_OF_MEMORY_MARKERS):
         return Failure(Kind.OUT_OF_MEMORY, f"{type(exc).__name__}: {_first_line(exc)}")
     if isinstance(exc, UploadError) and any(marker in str(exc).lower() for marker in DENIED_MARKERS):
@@ -130,3 +130,10 @@ def root_cause(failures: list[Failure]) -> Failure:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def _out_of_memory_types() -> tuple[type, ...]:
+    """MemoryError, and torch's OOM when torch is loaded (only a process that ran the model can raise it, so the
+    driver never imports torch to classify)."""
+    torch = sys.modules.get("torch")
+    return (MemoryError,) if torch is None else (MemoryError, torch.OutOfMemoryError)

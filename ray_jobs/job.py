@@ -31,6 +31,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
 }
 MODES = ("rows", "cross", "sampled")
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
+DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}  # an accelerator's torch device type
 IN_PROCESS = "<in-process dataset>"  # dataset.prompts when the rows come from the Python API
 DEFAULT_COLUMNS = {"prompt": "prompt", "identity": "identity", "image": "image", "sample_id": "sample_id"}
 

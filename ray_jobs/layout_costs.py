@@ -9,7 +9,7 @@ run however many nodes there are: the table says so instead of leaving it out.
 import re
 from dataclasses import dataclass
 
-from echovideo.devices import resolve_dtype
+from echovideo.devices import DTYPE_BYTES, dtype_name
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig
 from parallel.costs import Clip, Cost, layout_cost, layouts, load_devices
@@ -54,9 +54,7 @@ def job_layout(spec: JobSpec) -> ParallelConfig:
 
 
 def weight_bytes(spec: JobSpec) -> int:
-    import torch
-
-    return torch.finfo(resolve_dtype(spec.model["dtype"], torch.device("cuda"))).bits // 8
+    return DTYPE_BYTES[dtype_name(spec.model["dtype"], "cuda")]
 
 
 def costs(spec: JobSpec, cluster: Cluster) -> list[Cost]:

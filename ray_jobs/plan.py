@@ -121,12 +121,14 @@ def embedded_cpus(spec: JobSpec) -> int:
 
 
 def local_nodes(spec: JobSpec) -> list[dict]:
-    """The node an embedded cluster would have, without starting one (`echovideo plan` with no --address)."""
-    import torch
+    """The node an embedded cluster would have, without starting one (`echovideo plan` with no --address): its
+    devices counted as `ray.init` counts them (Ray's accelerator managers, no torch import)."""
+    from ray._private.accelerators import get_accelerator_manager_for_resource
 
     resources = {"CPU": float(embedded_cpus(spec))}
-    if torch.cuda.is_available():
-        resources["GPU"] = float(torch.cuda.device_count())
+    for resource in ("GPU", "NPU"):
+        if count := get_accelerator_manager_for_resource(resource).get_current_node_num_accelerators():
+            resources[resource] = float(count)
     return [{"NodeID": "local", "Alive": True, "Resources": resources}]
 
 

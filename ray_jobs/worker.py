@@ -23,8 +23,8 @@ from echovideo.sampling import GenerationOptions
 from echovideo.video_io import check_mp4, write_mp4
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Failure, Kind, SampleFailure, classify
+from ray_jobs.job import DEVICE_KIND
 
-DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}
 PROBES = "probes"  # the concurrency group of the read-only calls
 CONCURRENCY_GROUPS = {PROBES: 1}
 THUMBNAIL_SIDE = 160

@@ -1,6 +1,8 @@
 """Layering is one-way: the model never imports parallel/ray_jobs/ray; parallel never imports Ray."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,15 @@ def test_no_upward_imports(package):
         for path in (ROOT / package).rglob("*.py") if path not in ALLOWED_EVERYWHERE
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "configs/jobs/demo.yaml"], ["export", "--help"]])
+def test_commands_that_run_no_model_never_import_one(argv):
+    """`--help`, `plan`, and the package's errors load without torch, diffusers or transformers (lazy public
+    names), which is what makes them start in well under a second."""
+    code = ("import sys\nfrom echovideo.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "import echovideo.errors, parallel.config\n"
+            "print('loaded:', sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))")
+    shown = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "loaded: []" in shown.stdout, shown.stdout[-500:]

@@ -12,14 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import sentencepiece as spm
-import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
-from transformers import SiglipConfig, SiglipModel, T5Config, T5EncoderModel
-
-from echovideo.face.standin import save_standin
 from echovideo.locations import default_cache_dir
-from echovideo.models import EchoVideoTransformer3DModel
 
 VERSION = "tiny-v1"
 SEED = 20250123
@@ -77,7 +70,15 @@ def tiny_checkpoint(cache_dir: Path | None = None) -> Path:
 
 
 def write_tiny_checkpoint(root: Path) -> None:
-    """Write every part in the released layout; model_index.json last (it marks the folder complete)."""
+    """Write every part in the released layout; model_index.json last (it marks the folder complete).
+    The model libraries load here, on a build: reading the preset's configs (`plan`) needs none of them."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    from echovideo.face.standin import save_standin
+    from echovideo.models import EchoVideoTransformer3DModel
+
     torch.manual_seed(SEED)
     transformer = EchoVideoTransformer3DModel(**TRANSFORMER_CONFIG)
     transformer.save_pretrained(root / "transformer", max_shard_size="4MB")  # two shards + index, as released
@@ -102,6 +103,8 @@ def _write_tokenizer(folder: Path) -> int:
     Written as spiece.model + tokenizer_config.json, the released layout, and loaded with
     `T5Tokenizer.from_pretrained` (transformers 5's `T5Tokenizer(vocab_file=...)` ignores the file).
     """
+    import sentencepiece as spm
+
     folder.mkdir(parents=True)
     spm.SentencePieceTrainer.train(
         input=str(CORPUS), model_prefix=str(folder / "spiece"), vocab_size=400, model_type="unigram",
@@ -117,6 +120,8 @@ def _write_tokenizer(folder: Path) -> int:
 
 def _write_siglip(folder: Path) -> None:
     """A whole tiny SigLIP (text + vision, as google/siglip-base-patch16-224 is) and its preprocessor config."""
+    from transformers import SiglipConfig, SiglipModel
+
     config = SiglipConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          vocab_size=64, max_position_embeddings=16, pad_token_id=1, bos_token_id=2,
