@@ -9,6 +9,7 @@ in-render ones), unless `echovideo generate` left its OUT.json beside them.
 
 import importlib.util
 import json
+import re
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from ray_jobs.outputs import read_manifest
 from ray_jobs.redact import redact
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+PLOTTED_GROUPS = 8  # series a plot shows apart; more groups: the best by Identity Average, the rest pooled
 # column -> (heading, how a group's value is computed from its clips' scores)
 COLUMNS = {
     "identity_average": ("Identity Average", "mean"),
@@ -135,6 +137,29 @@ def format_table(table: list[dict], by: str | None) -> str:
     return "\n".join([render(headings), render(["-" * w for w in widths]), *map(render, lines)])
 
 
+def output_names(by: str | None) -> tuple[str, str]:
+    """(table, plot) file names: one pair per grouping, so `eval --by cache` never overwrites `eval`'s."""
+    stem = "eval" if by is None else f"eval-by-{re.sub(r'[^A-Za-z0-9_.-]+', '_', by)}"
+    return f"{stem}.json", f"{stem}.png"
+
+
+def plotted_series(groups: dict[str, list[dict]], by: str | None) -> list[tuple[str, list[dict]]]:
+    """(label, clips) per plotted series: every group while they fit a legend; beyond PLOTTED_GROUPS, the
+    groups ranked by mean Identity Average, the best PLOTTED_GROUPS - 1 apart and the rest pooled as one."""
+    label = (lambda name: f"{by}={name}") if by else str
+    if len(groups) <= PLOTTED_GROUPS:
+        return [(label(name), members) for name, members in groups.items()]
+
+    def rank(name: str) -> float:
+        values = scored(groups[name], "identity_average")
+        return statistics.fmean(values) if values else float("-inf")
+
+    ranked = sorted(groups, key=rank, reverse=True)
+    best, rest = ranked[:PLOTTED_GROUPS - 1], ranked[PLOTTED_GROUPS - 1:]
+    pooled = [clip for name in rest for clip in groups[name]]
+    return [(label(name), groups[name]) for name in best] + [(f"{len(rest)} other groups", pooled)]
+
+
 def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
     """Histograms of identity, face share and motion per group: where a mean hides a tail of bad clips."""
     import matplotlib
@@ -143,14 +168,15 @@ def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=100)
-    groups = grouped(clips, by)
+    series = plotted_series(grouped(clips, by), by)
     for axis, column in zip(axes, ("identity_average", "face_share", "motion")):
-        for name, members in groups.items():
+        for label, members in series:
             if values := scored(members, column):
                 bounded = {"range": (0, 1)} if column != "motion" else {}  # identity and face share are shares
-                axis.hist(values, bins=20, alpha=0.5, label=f"{by}={name}" if by else name, **bounded)
+                axis.hist(values, bins=20, alpha=0.5, label=label, histtype="step" if len(series) > 3 else "bar",
+                          **bounded)
         axis.set_title(COLUMNS[column][0], fontsize=10)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -212,14 +238,15 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
         if missed:
             notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
     table = summarise(clips, by)
-    with source.output("eval.json", ".json") as local:
+    table_name, plot_name = output_names(by)
+    with source.output(table_name, ".json") as local:
         local.write_text(json.dumps({"by": by, "table": table, "clips": len(clips)}, indent=1))
-    written = ["eval.json"]
+    written = [table_name]
     if plot and importlib.util.find_spec("matplotlib") is None:  # the plot is optional: the table is the result
         notes.append("plot: not drawn (matplotlib is not installed: pip install 'echovideo[eval]')")
     elif plot:
-        with source.output("eval.png", ".png") as local:
+        with source.output(plot_name, ".png") as local:
             write_plot(clips, by, local)
-        written.append("eval.png")
+        written.append(plot_name)
     shown = [f"{source.name}/{name}" if source.remote else source.path(name) for name in written]
     return {"table": table, "text": format_table(table, by), "written": shown, "notes": notes}

@@ -41,10 +41,13 @@ def test_eval_groups_a_job_by_a_setting_and_writes_json_and_a_plot(tmp_path, cap
     lines = [line.split() for line in printed.splitlines() if line.strip().startswith(("0.0 ", "0.1 "))]
     assert [line[:3] for line in lines] == [["0.0", "2", "0.500"], ["0.1", "3", "0.400"]]
     assert "Inception Distance: not computed" in printed  # no weights: said, not downloaded
-    table = json.loads((tmp_path / "out" / "eval.json").read_text())["table"]
+    table = json.loads((tmp_path / "out" / "eval-by-cache.json").read_text())["table"]
     assert [(r["group"], r["dynamic"]) for r in table] == [("0.0", 0.5), ("0.1", pytest.approx(2 / 3))]
     assert table[1]["identity_variation"] == pytest.approx(0.04)
-    assert Image.open(tmp_path / "out" / "eval.png").size == (1000, 300)
+    assert Image.open(tmp_path / "out" / "eval-by-cache.png").size == (1000, 300)
+    assert main(["eval", str(tmp_path / "out")]) == 0  # ungrouped: its own files, the grouped ones kept
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["table"][0]["clips"] == 5
+    assert json.loads((tmp_path / "out" / "eval-by-cache.json").read_text())["by"] == "cache"
 
     assert main(["eval", str(tmp_path / "out"), "--by", "colour"]) == 2  # names what can be grouped by
     assert "--by: 'colour' is neither" in capsys.readouterr().err
@@ -62,10 +65,10 @@ def test_eval_on_a_folder_uses_generates_json_or_scores_the_mp4_against_its_phot
     assert main(["eval", str(clips)]) == 2  # still.mp4 has no json: it needs a face stage
     assert "pass --ckpt CKPT or --preset tiny" in capsys.readouterr().err
     assert main(["eval", str(clips), "--preset", "tiny", "--by", "sample_id", "--no-plot"]) == 0
-    table = {r["group"]: r for r in json.loads((clips / "eval.json").read_text())["table"]}
+    table = {r["group"]: r for r in json.loads((clips / "eval-by-sample_id.json").read_text())["table"]}
     assert table["made"]["identity_average"] == written["scores"]["identity_average"]
     assert table["still"]["identity_average"] > 0.95 and table["still"]["face_share"] == 1.0
-    assert table["still"]["dynamic"] == 0.0 and not (clips / "eval.png").exists()
+    assert table["still"]["dynamic"] == 0.0 and not (clips / "eval-by-sample_id.png").exists()
 
 
 def inception_model(path) -> None:
@@ -123,3 +126,18 @@ def test_eval_works_after_the_quickstart_install_without_matplotlib(tmp_path, ca
     printed = capsys.readouterr().out
     assert "plot: not drawn (matplotlib is not installed" in printed
     assert (tmp_path / "out" / "eval.json").is_file() and not (tmp_path / "out" / "eval.png").exists()
+
+
+def test_a_plot_of_a_hundred_groups_shows_the_best_apart_and_pools_the_rest(tmp_path, capsys):
+    """100 prompts: the legend holds the 7 best groups by Identity Average and one pooled "93 other groups"
+    series (every clip still counted), not 100 overlaid histograms."""
+    from ray_jobs.evaluate import PLOTTED_GROUPS, grouped, plotted_series
+
+    scored_job(tmp_path / "out", [(i / 1000, i / 100, i % 2 == 0) for i in range(100)])  # cache i/1000: 100 groups
+    assert main(["eval", str(tmp_path / "out"), "--by", "cache"]) == 0
+    clips = [{"options": {"cache": i / 1000}, "scores": {"identity_average": i / 100}} for i in range(100)]
+    series = plotted_series(grouped(clips, "cache"), "cache")
+    assert len(series) == PLOTTED_GROUPS == 8
+    assert [label for label, _ in series[:3]] == ["cache=0.099", "cache=0.098", "cache=0.097"]
+    assert series[-1][0] == "93 other groups" and sum(len(members) for _, members in series) == 100
+    assert Image.open(tmp_path / "out" / "eval-by-cache.png").size == (1000, 300)

@@ -110,9 +110,9 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
     from echovideo.cli import main  # `eval` on the store: the table from the manifest, its files uploaded
 
     assert main(["eval", object_store.uri("jobs/run"), "--by", "seed"]) == 0
-    evaluated = json.loads(read(fs, "jobs/run", "eval.json"))
+    evaluated = json.loads(read(fs, "jobs/run", "eval-by-seed.json"))
     assert sum(row["clips"] for row in evaluated["table"]) == SAMPLES
-    assert read(fs, "jobs/run", "eval.png").startswith(b"\x89PNG")
+    assert read(fs, "jobs/run", "eval-by-seed.png").startswith(b"\x89PNG")
 
 
 class DroppedUploadWorker(RankWorker):
