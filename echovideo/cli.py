@@ -238,6 +238,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                         "(CogVideoX fine-tuning)")
     p.add_argument("--to", required=True, help="destination folder or URI (s3://, gs://, ...)")
     p.add_argument("--shard-size", type=int, default=1000, help="clips per WebDataset shard (default 1000)")
+    p.add_argument("--review", metavar="review.json", help="the gallery's review marks: clips marked reject stay "
+                                                           "out, clips marked keep go in even below the quality gate")
     p.set_defaults(handler=_export)
 
 
@@ -245,7 +247,7 @@ def _export(args: argparse.Namespace) -> int:
     from ray_jobs.export import export
     from ray_jobs.redact import redact
 
-    done = export(args.output, args.to, args.format, args.shard_size)
+    done = export(args.output, args.to, args.format, args.shard_size, args.review)
     if args.format == "webdataset":
         print(f"{done['shards']} shard(s) written, {done['skipped']} already there, {done['removed']} no longer "
               f"listed removed; in {redact(args.to)}")

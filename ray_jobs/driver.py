@@ -117,6 +117,7 @@ class JobDriver:
             handler.close()
 
     def _run(self, requested: int) -> JobReport:
+        gate = QualityGate.of(self.spec.quality)  # a review file that cannot be read stops the job before any work
         plan = make_plan(self.spec)
         self.plan, self.accelerator = plan, plan.accelerator
         run_log.info("plan: %s", plan.describe(requested))
@@ -189,7 +190,7 @@ class JobDriver:
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
         try:
             requested = self.feed.requested if self.feed.walked else None  # the whole job is known
-            self.report.summary = self.store.finalize(summary, QualityGate.of(self.spec.quality), requested)
+            self.report.summary = self.store.finalize(summary, gate, requested)
             self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":

@@ -28,6 +28,7 @@ from echovideo.errors import EchoVideoInputError
 from ray_jobs.destination import Destination
 from ray_jobs.outputs import read_manifest
 from ray_jobs.quality_gate import SCORE_COLUMNS
+from ray_jobs.review import Mark, read_review, verdict
 
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -35,10 +36,14 @@ SHARD = re.compile(r"shard-\d{6}\.tar")
 SHARD_LAYOUT = 2  # what a sample holds (2: with its identity photo); a shard of another layout is rewritten
 
 
-def finished_clips(output: str) -> list[dict]:
-    """The manifest's finished clips that passed the quality gate (`rejected` ones stay out), sorted by sample
-    id (what makes shard membership deterministic)."""
-    return sorted(read_manifest(output, ("ok",)), key=lambda r: r["sample_id"])
+def finished_clips(output: str, marks: dict[str, Mark] | None = None) -> list[dict]:
+    """The manifest's finished clips that passed the quality gate (`rejected` ones stay out) or, given a
+    reviewer's marks, that the review kept (a mark outranks the gate), sorted by sample id (what makes shard
+    membership deterministic)."""
+    rows = read_manifest(output, ("ok", "rejected"))
+    passed = [row for row in rows
+              if verdict(row["sample_id"], row["error"] if row["status"] == "rejected" else None, marks or {})[0] == "ok"]
+    return sorted(passed, key=lambda r: r["sample_id"])
 
 
 def sample_key(sample_id: str) -> str:
@@ -60,12 +65,12 @@ def _metadata(clip: dict) -> dict:
 
 
 class Exporter:
-    def __init__(self, output: str, destination: str) -> None:
+    def __init__(self, output: str, destination: str, marks: dict[str, Mark] | None = None) -> None:
         self.output, self.destination = output, destination
         self.source = Destination(output)
+        self.clips = finished_clips(output, marks)
         self.target = Destination(destination)
         self.target.fs.create_dir(self.target.root, recursive=True)
-        self.clips = finished_clips(output)
 
     def _read(self, relative: str) -> bytes:
         with self.source.fs.open_input_stream(self.source.path(relative)) as stream:
@@ -178,10 +183,11 @@ class Exporter:
         return {"files_copied": copied, "rows": len(self.clips), "removed": removed}
 
 
-def export(output: str, destination: str, fmt: str, shard_size: int = 1000) -> dict:
+def export(output: str, destination: str, fmt: str, shard_size: int = 1000, review: str | None = None) -> dict:
+    """`review`: a gallery review.json whose marks outrank the quality gate (see ray_jobs/review.py)."""
     if fmt not in FORMATS:
         raise EchoVideoInputError("--format", f"{fmt!r} is unknown", f"use one of {FORMATS}")
-    exporter = Exporter(output, destination)
+    exporter = Exporter(output, destination, read_review(review, "--review") if review else None)
     if fmt == "webdataset":
         return exporter.webdataset(shard_size)
     return exporter.csv() if fmt == "csv" else exporter.prompts_videos()

@@ -1,4 +1,7 @@
-"""The job's gallery: one page that shows, sorts and filters every clip by its scores.
+"""The job's gallery: one page to review a synthesis run by: every clip with its prompt and identity
+thumbnail, sorted and filtered by its scores or by text, stepped through with the keyboard, and marked
+keep/reject with a note (marks kept in the browser, downloaded as `review.json` for `export --review` and
+`quality.review`; ray_jobs/review.py).
 
 `index.html` is static; `gallery-data.js` holds one compact entry per clip (read with a script tag, so the
 page opens from a laptop's disk as well as from a bucket or any static server: browsers refuse `fetch`
@@ -31,21 +34,27 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
     then id (the page's default order, grouped under a heading per prompt)."""
     prompts: dict[str, int] = {}
 
+    def about(record: dict) -> dict:
+        """What every card shows, a failed sample's too: id, prompt, identity and its thumbnail, why it failed
+        or was rejected, and a reviewer's mark recorded in the manifest."""
+        prompt = record.get("prompt")
+        entry = {"id": record["sample_id"], "p": None if prompt is None else prompts.setdefault(prompt, len(prompts)),
+                 "i": str(record.get("identity")), "t": record.get("identity_sha256")}
+        optional = {"r": record.get("error"), "rv": record.get("review"), "rn": record.get("review_note")}
+        return {**entry, **{key: value for key, value in optional.items() if value}}
+
     def clip(record: dict) -> dict:
         scores = record.get("scores") or {}
-        entry = {"id": record["sample_id"], "n": record["path"].removeprefix("videos/").removesuffix(".mp4"),
-                 "p": prompts.setdefault(record["prompt"], len(prompts)), "i": str(record.get("identity")),
-                 "t": record.get("identity_sha256"), "s": str(record.get("seed")),  # 64-bit: past a JS number
-                 **{short: scores.get(key) for key, short in SCORE_KEYS.items()}}
-        if record.get("error"):
-            entry["r"] = record["error"]
-        return entry
+        return {**about(record), "n": record["path"].removeprefix("videos/").removesuffix(".mp4"),
+                "s": str(record.get("seed")),  # 64-bit: past a JS number
+                **{short: scores.get(key) for key, short in SCORE_KEYS.items()}}
 
     def ordered(records) -> list[dict]:
         return sorted(records, key=lambda r: (r["prompt"], r.get("identity") or "", r["sample_id"]))
 
-    data = {"clips": [clip(r) for r in ordered(done)], "rejected": [clip(r) for r in ordered(rejected)],
-            "failed": [{"id": r["sample_id"], "r": str(r.get("error"))} for r in failed]}
+    data = {"job": destination.name, "clips": [clip(r) for r in ordered(done)],
+            "rejected": [clip(r) for r in ordered(rejected)],
+            "failed": [{**about(r), "r": str(r.get("error"))} for r in failed]}
     data["prompts"] = list(prompts)
     with destination.output(DATA, ".js") as tmp:
         tmp.write_text(f"window.GALLERY={json.dumps(data, ensure_ascii=True, separators=(',', ':'))};\n")

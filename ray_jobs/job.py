@@ -27,7 +27,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
     "job": {"output": ((str,), None), "retries": ((int,), 3), "seed": ((int,), 0), "max_rebuilds": ((int,), 4)},
     # Per-clip scores (echovideo.quality) and the gate that marks clips below it `rejected`.
     "quality": {"scores": ((bool,), True), "min_identity": ((int, float), None),
-                "min_face_share": ((int, float), None)},
+                "min_face_share": ((int, float), None), "review": ((str,), None)},
 }
 MODES = ("rows", "cross", "sampled")
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
@@ -118,7 +118,7 @@ def _make_paths_absolute(spec: JobSpec) -> None:
     """Local paths resolved here, in the driver: a rank actor's working directory is not the driver's (on a
     running cluster it is a Ray session folder), so a relative output or checkpoint would land elsewhere."""
     for section, key in (("job", "output"), ("model", "checkpoint"), ("dataset", "prompts"),
-                         ("dataset", "identities")):
+                         ("dataset", "identities"), ("quality", "review")):
         value = getattr(spec, section)[key]
         if value is not None and "://" not in value and value != IN_PROCESS:
             getattr(spec, section)[key] = str(Path(value).expanduser().absolute())

@@ -164,8 +164,9 @@ class JobOutputs:
             summary = {**summary, "not_requested_now": earlier}
         finished = [{**r, "status": "ok", "error": None} for r in done.values()]
         for row in finished:
-            if (reason := gate.reason(row.get("scores"))) is not None:
-                row.update(status="rejected", error=reason)
+            status, reason = gate.verdict(row["sample_id"], row.get("scores"))
+            mark = gate.marks.get(row["sample_id"])
+            row.update(status=status, error=reason, review=mark and mark.mark, review_note=mark and mark.note)
         rows = finished + [{**r, "status": "failed", "path": None} for r in failed.values()]
         table = manifest_table(rows)
         self._write_parquet(table, "manifest.parquet")
@@ -315,6 +316,7 @@ MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.
                   "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "error": pa.string(),
                   "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
                   "lease": pa.string(),  # the job that recorded it, on an object store (see object_outputs)
+                  "review": pa.string(), "review_note": pa.string(),  # a reviewer's keep/reject (quality.review)
                   **{c: pa.bool_() if c == "dynamic" else pa.float64() for c in SCORE_COLUMNS}, "scores": pa.string()}
 
 

@@ -221,3 +221,58 @@ def test_a_re_export_after_a_gate_equals_a_fresh_export(tmp_path, fmt, capsys):
     assert tree(again) == tree(fresh)
     if fmt == "webdataset":
         assert sorted(json.loads((fresh / "shards.json").read_text())) == ["shard-000000.tar", "shard-000001.tar"]
+
+
+def write_review(path, marks: dict[str, tuple[str, str]]):
+    """A review.json as the gallery downloads it (tests/test_gallery.py reads a real download back)."""
+    path.write_text(json.dumps({"format": "echovideo-review/1", "job": "out",
+                                "marks": {sid: {"mark": mark, "note": note} for sid, (mark, note) in marks.items()}}))
+    return path
+
+
+def test_a_reviewers_marks_outrank_the_gate_in_exports_and_in_a_rerun_manifest(tmp_path, capsys):
+    """reject takes out a clip the gate passed, keep brings back one the gate rejected; `export --review` and a
+    job's `quality.review` agree, and the manifest records each mark and note."""
+    import pyarrow.parquet as pq
+
+    from ray_jobs.job import parse_job
+
+    scores = [scored(0.6, 1.0), scored(0.2, 1.0), scored(0.7, 1.0), scored(0.5, 1.0)]
+    ids = ["clip.000", *(f"{i:024x}" for i in range(1, 4))]
+    gate = QualityGate(min_identity=0.3)
+    store = finished_job(tmp_path / "out", 4, scores=scores, gate=gate)  # ids[1] below the gate
+    review = write_review(tmp_path / "review.json", {ids[1]: ("keep", "fine on screen"), ids[2]: ("reject", "blurry")})
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "plain")]) == 0
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "reviewed"),
+                 "--review", str(review)]) == 0
+
+    def exported(folder):
+        with open(folder / "clips.csv") as handle:
+            return sorted(row["sample_id"] for row in csv.DictReader(handle))
+
+    assert exported(tmp_path / "plain") == sorted([ids[0], ids[2], ids[3]])
+    assert exported(tmp_path / "reviewed") == sorted([ids[0], ids[1], ids[3]])
+
+    spec = parse_job({"model": {"preset": "tiny"}, "dataset": {"prompts": "p.jsonl"},
+                      "job": {"output": str(store.folder)}, "quality": {"min_identity": 0.3, "review": str(review)}},
+                     "test")
+    store.finalize({}, QualityGate.of(spec.quality))  # what a rerun of the finished job writes
+    rows = {r["sample_id"]: r for r in pq.read_table(store.folder / "manifest.parquet").to_pylist()}
+    assert [(rows[sid]["status"], rows[sid]["review"]) for sid in ids] == [
+        ("ok", None), ("ok", "keep"), ("rejected", "reject"), ("ok", None)]
+    assert rows[ids[2]]["error"] == "rejected in review: blurry" and rows[ids[1]]["review_note"] == "fine on screen"
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "rerun")]) == 0
+    assert exported(tmp_path / "rerun") == exported(tmp_path / "reviewed")
+
+
+@pytest.mark.parametrize("content, says", [("{not json", "is not JSON"), ('{"marks": {}}', "is not a gallery review"),
+                                           ('{"format": "echovideo-review/1", "marks": {"a": {"mark": "maybe"}}}',
+                                            "the mark of 'a'")])
+def test_a_review_file_that_is_not_one_is_one_line_naming_the_flag(tmp_path, capsys, content, says):
+    store = finished_job(tmp_path / "out", 1)
+    (tmp_path / "review.json").write_text(content)
+    assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "x"),
+                 "--review", str(tmp_path / "review.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--review:" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # refused before anything was written

@@ -1,6 +1,8 @@
-"""The gallery in a real headless Chromium: cards with posters, thumbnails and scores; sorting and filtering by
-score; rejected and failed clips in their own sections; a 100,000-clip gallery open in seconds. The view is
-driven through the address's #fragment, which is where the page's controls keep it."""
+"""The gallery in a real headless Chromium: cards with prompts, posters, thumbnails and scores; sorting and
+filtering by score and by text; rejected and failed clips in their own sections; a 100,000-clip gallery open in
+seconds and reviewed with the keyboard (Playwright driving the system's Chromium: keys, a note dialog, the
+review.json download), whose marks `export --review` honours. The view is driven through the address's
+#fragment, which is where the page's controls keep it."""
 
 import re
 import shutil
@@ -8,6 +10,7 @@ import subprocess
 import time
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from jobs import gallery_data
@@ -45,7 +48,7 @@ def show(folder, view: dict | None = None, seconds: float = 120) -> str:
 
 
 def card_ids(dom: str) -> list[str]:
-    return re.findall(r'<figure data-id="([0-9a-f]+)">', dom)
+    return re.findall(r'<figure data-id="([0-9a-f]+)"', dom)
 
 
 def identity_scores(dom: str) -> list[float]:
@@ -108,3 +111,94 @@ def test_a_100k_clip_gallery_opens_in_a_real_browser_in_seconds(tmp_path):
     last = show(tmp_path, {"page": str(clips // PAGE_CARDS), "sort": "ia"})
     assert identity_scores(last)[-1] == round((clips - 1) / clips, 3)
     assert seconds < 60, f"{seconds:.1f} s to open the first page"  # a page of all clips: > 180 s
+
+
+def figure_blocks(dom: str) -> list[str]:
+    return re.findall(r"<figure .*?</figure>", dom, re.S)
+
+
+@needs_browser
+def test_every_card_in_every_view_shows_its_prompt_and_photo_and_text_finds_prompt_or_identity(tmp_path):
+    done = records(30)
+    failed = [{"sample_id": "f1", "prompt": "prompt 99999: a person jumps", "identity": "faces/person-9.jpg",
+               "identity_sha256": "9" * 64, "error": "identity: no face found"}]
+    write_gallery(Destination(tmp_path), done, failed, [{**done[0], "sample_id": "r0", "error": "below the gate"}])
+    for view in ({}, {"sort": "-ia"}, {"sort": "m"}, {"section": "rejected"}):
+        figures = figure_blocks(show(tmp_path, view))
+        assert figures, view
+        for figure in figures:  # the prompt and the thumbnail on every card, whatever the order
+            prompt = re.search(r'<span class="prompt" title="([^"]*)"', figure).group(1)
+            assert prompt.startswith("prompt ") and 'class="thumb" src="identities/' in figure, (view, figure)
+    failed_dom = show(tmp_path, {"section": "failed"})
+    assert "prompt 99999: a person jumps" in failed_dom and f'src="identities/{"9" * 64}.jpg"' in failed_dom
+    assert "no face found" in failed_dom
+
+    found = show(tmp_path, {"q": "PERSON-2 00003"})  # every word, any case, in the prompt or the identity
+    expected = [r["sample_id"] for r in done if "person-2" in r["identity"] and "00003" in r["prompt"]]
+    assert card_ids(found) == expected and len(expected) == 1
+    assert show(tmp_path, {"q": "person-9", "section": "failed"}).count('<li class="failed"') == 1
+
+
+def open_page(browser, folder):
+    page = browser.new_page(accept_downloads=True)
+    page.goto((folder / "index.html").as_uri())
+    page.wait_for_selector("#cards figure")
+    return page
+
+
+def current_card(page) -> str:
+    return page.eval_on_selector("figure.current", "f => f.dataset.id")
+
+
+@needs_browser
+def test_a_reviewer_steps_through_100k_clips_with_the_keyboard_marks_them_and_downloads_review_json(tmp_path):
+    """Keys: j/k step (across a page boundary), space plays and pauses the real mp4, x/a mark, n asks for a note;
+    marks survive a reload (the browser keeps them), filter the view, and download as the review.json that
+    `export --review` reads."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from echovideo.video_io import write_mp4
+    from ray_jobs.review import read_review
+
+    done = records(100_000)
+    write_gallery(Destination(tmp_path), done, [])
+    (tmp_path / "videos").mkdir()
+    write_mp4(np.random.default_rng(0).integers(0, 255, (80, 64, 64, 3), np.uint8), tmp_path / done[0]["path"], fps=8)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=BROWSER, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = open_page(browser, tmp_path)
+            page.keyboard.press("j")
+            assert current_card(page) == done[0]["sample_id"]
+            page.keyboard.press(" ")  # the current card's video plays, and pauses on the next space
+            page.wait_for_function("!document.querySelector('figure.current video').paused", timeout=60_000)
+            page.keyboard.press(" ")
+            page.wait_for_function("document.querySelector('figure.current video').paused", timeout=60_000)
+            page.keyboard.press("x")
+            page.keyboard.press("j")
+            page.keyboard.press("a")
+            page.once("dialog", lambda dialog: dialog.accept("too dark"))
+            page.keyboard.press("n")
+            for _ in range(PAGE_CARDS - 1):  # from the 2nd card past the page's last: the next page's first
+                page.keyboard.press("j")
+            page.wait_for_function("location.hash.includes('page=2')")
+            assert current_card(page) == done[PAGE_CARDS]["sample_id"]
+            page.keyboard.press("x")
+            page.keyboard.press("k")  # back across the boundary: page 1's last card
+            page.wait_for_function("!location.hash.includes('page=2')")
+            assert current_card(page) == done[PAGE_CARDS - 1]["sample_id"]
+
+            page.reload()
+            page.wait_for_selector("#cards figure")
+            assert page.eval_on_selector(f'figure[data-id="{done[0]["sample_id"]}"]', "f => f.className") == "mark-reject"
+            page.goto((tmp_path / "index.html").as_uri() + "#marked=reject")
+            page.wait_for_function("document.querySelectorAll('#cards figure').length === 2")
+            with page.expect_download() as download:
+                page.click("#download")
+            saved = tmp_path / "review.json"
+            download.value.save_as(saved)
+        finally:
+            browser.close()
+    marks = read_review(str(saved), "--review")
+    assert {sid: (m.mark, m.note) for sid, m in marks.items()} == {
+        done[0]["sample_id"]: ("reject", ""), done[1]["sample_id"]: ("keep", "too dark"),
+        done[PAGE_CARDS]["sample_id"]: ("reject", "")}
