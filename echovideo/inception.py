@@ -42,7 +42,11 @@ class InceptionFeatures:
     def __call__(self, face: np.ndarray) -> np.ndarray:
         """The 2048-d feature of one aligned face (uint8 RGB)."""
         pixels = cv2.resize(face, (INCEPTION_SIDE, INCEPTION_SIDE), interpolation=cv2.INTER_LINEAR)
-        blob = (pixels.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        return self.of_pixels((pixels.astype(np.float32) / 255.0).transpose(2, 0, 1))
+
+    def of_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The 2048-d feature of a prepared (3, 299, 299) float image in [0, 1]."""
+        blob = np.ascontiguousarray(pixels, dtype=np.float32)[None]
         return np.asarray(self.session.run(None, {self.input: blob})[0], dtype=np.float64).reshape(-1)
 
 

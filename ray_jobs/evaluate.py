@@ -1,6 +1,8 @@
 """`echovideo eval`: the paper's table (Identity Average, Identity Variation, face presence, Dynamic Degree,
 and Inception Distance given Inception weights) for a finished job, or for any folder of mp4s, grouped by
-any manifest column or generation setting.
+any manifest column or generation setting; or, with `--protocol consisid`, FaceSim-Arc and Inception
+Distance exactly as ConsisID's published evaluation computes them (echovideo/consisid_eval.py), re-measured
+from each clip's mp4 and photo.
 
 A job's clips were scored by the rank that rendered them, on its exact frames; `eval` reads those scores.
 A folder's clips are scored here from their decoded mp4 (H.264 is lossy, so scores can differ slightly from
@@ -15,7 +17,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 
+from echovideo.consisid_eval import consisid_scores, decode_photo
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
 from echovideo.images import decode_identity_image, load_identity_image
@@ -29,6 +33,7 @@ from ray_jobs.outputs import read_manifest
 from ray_jobs.redact import redact
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+PROTOCOLS = ("echovideo", "consisid")  # ours (the default) and ConsisID's published one (echovideo/consisid_eval.py)
 PLOTTED_GROUPS = 8  # series a plot shows apart; more groups: the best by Identity Average, the rest pooled
 # column -> (heading, how a group's value is computed from its clips' scores)
 COLUMNS = {
@@ -38,7 +43,13 @@ COLUMNS = {
     "dynamic": ("Dynamic Degree", "share"),
     "motion": ("Motion (px)", "mean"),
     "inception_distance": ("Inception Distance", "mean"),
+    "facesim_arc": ("FaceSim-Arc", "mean"),  # --protocol consisid
 }
+ECHOVIDEO_COLUMNS = ("identity_average", "identity_variation", "face_share", "dynamic", "motion", "inception_distance")
+CONSISID_COLUMNS = ("facesim_arc", "inception_distance")
+PLOTTED = {"echovideo": ("identity_average", "face_share", "motion"),
+           "consisid": ("facesim_arc", "inception_distance")}
+BOUNDED = ("identity_average", "face_share", "facesim_arc")  # shares and clamped similarities: 0..1
 
 
 def folder_clips(folder: Path, stage: Callable[[], FaceStage] | None, references: Path | None) -> list[dict]:
@@ -104,13 +115,14 @@ def scored(clips: list[dict], column: str) -> list:
     return [c["scores"][column] for c in clips if c["scores"] and c["scores"].get(column) is not None]
 
 
-def summarise(clips: list[dict], by: str | None) -> list[dict]:
+def summarise(clips: list[dict], by: str | None, columns: tuple[str, ...] = ECHOVIDEO_COLUMNS) -> list[dict]:
     """One row per group: clip count and each column over the clips that have it (sorted by group)."""
     check_grouping(clips, by)
     table = []
     for name, members in grouped(clips, by).items():
         row = {"group": name, "clips": len(members)}
-        for column, (_, how) in COLUMNS.items():
+        for column in columns:
+            how = COLUMNS[column][1]
             values = scored(members, column)
             if not values:
                 continue
@@ -128,8 +140,8 @@ def _natural(name: str):
         return (1, 0.0, name)
 
 
-def format_table(table: list[dict], by: str | None) -> str:
-    shown = [c for c in COLUMNS if any(c in row for row in table)]
+def format_table(table: list[dict], by: str | None, columns: tuple[str, ...] = ECHOVIDEO_COLUMNS) -> str:
+    shown = [c for c in columns if any(c in row for row in table)]
     headings = [by or "group", "clips"] + [COLUMNS[c][0] for c in shown]
     lines = [[row["group"], str(row["clips"])] + [f"{row[c]:.3f}" if c in row else "-" for c in shown] for row in table]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headings)]
@@ -137,21 +149,24 @@ def format_table(table: list[dict], by: str | None) -> str:
     return "\n".join([render(headings), render(["-" * w for w in widths]), *map(render, lines)])
 
 
-def output_names(by: str | None) -> tuple[str, str]:
-    """(table, plot) file names: one pair per grouping, so `eval --by cache` never overwrites `eval`'s."""
-    stem = "eval" if by is None else f"eval-by-{re.sub(r'[^A-Za-z0-9_.-]+', '_', by)}"
+def output_names(by: str | None, protocol: str = "echovideo") -> tuple[str, str]:
+    """(table, plot) file names: one pair per protocol and grouping, so `eval --by cache` never overwrites
+    `eval`'s, nor ConsisID's numbers ours."""
+    stem = "eval" if protocol == "echovideo" else f"eval-{protocol}"
+    stem += "" if by is None else f"-by-{re.sub(r'[^A-Za-z0-9_.-]+', '_', by)}"
     return f"{stem}.json", f"{stem}.png"
 
 
-def plotted_series(groups: dict[str, list[dict]], by: str | None) -> list[tuple[str, list[dict]]]:
+def plotted_series(groups: dict[str, list[dict]], by: str | None,
+                   rank_by: str = "identity_average") -> list[tuple[str, list[dict]]]:
     """(label, clips) per plotted series: every group while they fit a legend; beyond PLOTTED_GROUPS, the
-    groups ranked by mean Identity Average, the best PLOTTED_GROUPS - 1 apart and the rest pooled as one."""
+    groups ranked by their mean `rank_by` score, the best PLOTTED_GROUPS - 1 apart and the rest pooled."""
     label = (lambda name: f"{by}={name}") if by else str
     if len(groups) <= PLOTTED_GROUPS:
         return [(label(name), members) for name, members in groups.items()]
 
     def rank(name: str) -> float:
-        values = scored(groups[name], "identity_average")
+        values = scored(groups[name], rank_by)
         return statistics.fmean(values) if values else float("-inf")
 
     ranked = sorted(groups, key=rank, reverse=True)
@@ -160,19 +175,20 @@ def plotted_series(groups: dict[str, list[dict]], by: str | None) -> list[tuple[
     return [(label(name), groups[name]) for name in best] + [(f"{len(rest)} other groups", pooled)]
 
 
-def write_plot(clips: list[dict], by: str | None, path: Path) -> None:
-    """Histograms of identity, face share and motion per group: where a mean hides a tail of bad clips."""
+def write_plot(clips: list[dict], by: str | None, path: Path, columns: tuple[str, ...] = PLOTTED["echovideo"]) -> None:
+    """Histograms of the scores per group (identity, face share, motion): where a mean hides a tail of bad
+    clips."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=100)
-    series = plotted_series(grouped(clips, by), by)
-    for axis, column in zip(axes, ("identity_average", "face_share", "motion")):
+    figure, axes = plt.subplots(1, len(columns), figsize=(10, 3), dpi=100)
+    series = plotted_series(grouped(clips, by), by, columns[0])
+    for axis, column in zip(axes, columns):
         for label, members in series:
             if values := scored(members, column):
-                bounded = {"range": (0, 1)} if column != "motion" else {}  # identity and face share are shares
+                bounded = {"range": (0, 1)} if column in BOUNDED else {}
                 axis.hist(values, bins=20, alpha=0.5, label=label, histtype="step" if len(series) > 3 else "bar",
                           **bounded)
         axis.set_title(COLUMNS[column][0], fontsize=10)
@@ -189,31 +205,48 @@ def _photo_bytes(clip: dict, source: Destination) -> bytes:
     return kept if kept is not None else read_identity(clip["identity"], "identity")
 
 
-def add_inception_distance(clips: list[dict], source: Destination, stage: FaceStage,
-                           features: InceptionFeatures) -> int:
-    """Each clip's Inception Distance from its video and identity photo; -> clips that could not be measured."""
+def _clip_media(clip: dict, source: Destination) -> tuple[bytes, np.ndarray, int]:
+    """(identity photo bytes, decoded frames, fps) of one clip, read where the job put them."""
+    photo = _photo_bytes(clip, source)
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / "clip.mp4"
+        local.write_bytes(source.read(clip["path"]))
+        frames, fps = read_mp4(local)
+    return photo, frames, fps
+
+
+def rescore(clips: list[dict], source: Destination, measure: Callable[[bytes, np.ndarray, int], dict | None]) -> int:
+    """Add `measure(photo, frames, fps)`'s scores to each clip, from its mp4 and photo; -> clips that could
+    not be measured (no readable photo or video, or `measure` found nothing to measure: None)."""
     missed = 0
     for clip in clips:
         try:
-            photo = decode_identity_image(_photo_bytes(clip, source), "identity")
-            with tempfile.TemporaryDirectory() as folder:
-                local = Path(folder) / "clip.mp4"
-                local.write_bytes(source.read(clip["path"]))
-                frames, fps = read_mp4(local)
+            found = measure(*_clip_media(clip, source))
         except (EchoVideoInputError, OSError) as exc:
-            missed += 1
-            clip["skipped"] = redact(str(exc))[:200]
-            continue
-        distance = inception_distance(frames, fps, photo, stage, features)
-        missed += distance is None
-        clip["scores"] = {**(clip["scores"] or {}), "inception_distance": distance}
+            found, clip["skipped"] = None, redact(str(exc))[:200]
+        missed += found is None
+        clip["scores"] = {**(clip["scores"] or {}), **(found or {})}
     return missed
 
 
-def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
-             references: str | None, plot: bool) -> dict:
-    """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
-    source = Destination(output)
+def _ours(stage: FaceStage, features: InceptionFeatures) -> Callable[[bytes, np.ndarray, int], dict | None]:
+    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
+        distance = inception_distance(frames, fps, decode_identity_image(photo, "identity"), stage, features)
+        return None if distance is None else {"inception_distance": distance}
+
+    return measure
+
+
+def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Callable[[bytes, np.ndarray, int], dict | None]:
+    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
+        found = consisid_scores(frames, decode_photo(photo), stage, features.of_pixels if features else None)
+        return None if found is None else {k: v for k, v in found.items() if v is not None}
+
+    return measure
+
+
+def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage] | None,
+                references: str | None) -> list[dict]:
     try:
         has_manifest = source.exists("manifest.parquet")
     except OSError as exc:  # unreachable store, bad credentials
@@ -221,32 +254,49 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
                                   f"{store_hint(str(exc))}",
                                   "check the path or URI and its credentials") from None
     if has_manifest:  # every finished clip, rejected ones too: `eval` measures the model, not the filtered set
-        clips = read_manifest(output, ("ok", "rejected"))
-    elif source.remote or not Path(source.root).is_dir():
+        return read_manifest(output, ("ok", "rejected"))
+    if source.remote or not Path(source.root).is_dir():
         raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
                                   "pass a job's output (run the job first) or a folder of mp4s")
-    else:
-        clips = folder_clips(Path(source.root), stage, Path(references) if references else None)
+    return folder_clips(Path(source.root), stage, Path(references) if references else None)
+
+
+def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
+             references: str | None, plot: bool, protocol: str = "echovideo") -> dict:
+    """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
+    if protocol not in PROTOCOLS:
+        raise EchoVideoInputError("--protocol", f"{protocol!r} is unknown", f"use one of {PROTOCOLS}")
+    if stage is None and (inception is not None or protocol == "consisid"):
+        raise EchoVideoInputError("--protocol" if protocol == "consisid" else "--inception",
+                                  "needs the face stage that finds and aligns each face",
+                                  "pass --ckpt CKPT (or --preset tiny) too")
+    source = Destination(output)
+    clips = _read_clips(output, source, stage, references)
+    features = InceptionFeatures(inception) if inception is not None else None
     notes = []
-    if inception is None:
+    if features is None:
         notes.append("Inception Distance: not computed (no weights are downloaded; pass --inception MODEL.onnx)")
-    else:
-        if stage is None:
-            raise EchoVideoInputError("--inception", "needs the face stage that aligns each face",
-                                      "pass --ckpt CKPT (or --preset tiny) too")
-        missed = add_inception_distance(clips, source, stage(), InceptionFeatures(inception))
+    if protocol == "consisid":
+        missed = rescore(clips, source, _consisid(stage(), features))
+        notes.append("protocol: ConsisID's (16 frames, det_size 320, padded retry, face-less frames skipped; "
+                     "README \"Quality scores\")")
+        if missed:
+            notes.append(f"ConsisID protocol: {missed} clip(s) without a face in the photo or a readable file left out")
+    elif features is not None:
+        missed = rescore(clips, source, _ours(stage(), features))
         if missed:
             notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
-    table = summarise(clips, by)
-    table_name, plot_name = output_names(by)
+    columns = CONSISID_COLUMNS if protocol == "consisid" else ECHOVIDEO_COLUMNS
+    table = summarise(clips, by, columns)
+    table_name, plot_name = output_names(by, protocol)
     with source.output(table_name, ".json") as local:
-        local.write_text(json.dumps({"by": by, "table": table, "clips": len(clips)}, indent=1))
+        local.write_text(json.dumps({"by": by, "protocol": protocol, "table": table, "clips": len(clips)}, indent=1))
     written = [table_name]
     if plot and importlib.util.find_spec("matplotlib") is None:  # the plot is optional: the table is the result
         notes.append("plot: not drawn (matplotlib is not installed: pip install 'echovideo[eval]')")
     elif plot:
         with source.output(plot_name, ".png") as local:
-            write_plot(clips, by, local)
+            write_plot(clips, by, local, PLOTTED[protocol])
         written.append(plot_name)
     shown = [f"{source.name}/{name}" if source.remote else source.path(name) for name in written]
-    return {"table": table, "text": format_table(table, by), "written": shown, "notes": notes}
+    return {"table": table, "text": format_table(table, by, columns), "written": shown, "notes": notes}

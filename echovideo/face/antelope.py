@@ -37,8 +37,16 @@ def _session(path: Path, providers: list):
                               "use the released antelopev2 file") from None
 
 
+def norm_crop(bgr: np.ndarray, keypoints: np.ndarray, size: int = 112) -> np.ndarray:
+    """insightface's `face_align.norm_crop` (mode "arcface", a size divisible by 112): the 5 keypoints onto
+    `ARCFACE_DST` x size/112 by Umeyama's similarity, bilinear warp, black border."""
+    matrix = umeyama(np.asarray(keypoints), ARCFACE_DST * (size / 112.0))[:2]
+    return cv2.warpAffine(bgr, matrix, (size, size), borderValue=0.0)
+
+
 class ScrfdDetector:
-    """`insightface.model_zoo.SCRFD` as FaceAnalysis uses it: 640x640 letterbox, threshold 0.5, NMS 0.4.
+    """`insightface.model_zoo.SCRFD` as FaceAnalysis uses it: a `det_size` letterbox (640x640 as EchoVideo
+    prepares it), threshold 0.5, NMS 0.4.
 
     SCRFD graphs come exported two ways: outputs (anchors, k) or with a batch dimension (1, anchors, k).
     insightface tells them apart by the first output's rank (`SCRFD._init_vars`: `self.batched`) and reads
@@ -54,15 +62,15 @@ class ScrfdDetector:
         self.output_names = [o.name for o in outputs]
         self.batched = len(outputs[0].shape) == 3
 
-    def detect(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect(self, bgr: np.ndarray, det_size: tuple[int, int] = DET_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """-> (N, 5) boxes with scores and (N, 5, 2) keypoints in image pixels, best first after NMS."""
         ratio = bgr.shape[0] / bgr.shape[1]
-        if ratio > DET_SIZE[1] / DET_SIZE[0]:
-            new_height, new_width = DET_SIZE[1], int(DET_SIZE[1] / ratio)
+        if ratio > det_size[1] / det_size[0]:
+            new_height, new_width = det_size[1], int(det_size[1] / ratio)
         else:
-            new_width, new_height = DET_SIZE[0], int(DET_SIZE[0] * ratio)
+            new_width, new_height = det_size[0], int(det_size[0] * ratio)
         det_scale = float(new_height) / bgr.shape[0]
-        canvas = np.zeros((DET_SIZE[1], DET_SIZE[0], 3), dtype=np.uint8)
+        canvas = np.zeros((det_size[1], det_size[0], 3), dtype=np.uint8)
         canvas[:new_height, :new_width] = cv2.resize(bgr, (new_width, new_height))
         scores, boxes, points = self._forward(canvas)
         order = scores.ravel().argsort()[::-1]
@@ -71,7 +79,7 @@ class ScrfdDetector:
         return dets[keep], (points / det_scale)[order][keep]
 
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        blob = cv2.dnn.blobFromImage(canvas, 1.0 / SCRFD_STD, DET_SIZE, (SCRFD_MEAN,) * 3, swapRB=True)
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / SCRFD_STD, canvas.shape[1::-1], (SCRFD_MEAN,) * 3, swapRB=True)
         outs = self.session.run(self.output_names, {self.input_name: blob})
         if self.batched:
             outs = [out[0] for out in outs]
@@ -122,9 +130,7 @@ class ArcFaceRecognizer:
 
     def embed_keypoints(self, bgr: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
         """`ArcFaceONNX.get`: `norm_crop` to 112x112 on the template, then the network."""
-        size = self.input_size[0]
-        matrix = umeyama(np.asarray(keypoints), ARCFACE_DST * (size / 112.0))[:2]
-        return self.embed_crop(cv2.warpAffine(bgr, matrix, (size, size), borderValue=0.0))
+        return self.embed_crop(norm_crop(bgr, keypoints, self.input_size[0]))
 
     def embed_crop(self, bgr: np.ndarray) -> np.ndarray:
         """`ArcFaceONNX.get_feat`: any crop resized to the input by the blob, normalised, embedded."""

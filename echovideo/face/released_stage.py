@@ -113,6 +113,14 @@ class ReleasedFaceStage(FaceStage):
                  for row in self.retinaface.detect_faces(bgr, FALLBACK_THRESHOLD)]
         return [nearest_to_centre(found, *image.shape[:2])] if found else []
 
+    def analysis_face(self, image: np.ndarray, det_size: int) -> DetectedFace | None:
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        boxes, keypoints = self.detector.detect(bgr, (det_size, det_size))
+        if not len(boxes):
+            return None
+        face = largest([DetectedFace(bbox=box[:4], keypoints=points) for box, points in zip(boxes, keypoints)])
+        return DetectedFace(face.bbox, face.keypoints, self.recognizer.embed_keypoints(bgr, face.keypoints))
+
     def embed(self, aligned: np.ndarray) -> np.ndarray:
         # The whole aligned face in BGR, as released: `get_feat` resizes it to glintr100's 112x112 input.
         return self.recognizer.embed_crop(np.ascontiguousarray(aligned[:, :, ::-1]))

@@ -66,6 +66,18 @@ class FaceStage(ABC):
         parsed = apply_parsing_mask(aligned, self.parse(aligned))
         return FaceIdentity(aligned_face=parsed, embedding=embedding)
 
+    def analysis_face(self, image: np.ndarray, det_size: int) -> DetectedFace | None:
+        """The largest face with its embedding as insightface's `FaceAnalysis(det_size=(det_size, det_size))`
+        finds it (what published evaluations call): the released stage runs only SCRFD at that size, no
+        RetinaFace fallback. This default serves detectors without a size (the tiny stand-in)."""
+        faces = self.detect(image)
+        if not faces:
+            return None
+        face = largest(faces)
+        if face.embedding is not None:
+            return face
+        return DetectedFace(face.bbox, face.keypoints, np.asarray(self.embed(align_face(image, face.keypoints))))
+
     def largest_face(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(aligned unparsed 512x512 face, raw embedding) of the largest face as the conditioning computes
         them, or None without a face. The quality scores embed every scored frame this same way."""

@@ -1,0 +1,173 @@
+"""`eval --protocol consisid` against ConsisID's published `eval/get_facesim_fid.py`, re-done here step by step
+from that script (OpenCV's VideoCapture seeking 16 frames, insightface's pad-and-retry, scikit-image's
+SimilarityTransform for `norm_crop`, PIL's resize to 299, the Frechet distance with torch's formula in numpy)
+on synthetic frames, with the tiny preset's stand-in detector and embedder playing insightface's models."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from skimage.transform import SimilarityTransform
+
+from echovideo.cli import main
+from echovideo.face.geometry import align_face
+from echovideo.images import load_identity_image
+from echovideo.video_io import write_mp4
+
+PHOTO = "echovideo/assets/astronaut.jpg"
+ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
+                        [70.7299, 92.2041]], dtype=np.float32)
+
+
+def spatial_inception(path) -> None:
+    """Inception's interface (1x3x299x299 -> 2048) that sees layout: 13x13 average pools, flattened, through a
+    fixed matrix, so a crop or resize done differently moves the features."""
+    weights = np.random.default_rng(1).normal(size=(3 * 23 * 23, 2048)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[13, 13], strides=[13, 13]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["features"])],
+        "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 299, 299])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2048])], [numpy_helper.from_array(weights, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def synthetic_clip(photo: np.ndarray, count: int = 37) -> np.ndarray:
+    """The face drifting and growing over a grey stage, with face-less frames (blank, and the face pushed off
+    the edge) that the protocol must skip."""
+    frames = []
+    for i in range(count):
+        canvas = np.full((256, 256, 3), 90, np.uint8)
+        if i % 5 != 3:
+            side = 150 + (i % 7) * 8
+            face = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+            x, y = (i * 3) % 60, (i * 5) % 50
+            if i % 9 == 8:
+                x = 256 - side // 4  # mostly off the right edge
+            visible = face[:256 - y, :256 - x]
+            canvas[y:y + visible.shape[0], x:x + visible.shape[1]] = visible
+        frames.append(canvas)
+    return np.stack(frames)
+
+
+class PublishedFaceAnalysis:
+    """insightface FaceAnalysis's `get` as the script uses it (bbox, kps, embedding per face), the detector and
+    embedder being the stand-in's: the models are not the protocol."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def get(self, image_bgr):
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        return [{"bbox": f.bbox, "kps": f.keypoints.copy(),
+                 "embedding": np.asarray(self.stage.embed(align_face(rgb, f.keypoints)))} for f in self.stage.detect(rgb)]
+
+
+def published_norm_crop(img, landmark, image_size=224):
+    transform = SimilarityTransform()
+    transform.estimate(landmark, ARCFACE_DST * (image_size / 112.0))
+    return cv2.warpAffine(img, transform.params[0:2, :], (image_size, image_size), borderValue=0.0)
+
+
+def published_process_image(face_model, np_faceid_image):
+    image_bgr = cv2.cvtColor(np_faceid_image, cv2.COLOR_RGB2BGR)
+
+    def keypoints(image):
+        info = face_model.get(image)
+        return sorted(info, key=lambda x: (x["bbox"][2] - x["bbox"][0]) * (x["bbox"][3] - x["bbox"][1]))[-1] if info else None
+
+    face_info = keypoints(image_bgr)
+    if face_info is None:
+        h, w = image_bgr.shape[:2]
+        top, left = int(h * 0.25), int(w * 0.25)
+        padded = cv2.copyMakeBorder(image_bgr, top, top, left, left, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        face_info = keypoints(padded)
+        if face_info is None:
+            return None, None
+        face_kps = face_info["kps"] - np.array((left, top))
+    else:
+        face_kps = face_info["kps"]
+    norm_face = published_norm_crop(image_bgr, face_kps, 224)
+    return cv2.cvtColor(norm_face, cv2.COLOR_BGR2RGB), face_info["embedding"]
+
+
+def published_activations(session, align_face_rgb):
+    img = Image.fromarray(align_face_rgb).resize((299, 299), Image.BILINEAR)  # transforms.Resize((299, 299))
+    tensor = (np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]  # transforms.ToTensor()
+    activations = session.run(None, {"x": tensor})[0]
+    return np.repeat(activations, 2, axis=0)  # one row is repeated, as `get_activations` does
+
+
+def published_fid(real, fake):
+    mu1, mu2 = real.mean(axis=0), fake.mean(axis=0)
+    sigma1, sigma2 = np.cov(real.T), np.cov(fake.T)
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma1 @ sigma2)
+    covmean = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean))
+
+
+def published_scores(video_path, photo_rgb, face_model, session):
+    align_face_image, arcface_image_embedding = published_process_image(face_model, photo_rgb)
+    real = published_activations(session, align_face_image)
+    cap = cv2.VideoCapture(str(video_path))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = []
+    for idx in np.linspace(0, total - 1, 16, dtype=int):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+        ok, frame = cap.read()
+        if ok:
+            frames.append(frame)
+    cap.release()
+    arc, fid = [], []
+    for frame in frames:
+        align_frame, embedding = published_process_image(face_model, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        if align_frame is None:
+            continue
+        a, b = np.asarray(arcface_image_embedding, np.float64), np.asarray(embedding, np.float64)
+        arc.append(max(0.0, float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))))
+        fid.append(published_fid(real, published_activations(session, align_frame)))
+    return (np.mean(arc) if arc else 0.0), (np.mean(fid) if fid else 0.0), len(arc)
+
+
+def test_consisid_protocol_matches_its_published_evaluation_on_synthetic_frames(tmp_path, capsys, tiny_root,
+                                                                              monkeypatch):
+    import torch
+
+    from echovideo.face import load_face_stage
+
+    monkeypatch.setenv("ECHOVIDEO_CACHE", str(tiny_root.parent))
+    stage = load_face_stage(tiny_root / "face_encoder", torch.device("cpu"))
+    photo = np.array(Image.open(PHOTO).convert("RGB"))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_mp4(synthetic_clip(load_identity_image(PHOTO)), clips / "drift.mp4", fps=8)
+    shutil.copy(PHOTO, clips / "drift.jpg")  # the photo's own bytes
+    (clips / "drift.json").write_text(json.dumps({"identity": str(clips / "drift.jpg"), "options": {},
+                                                  "scores": {"identity_average": 0.5}}))  # as `generate` leaves it
+    spatial_inception(tmp_path / "inception.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "inception.onnx"), providers=["CPUExecutionProvider"])
+    arc, fid, with_face = published_scores(clips / "drift.mp4", photo, PublishedFaceAnalysis(stage), session)
+    assert 4 <= with_face < 16 and 0.3 < arc < 1.0 and fid > 0  # some frames skipped, scores not degenerate
+
+    assert main(["eval", str(clips), "--preset", "tiny", "--protocol", "consisid",
+                 "--inception", str(tmp_path / "inception.onnx"), "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "FaceSim-Arc" in printed and "protocol: ConsisID's" in printed
+    (row,) = json.loads((clips / "eval-consisid.json").read_text())["table"]
+    assert row["facesim_arc"] == pytest.approx(arc, rel=1e-5)
+    assert row["inception_distance"] == pytest.approx(fid, rel=1e-4)
+    assert json.loads((clips / "eval-consisid.json").read_text())["protocol"] == "consisid"
+
+
+def test_consisid_protocol_needs_a_face_stage(tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_mp4(np.zeros((5, 32, 32, 3), np.uint8), clips / "a.mp4", fps=8)
+    (clips / "a.json").write_text(json.dumps({"scores": {"identity_average": 0.5}, "options": {}}))
+    assert main(["eval", str(clips), "--protocol", "consisid"]) == 2
+    assert "--protocol: needs the face stage" in capsys.readouterr().err
