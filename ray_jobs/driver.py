@@ -101,6 +101,7 @@ class JobDriver:
         self.started_at, self.said_placed, self.said_at = 0.0, -1, 0.0  # replicas asked for; placement last said
         self.grown_at, self.given_up = 0.0, set()  # slots dropped for failing max_rebuilds times in a row
         self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
+        self.gate = QualityGate()  # the job's, read as the run starts
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -117,7 +118,7 @@ class JobDriver:
             handler.close()
 
     def _run(self, requested: int) -> JobReport:
-        gate = QualityGate.of(self.spec.quality)  # a review file that cannot be read stops the job before any work
+        self.gate = QualityGate.of(self.spec.quality)  # a review file that cannot be read stops the job before work
         plan = make_plan(self.spec)
         self.plan, self.accelerator = plan, plan.accelerator
         run_log.info("plan: %s", plan.describe(requested))
@@ -190,7 +191,7 @@ class JobDriver:
             "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
         try:
             requested = self.feed.requested if self.feed.walked else None  # the whole job is known
-            self.report.summary = self.store.finalize(summary, gate, requested)
+            self.report.summary = self.store.finalize(summary, self.gate, requested)
             self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":
