@@ -26,6 +26,9 @@ from ray_jobs.worker import CONCURRENCY_GROUPS, RankWorker
 
 PROBE_EVERY_S = 5.0
 START_CPU_S = 0.2  # CPU seconds a starting rank must use between two probes to count as progressing
+# A rank process that has not answered yet is still being started by Ray (a busy node starts Python slowly);
+# Ray itself gives up on a worker that does not register within 60 s, so we wait at least twice that.
+UNHEARD_FLOOR_S = 120.0
 ROOT_CAUSE_GRACE_S = 5.0  # after a rank fails because of another, how long to wait for that one's own report
 
 
@@ -163,9 +166,11 @@ class Replica:
     def _check_start(self, now: float) -> None:
         starting = set(self.waiting.values())
         unheard = sorted(set(range(self.world)) - set(self.start.seen))
-        if unheard and now - self.start.began > 2 * self.timeout:  # a process that never came up to answer
+        allowed = max(2 * self.timeout, UNHEARD_FLOOR_S)
+        if unheard and now - self.start.began > allowed:  # a process that never came up to answer
             self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: rank {unheard[0]}'s process did not start "
-                                                f"within {2 * self.timeout:g} s (2 x resources.group_timeout_s)"))
+                                                f"within {allowed:g} s (2 x resources.group_timeout_s, at least "
+                                                f"{UNHEARD_FLOOR_S:g} s)"))
             return
         if not unheard and now - self.start.quiet_since > self.timeout:
             self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: no start-up progress for "

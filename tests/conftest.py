@@ -1,11 +1,8 @@
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-import ray
 
-import own_processes
+import shared_ray
 
 from echovideo.presets.tiny import tiny_checkpoint
 
@@ -30,19 +27,24 @@ def face_path() -> Path:
     return FACE
 
 
-@pytest.fixture(scope="module")
-def local_ray(tiny_root):
-    """A real local Ray cluster (4 logical CPUs, loopback) whose workers find the session's tiny checkpoint; in
-    a temp folder of its own, by which a watchdog stops exactly it if the test run is killed."""
-    temp = tempfile.mkdtemp(prefix="ev-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    keeper = own_processes.guard(path=temp)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp,
-             log_to_driver=False, runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+@pytest.fixture(scope="session")
+def _shared_ray_session():
     yield
-    ray.shutdown()
-    own_processes.stop(own_processes.processes_under(temp))  # whatever ray.shutdown left running
-    own_processes.dismiss(keeper)
-    shutil.rmtree(temp, ignore_errors=True)
+    shared_ray.release()
+
+
+@pytest.fixture()
+def local_ray(tiny_root, _shared_ray_session):
+    """A real local Ray cluster (4 logical CPUs, loopback) whose workers find the session's tiny checkpoint,
+    shared by the session's tests (tests/shared_ray.py)."""
+    shared_ray.start({"ECHOVIDEO_CACHE": str(tiny_root.parent)})
+    yield
+
+
+def pytest_collection_modifyitems(items):
+    """The shared cluster's tests run last, together: it starts once, after every test that starts a cluster of
+    its own (the order within each group is kept)."""
+    items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import ray
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
 
+import shared_ray
 from jobs import assert_exactly_once, job, write_jsonl
 from ray_jobs.driver import run_job
 from ray_jobs.worker import RankWorker
@@ -26,6 +27,7 @@ class SlowWorker(RankWorker):
 
 def cluster_of(nodes: int, tiny_root):
     """A real multi-node cluster on this machine: a head without CPUs and `nodes` nodes of 2 CPUs."""
+    shared_ray.release()  # one driver, one cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(nodes):
         cluster.add_node(num_cpus=2)

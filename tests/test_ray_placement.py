@@ -15,6 +15,7 @@ import ray
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
 
+import shared_ray
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.job import parse_job
 from ray_jobs.plan import make_plan
@@ -34,6 +35,7 @@ class PlacedOnly(RankWorker):
 @pytest.fixture(scope="module")
 def cluster():
     """A head with no accelerators, GPU nodes with 4 and 2 GPUs, an Ascend node with 2 NPUs."""
+    shared_ray.release()  # one driver, one cluster
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes.add_node(num_cpus=4, num_gpus=4)
     nodes.add_node(num_cpus=2, num_gpus=2)
