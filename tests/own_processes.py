@@ -30,7 +30,10 @@ def processes_under(path: str | Path) -> list[int]:
     return found
 
 
-def stop(pids: list[int], grace_s: float = 20.0) -> None:
+GRACE_S = 5.0  # SIGTERM's grace before SIGKILL: test servers only (Ray, SeaweedFS); some take 20 s to go quietly
+
+
+def stop(pids: list[int], grace_s: float = GRACE_S) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -50,7 +53,7 @@ def stop_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline:
         try:
             os.killpg(pgid, 0)
