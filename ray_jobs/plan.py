@@ -19,6 +19,10 @@ from ray_jobs.redact import redact
 from ray_jobs.replica import rank_bundle
 
 RESOURCE = {"gpu": "GPU", "npu": "NPU", "cpu": "CPU"}
+# Ray starts its workers at niceness 15 so its own daemons stay responsive; but here the workers (the ranks)
+# are the work, and at 15 any other busy process on the machine starves them: beside two CPU-bound loops a
+# replica took 4.7 min to start instead of seconds. The embedded cluster runs them at the default 0.
+EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
 CONNECT_TIMEOUT_S = 5.0
 logger = logging.getLogger("ray_jobs")
 
@@ -57,7 +61,7 @@ def connect(address: str | None, spec: JobSpec) -> None:
         return
     with _loopback_only():
         ray.init(address="local", num_cpus=embedded_cpus(spec), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
+                 _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=EMBEDDED_SYSTEM_CONFIG)
 
 
 def _use_token_if_available() -> bool:

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ import shared_ray
 from echovideo.presets.tiny import tiny_checkpoint
 
 FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
+# Every Ray cluster the suite starts (in-process, `ray start`, `echovideo run` subprocesses) runs its workers at
+# niceness 0, as the embedded cluster does (ray_jobs/plan.py): at Ray's default 15 a busy CI host starves them.
+os.environ["RAY_worker_niceness"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -91,3 +91,9 @@ def test_gpu_check_runs_every_section_in_smoke_form_and_leaves_its_json(tmp_path
     assert any("scaled_dot_product" in k for k in sections["dit_480x848x49"]["attention_kernels_seen"])
     assert sections["teacache"]["skipped_s"] < sections["teacache"]["computed_s"]
     assert sections["compile"]["rel_error"] < 1e-4
+
+
+def test_cli_startup_benchmark_compares_help_and_plan_with_the_model_import():
+    headline = run("cli_startup.py")[-1]
+    help_ratio, plan_ratio = map(float, re.search(r"--help starts in ([0-9.]+) x, plan in ([0-9.]+) x", headline).groups())
+    assert help_ratio < plan_ratio < 1.0  # neither imports the model any more
