@@ -272,6 +272,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                                              "Inception Distance (never downloaded)")
     p.add_argument("--references", help="folder of identity photos named like the clips (default: beside them)")
     p.add_argument("--no-plot", action="store_true", help="skip eval.png (the score distributions)")
+    p.add_argument("--raft", metavar="RAFT.onnx", help="VBench's RAFT as ONNX (two 1x3xHxW frames in 0-255 in, the "
+                                                       "1x2xHxW flow last out): motion and Dynamic Degree measured "
+                                                       "with it instead of Farneback (never downloaded)")
     p.add_argument("--protocol", default="echovideo", choices=["echovideo", "consisid"],
                    help="echovideo (default: every scored frame, a face-less frame scores 0) or consisid (ConsisID's "
                         "published eval: 16 frames, FaceSim-Arc and Inception Distance, face-less frames skipped; "
@@ -295,7 +298,8 @@ def _eval(args: argparse.Namespace) -> int:
         return load_face_stage(root / "face_encoder", torch.device(args.device))
 
     done = evaluate(args.output, args.by, face_stage if args.ckpt or args.preset else None, args.inception,
-                    args.references, plot=not args.no_plot, protocol=args.protocol)
+                    args.references, plot=not args.no_plot, protocol=args.protocol,
+                    raft=args.raft)
     print(done["text"])
     for line in done["notes"]:
         print(line)

@@ -66,20 +66,27 @@ def motion_threshold(height: int, width: int, fps: int) -> float:
     return max(1.0, 8.0 / fps) * FLOW_THRESHOLD_AT_256 * min(height, width) / 256.0
 
 
-def pair_motion(first: np.ndarray, second: np.ndarray) -> float:
-    """Mean of the top 5% of dense optical-flow magnitudes between two RGB frames, in px."""
-    flow = cv2.calcOpticalFlowFarneback(cv2.cvtColor(first, cv2.COLOR_RGB2GRAY),
-                                        cv2.cvtColor(second, cv2.COLOR_RGB2GRAY), None, *FARNEBACK)
-    magnitude = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2).ravel()
+def top_flow(u: np.ndarray, v: np.ndarray) -> float:
+    """VBench's `get_score`: the mean of the top 5% of flow magnitudes (int(h * w * 0.05) of them), in px."""
+    magnitude = np.sqrt(np.square(u) + np.square(v)).ravel()
     top = max(1, int(magnitude.size * TOP_SHARE))
     return float(np.partition(magnitude, magnitude.size - top)[-top:].mean())
 
 
-def motion_scores(frames: np.ndarray, fps: int) -> tuple[float, bool]:
-    """(mean top-5% flow over the sampled pairs, dynamic) for (F, H, W, 3) uint8 frames."""
+def pair_motion(first: np.ndarray, second: np.ndarray) -> float:
+    """Top-5% flow between two RGB frames by OpenCV's Farneback (VBench uses RAFT, which needs weights:
+    echovideo/raft.py takes them as ONNX)."""
+    flow = cv2.calcOpticalFlowFarneback(cv2.cvtColor(first, cv2.COLOR_RGB2GRAY),
+                                        cv2.cvtColor(second, cv2.COLOR_RGB2GRAY), None, *FARNEBACK)
+    return top_flow(flow[..., 0], flow[..., 1])
+
+
+def motion_scores(frames: np.ndarray, fps: int, pair_score=pair_motion) -> tuple[float, bool]:
+    """(mean top-5% flow over the sampled pairs, dynamic) for (F, H, W, 3) uint8 frames; `pair_score`
+    measures one pair of frames (Farneback by default, RAFT given its weights)."""
     picked = frames[::frame_stride(fps)]  # a view: no copy of the clip
     with ThreadPoolExecutor(SCORE_THREADS) as pool:
-        pairs = list(pool.map(pair_motion, picked[:-1], picked[1:]))
+        pairs = list(pool.map(pair_score, picked[:-1], picked[1:]))
     if not pairs:
         return 0.0, False
     threshold = motion_threshold(frames.shape[1], frames.shape[2], fps)

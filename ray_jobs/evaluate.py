@@ -25,7 +25,8 @@ from echovideo.face.stage import FaceStage
 from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.inception import InceptionFeatures, inception_distance
 from echovideo.locations import store_hint
-from echovideo.quality import score_clip
+from echovideo.quality import motion_scores, score_clip
+from echovideo.raft import RaftFlow
 from echovideo.video_io import read_mp4
 from ray_jobs.destination import Destination
 from ray_jobs.identities import read_identity
@@ -245,6 +246,14 @@ def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Callable[
     return measure
 
 
+def _raft_motion(flow: RaftFlow) -> Callable[[bytes, np.ndarray, int], dict]:
+    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict:
+        motion, dynamic = motion_scores(frames, fps, flow.pair_score)
+        return {"motion": motion, "dynamic": dynamic}
+
+    return measure
+
+
 def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage] | None,
                 references: str | None) -> list[dict]:
     try:
@@ -262,7 +271,7 @@ def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage]
 
 
 def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
-             references: str | None, plot: bool, protocol: str = "echovideo") -> dict:
+             references: str | None, plot: bool, protocol: str = "echovideo", raft: str | None = None) -> dict:
     """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
     if protocol not in PROTOCOLS:
         raise EchoVideoInputError("--protocol", f"{protocol!r} is unknown", f"use one of {PROTOCOLS}")
@@ -286,6 +295,11 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
         missed = rescore(clips, source, _ours(stage(), features))
         if missed:
             notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
+    if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4
+        missed = rescore(clips, source, _raft_motion(RaftFlow(raft)))
+        notes.append("motion: RAFT (VBench's Dynamic Degree)" + (f"; {missed} clip(s) unreadable" if missed else ""))
+    else:
+        notes.append("motion: OpenCV Farneback flow (pass --raft RAFT.onnx for VBench's RAFT)")
     columns = CONSISID_COLUMNS if protocol == "consisid" else ECHOVIDEO_COLUMNS
     table = summarise(clips, by, columns)
     table_name, plot_name = output_names(by, protocol)

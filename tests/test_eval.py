@@ -141,3 +141,63 @@ def test_a_plot_of_a_hundred_groups_shows_the_best_apart_and_pools_the_rest(tmp_
     assert [label for label, _ in series[:3]] == ["cache=0.099", "cache=0.098", "cache=0.097"]
     assert series[-1][0] == "93 other groups" and sum(len(members) for _, members in series) == 100
     assert Image.open(tmp_path / "out" / "eval-by-cache.png").size == (1000, 300)
+
+
+def raft_stand_in(path) -> None:
+    """RAFT's interface (two 1x3xHxW frames in 0-255 in; flow_low, flow_up out, the last (1, 2, H, W)) with a
+    flow a test can compute: u = the channel mean of (second - first) / 8, v = the second frame's channel mean
+    / 64."""
+    nodes = [helper.make_node("Sub", ["image2", "image1"], ["diff"]),
+             helper.make_node("ReduceMean", ["diff"], ["du"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["du", "eight"], ["u"]),
+             helper.make_node("ReduceMean", ["image2"], ["mean2"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["mean2", "sixtyfour"], ["v"]),
+             helper.make_node("Concat", ["u", "v"], ["flow_up"], axis=1),
+             helper.make_node("Identity", ["flow_up"], ["flow_low"])]
+    frame = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, "h", "w"])  # noqa: E731
+    flow = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, "h", "w"])  # noqa: E731
+    graph = helper.make_graph(nodes, "raft", [frame("image1"), frame("image2")], [flow("flow_low"), flow("flow_up")],
+                              [numpy_helper.from_array(np.array(8, np.float32), "eight"),
+                               numpy_helper.from_array(np.array(64, np.float32), "sixtyfour")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def vbench_dynamic_degree(frames: np.ndarray, fps: int) -> tuple[float, bool]:
+    """VBench's dynamic_degree.py with the stand-in's flow, written from its code: every round(fps/8)-th frame,
+    each pair padded by RAFT's InputPadder (sintel: replicate, split evenly) and scored on the padded flow."""
+    picked = [f.astype(np.float32) for f in frames[::max(1, round(fps / 8))]]
+    ht, wd = picked[0].shape[:2]
+    pad_ht, pad_wd = (((ht // 8) + 1) * 8 - ht) % 8, (((wd // 8) + 1) * 8 - wd) % 8
+    pad = ((pad_ht // 2, pad_ht - pad_ht // 2), (pad_wd // 2, pad_wd - pad_wd // 2), (0, 0))
+    scores = []
+    for first, second in zip(picked[:-1], picked[1:]):
+        a, b = np.pad(first, pad, mode="edge"), np.pad(second, pad, mode="edge")
+        u, v = (b - a).mean(axis=2) / 8, b.mean(axis=2) / 64
+        rad = np.sqrt(u ** 2 + v ** 2)
+        h, w = rad.shape
+        scores.append(float(np.mean(np.abs(np.sort(-rad.flatten()))[:int(h * w * 0.05)])))
+    thres = max(1.0, 8.0 / fps) * 6.0 * (min(ht, wd) / 256.0)
+    return float(np.mean(scores)), sum(s > thres for s in scores) >= round(4 * (len(picked) / 16.0))
+
+
+def test_dynamic_degree_with_the_users_raft_weights_is_vbenchs_computation(tmp_path, capsys):
+    from echovideo.video_io import read_mp4
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(3)
+    frames = np.stack([np.full((30, 44, 3), 40 + 50 * (i % 3), np.uint8) + rng.integers(0, 30, (30, 44, 3), np.uint8)
+                       for i in range(17)])  # 30x44: RAFT's padder adds rows and columns
+    write_mp4(frames, clips / "moving.mp4", fps=16)
+    (clips / "moving.json").write_text(json.dumps({"identity": PHOTO, "options": {},
+                                                   "scores": {"identity_average": 0.5, "motion": 0.0, "dynamic": False}}))
+    raft_stand_in(tmp_path / "raft.onnx")
+    assert main(["eval", str(clips), "--raft", str(tmp_path / "raft.onnx"), "--no-plot"]) == 0
+    assert "motion: RAFT" in capsys.readouterr().out
+    (row,) = json.loads((clips / "eval.json").read_text())["table"]
+    motion, dynamic = vbench_dynamic_degree(*read_mp4(clips / "moving.mp4"))
+    assert row["motion"] == pytest.approx(motion, abs=1e-4) and row["dynamic"] == float(dynamic) == 1.0
+
+    (tmp_path / "not-raft.onnx").write_bytes(b"nope")
+    assert main(["eval", str(clips), "--raft", str(tmp_path / "not-raft.onnx")]) == 2
+    assert "--raft:" in capsys.readouterr().err
