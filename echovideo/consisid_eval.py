@@ -19,6 +19,7 @@ Our default (echovideo/quality.py, echovideo/inception.py) differs on purpose wh
 "Quality scores" lists each difference.
 """
 
+import io
 from collections.abc import Callable
 
 import cv2
@@ -27,6 +28,7 @@ from PIL import Image
 
 from echovideo.face.antelope import norm_crop
 from echovideo.face.stage import DetectedFace, FaceStage
+from echovideo.inception import INCEPTION_SIDE
 from echovideo.quality import cosine
 
 FRAMES = 16
@@ -34,13 +36,10 @@ DET_SIZE = 320
 PAD_SCALE = 1.25
 PAD_GREY = (128, 128, 128)
 CROP_SIDE = 224
-INCEPTION_SIDE = 299
 
 
 def decode_photo(data: bytes) -> np.ndarray:
     """`Image.open(path).convert("RGB")`, as the script reads the reference photo."""
-    import io
-
     with Image.open(io.BytesIO(data)) as image:
         return np.array(image.convert("RGB"))
 

@@ -16,22 +16,14 @@ import numpy as np
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
 from echovideo.quality import frame_stride
+from echovideo.user_onnx import user_onnx_session
 
 INCEPTION_SIDE, FEATURE_WIDTH = 299, 2048
 
 
 class InceptionFeatures:
     def __init__(self, path: str | Path) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise EchoVideoInputError("--inception", "onnxruntime is not installed",
-                                      "pip install 'echovideo[face]' (it never changes your torch)") from None
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types for a missing, truncated or non-ONNX file
-            raise EchoVideoInputError("--inception", f"{path} is not a readable ONNX model ({str(exc)[:160]})",
-                                      "export InceptionV3 to ONNX (1x3x299x299 in, 2048 out)") from None
+        self.session = user_onnx_session(path, "--inception", "export InceptionV3 to ONNX (1x3x299x299 in, 2048 out)")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [d if isinstance(d, int) else -1 for d in inputs[0].shape][1:] != [3, INCEPTION_SIDE, INCEPTION_SIDE] \
                 or outputs[0].shape[-1] != FEATURE_WIDTH:

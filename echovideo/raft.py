@@ -14,6 +14,7 @@ import numpy as np
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.quality import top_flow
+from echovideo.user_onnx import user_onnx_session
 
 MULTIPLE = 8
 
@@ -33,16 +34,8 @@ def as_input(frame: np.ndarray) -> np.ndarray:
 
 class RaftFlow:
     def __init__(self, path: str | Path) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise EchoVideoInputError("--raft", "onnxruntime is not installed",
-                                      "pip install 'echovideo[face]' (it never changes your torch)") from None
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types for a missing, truncated or non-ONNX file
-            raise EchoVideoInputError("--raft", f"{path} is not a readable ONNX model ({str(exc)[:160]})",
-                                      "export VBench's RAFT (raft-things.pth) with torch.onnx.export") from None
+        self.session = user_onnx_session(path, "--raft",
+                                         "export VBench's RAFT (raft-things.pth) with torch.onnx.export")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 2 or any(len(i.shape) != 4 or i.shape[1] != 3 for i in inputs) \
                 or len(outputs[-1].shape) != 4 or outputs[-1].shape[1] != 2:

@@ -216,21 +216,29 @@ def _clip_media(clip: dict, source: Destination) -> tuple[bytes, np.ndarray, int
     return photo, frames, fps
 
 
-def rescore(clips: list[dict], source: Destination, measure: Callable[[bytes, np.ndarray, int], dict | None]) -> int:
-    """Add `measure(photo, frames, fps)`'s scores to each clip, from its mp4 and photo; -> clips that could
-    not be measured (no readable photo or video, or `measure` found nothing to measure: None)."""
-    missed = 0
+Measure = Callable[[bytes, np.ndarray, int], dict | None]  # (photo, frames, fps) -> scores, None: nothing to measure
+
+
+def rescore(clips: list[dict], source: Destination, measures: dict[str, Measure]) -> dict[str, int]:
+    """Add every measure's scores to each clip, its mp4 and photo read and decoded once for all of them;
+    -> per measure, the clips it could not measure (no readable photo or video, or it returned None)."""
+    missed = dict.fromkeys(measures, 0)
     for clip in clips:
         try:
-            found = measure(*_clip_media(clip, source))
+            media = _clip_media(clip, source)
         except (EchoVideoInputError, OSError) as exc:
-            found, clip["skipped"] = None, redact(str(exc))[:200]
-        missed += found is None
-        clip["scores"] = {**(clip["scores"] or {}), **(found or {})}
+            media, clip["skipped"] = None, redact(str(exc))[:200]
+        for name, measure in measures.items():
+            try:
+                found = None if media is None else measure(*media)
+            except (EchoVideoInputError, OSError) as exc:
+                found, clip["skipped"] = None, redact(str(exc))[:200]
+            missed[name] += found is None
+            clip["scores"] = {**(clip["scores"] or {}), **(found or {})}
     return missed
 
 
-def _ours(stage: FaceStage, features: InceptionFeatures) -> Callable[[bytes, np.ndarray, int], dict | None]:
+def _ours(stage: FaceStage, features: InceptionFeatures) -> Measure:
     def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
         distance = inception_distance(frames, fps, decode_identity_image(photo, "identity"), stage, features)
         return None if distance is None else {"inception_distance": distance}
@@ -238,7 +246,7 @@ def _ours(stage: FaceStage, features: InceptionFeatures) -> Callable[[bytes, np.
     return measure
 
 
-def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Callable[[bytes, np.ndarray, int], dict | None]:
+def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Measure:
     def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
         found = consisid_scores(frames, decode_photo(photo), stage, features.of_pixels if features else None)
         return None if found is None else {k: v for k, v in found.items() if v is not None}
@@ -246,7 +254,7 @@ def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Callable[
     return measure
 
 
-def _raft_motion(flow: RaftFlow) -> Callable[[bytes, np.ndarray, int], dict]:
+def _raft_motion(flow: RaftFlow) -> Measure:
     def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict:
         motion, dynamic = motion_scores(frames, fps, flow.pair_score)
         return {"motion": motion, "dynamic": dynamic}
@@ -282,22 +290,28 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     source = Destination(output)
     clips = _read_clips(output, source, stage, references)
     features = InceptionFeatures(inception) if inception is not None else None
+    measures: dict[str, Measure] = {}  # every model loaded (and checked) before any clip is read
+    if protocol == "consisid":
+        measures["consisid"] = _consisid(stage(), features)
+    elif features is not None:
+        measures["inception"] = _ours(stage(), features)
+    if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4
+        measures["raft"] = _raft_motion(RaftFlow(raft))
+    missed = rescore(clips, source, measures) if measures else {}
     notes = []
     if features is None:
         notes.append("Inception Distance: not computed (no weights are downloaded; pass --inception MODEL.onnx)")
     if protocol == "consisid":
-        missed = rescore(clips, source, _consisid(stage(), features))
         notes.append("protocol: ConsisID's (16 frames, det_size 320, padded retry, face-less frames skipped; "
                      "README \"Quality scores\")")
-        if missed:
-            notes.append(f"ConsisID protocol: {missed} clip(s) without a face in the photo or a readable file left out")
-    elif features is not None:
-        missed = rescore(clips, source, _ours(stage(), features))
-        if missed:
-            notes.append(f"Inception Distance: {missed} clip(s) without a face or a readable photo left out")
-    if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4
-        missed = rescore(clips, source, _raft_motion(RaftFlow(raft)))
-        notes.append("motion: RAFT (VBench's Dynamic Degree)" + (f"; {missed} clip(s) unreadable" if missed else ""))
+        if missed["consisid"]:
+            notes.append(f"ConsisID protocol: {missed['consisid']} clip(s) without a face in the photo or a readable "
+                         "file left out")
+    elif missed.get("inception"):
+        notes.append(f"Inception Distance: {missed['inception']} clip(s) without a face or a readable photo left out")
+    if raft is not None:
+        notes.append("motion: RAFT (VBench's Dynamic Degree)" +
+                     (f"; {missed['raft']} clip(s) unreadable" if missed["raft"] else ""))
     else:
         notes.append("motion: OpenCV Farneback flow (pass --raft RAFT.onnx for VBench's RAFT)")
     columns = CONSISID_COLUMNS if protocol == "consisid" else ECHOVIDEO_COLUMNS

@@ -70,21 +70,24 @@ class FaceStage(ABC):
         """The largest face with its embedding as insightface's `FaceAnalysis(det_size=(det_size, det_size))`
         finds it (what published evaluations call): the released stage runs only SCRFD at that size, no
         RetinaFace fallback. This default serves detectors without a size (the tiny stand-in)."""
-        faces = self.detect(image)
-        if not faces:
+        found = self._largest(image)
+        if found is None:
             return None
-        face = largest(faces)
-        if face.embedding is not None:
-            return face
-        return DetectedFace(face.bbox, face.keypoints, np.asarray(self.embed(align_face(image, face.keypoints))))
+        face, _, embedding = found
+        return DetectedFace(face.bbox, face.keypoints, embedding)
 
     def largest_face(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(aligned unparsed 512x512 face, raw embedding) of the largest face as the conditioning computes
         them, or None without a face. The quality scores embed every scored frame this same way."""
+        found = self._largest(image)
+        return None if found is None else found[1:]
+
+    def _largest(self, image: np.ndarray) -> tuple[DetectedFace, np.ndarray, np.ndarray] | None:
+        """(the largest face, its aligned 512x512 crop, its raw embedding: the detector's, else `embed`'s)."""
         faces = self.detect(image)
         if not faces:
             return None
         face = largest(faces)
         aligned = align_face(image, face.keypoints)
         embedding = face.embedding if face.embedding is not None else self.embed(aligned)
-        return aligned, np.asarray(embedding, dtype=np.float32)
+        return face, aligned, np.asarray(embedding, dtype=np.float32)
