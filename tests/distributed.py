@@ -1,4 +1,10 @@
-"""Run a function on N real processes joined in a gloo group (torch.multiprocessing, file store)."""
+"""Run a function on N real processes joined in a gloo group (torch.multiprocessing, file store).
+
+Ranks start from a fork server that imported torch, diffusers, transformers and our packages once per test
+session: a fresh spawned rank re-imports them all (about 4 CPU-seconds each, most of a parallel test's cost on
+2 cores). A forked rank is still a process of its own with its own group, as a spawned one is; the server
+imports only modules, runs no torch op and starts no thread, so nothing it holds is shared unsafely, and it
+exits with the test process."""
 
 import json
 import tempfile
@@ -8,6 +14,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+# What every rank imports: loaded once in the fork server, inherited by every rank it forks.
+PRELOAD = ["torch", "torch.distributed", "echovideo.pipeline", "parallel.pipeline", "parallel.vae", "distributed"]
+CONTEXT = mp.get_context("forkserver")
+CONTEXT.set_forkserver_preload(PRELOAD)
 
 
 def _entry(rank: int, world: int, init: str, fn, args, timeout_s: float = 120) -> None:
@@ -23,7 +34,8 @@ def _entry(rank: int, world: int, init: str, fn, args, timeout_s: float = 120) -
 def run_ranks(world: int, fn, *args) -> None:
     """Raises (with the rank's traceback) if any rank raises."""
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_entry, args=(world, f"file://{folder}/store", fn, args), nprocs=world, join=True)
+        mp.start_processes(_entry, args=(world, f"file://{folder}/store", fn, args), nprocs=world, join=True,
+                           start_method="forkserver")
 
 
 def _report(rank: int, world: int, init: str, fn, args, timeout_s: float, folder: str) -> None:
@@ -39,8 +51,7 @@ def _report(rank: int, world: int, init: str, fn, args, timeout_s: float, folder
 def run_ranks_outcomes(world: int, fn, *args, timeout_s: float, wall_s: float) -> dict[int, object]:
     """Each rank's outcome: None (returned), [type, message] (raised) or "died"; ranks are killed after wall_s."""
     with tempfile.TemporaryDirectory() as folder:
-        context = mp.get_context("spawn")
-        procs = [context.Process(target=_report, args=(rank, world, f"file://{folder}/store", fn, args, timeout_s,
+        procs = [CONTEXT.Process(target=_report, args=(rank, world, f"file://{folder}/store", fn, args, timeout_s,
                                                        folder)) for rank in range(world)]
         for proc in procs:
             proc.start()

@@ -111,7 +111,9 @@ def test_run_with_a_bad_job_file_exits_2_before_any_work(tmp_path):
 
 
 def test_ctrl_c_ends_the_job_in_one_line_with_the_manifest_of_what_finished(tmp_path, face_path, tiny_root):
-    rows = [{"prompt": f"a woman waves {i}", "identity": str(face_path)} for i in range(6)]
+    # Far more rows than render between the first clip and Ctrl-C (a tiny clip takes ~0.2 s): the job is
+    # always interrupted mid-way, never finished before the signal lands.
+    rows = [{"prompt": f"a woman waves {i}", "identity": str(face_path)} for i in range(400)]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
     out = tmp_path / "out"
     job_file = tmp_path / "job.yaml"
