@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole scripts, run from their commands (CI runs them: -m slow)
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

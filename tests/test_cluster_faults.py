@@ -14,6 +14,8 @@ from jobs import assert_exactly_once, job, write_jsonl
 from ray_jobs.driver import run_job
 from ray_jobs.worker import RankWorker
 
+pytestmark = pytest.mark.slow  # multi-node clusters of their own (CI runs them: -m slow)
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the slow worker travels by value
 
 

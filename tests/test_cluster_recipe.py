@@ -19,6 +19,8 @@ import pytest
 import own_processes
 from jobs import manifest, read_frames, write_jsonl
 
+pytestmark = pytest.mark.slow  # `ray start` heads of their own (CI runs them: -m slow)
+
 RAY = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
 JOB = """model: {preset: tiny, dtype: fp32}
 parallel: {replicas: 1}

@@ -13,6 +13,8 @@ import yaml
 
 from jobs import manifest, read_frames, start_run, write_jsonl
 
+pytestmark = pytest.mark.slow  # three `echovideo run` processes, each with its own cluster (CI: -m slow)
+
 SAMPLES = 8
 
 

@@ -66,6 +66,7 @@ def prompts(tmp_path, face_path, texts: list[str]):
     return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": t, "identity": str(face_path)} for t in texts])
 
 
+@pytest.mark.slow  # random kills and rebuilds of two replicas (CI runs it: -m slow)
 def test_ranks_sigkilled_at_random_points_lose_and_duplicate_nothing(local_ray, face_path, tmp_path):
     dataset = prompts(tmp_path, face_path, [f"person {i} smiles" for i in range(8)])
     rng, landed, results = random.Random(5), [], []

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # pip resolves each extra (CI runs them: -m slow)
+
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 NEVER = re.compile(r"^(torch|torchvision|torchaudio|nvidia-.*|triton|opencv-python|opencv-contrib-python)$")
 

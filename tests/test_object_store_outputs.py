@@ -65,6 +65,7 @@ def job_file(tmp_path, face_path, object_store) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # `echovideo run` processes with clusters of their own (CI: -m slow)
 def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path, face_path, tiny_root,
                                                                           object_store):
     fs, job = object_store.filesystem(), job_file(tmp_path, face_path, object_store)

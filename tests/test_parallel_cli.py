@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import av
+import pytest
 from safetensors.torch import load_file
 
 ARGS = ["--preset", "tiny", "--prompt", "a woman smiles", "--height", "32", "--width", "48", "--frames", "9",
@@ -19,6 +20,7 @@ def generate(launcher: list[str], out, extra: list[str], tiny_root, face_path) -
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=out)
 
 
+@pytest.mark.slow  # torchrun and a second `generate` process (CI runs it: -m slow)
 def test_torchrun_generate_equals_one_process(tiny_root, face_path, tmp_path):
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     single.mkdir(), parallel.mkdir()

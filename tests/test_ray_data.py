@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 RUN = textwrap.dedent("""
     import json, resource, sys, time
     import ray
@@ -29,6 +31,7 @@ RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a million rows through a cluster of its own (CI runs it: -m slow)
 def test_a_lazy_million_row_dataset_streams_through_the_driver(tmp_path, face_path, tiny_root):
     done = subprocess.run([sys.executable, "-c", RUN, str(face_path), str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)})

@@ -175,6 +175,7 @@ def run_in(folder: Path, argv: list[str], where: Snippet, env: dict) -> str:
     return output
 
 
+@pytest.mark.slow  # every README command end to end, ~100 s (CI runs it: -m slow)
 def test_every_untagged_readme_command_runs_as_written_in_order(tmp_path, tiny_root):
     """Quickstart first (it makes out/demo, which eval and export then read), then every block in order."""
     folder = tmp_path / "user"
