@@ -121,8 +121,11 @@ def test_ctrl_c_ends_the_job_in_one_line_with_the_manifest_of_what_finished(tmp_
                         f"resources: {{accelerator: cpu}}\ndataset: {{prompts: {prompts}}}\n"
                         f"generation: {{height: 32, width: 32, frames: 5, steps: 8}}\njob: {{output: {out}}}\n")
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent)}
+    # SIGINT as a terminal's Ctrl-C finds it: a suite started in the background (`... &` in a script, nohup)
+    # runs with SIGINT ignored, and a child inherits that; the job would then rightly never see the signal.
     run = subprocess.Popen([sys.executable, "-m", "echovideo", "run", str(job_file)], env=env,
-                           stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / "state" / "completed.jsonl"
     deadline = time.monotonic() + 240
     while not (journal.exists() and journal.read_text().strip()) and run.poll() is None:
