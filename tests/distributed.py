@@ -2,9 +2,10 @@
 
 Ranks start from a fork server that imported torch, diffusers, transformers and our packages once per test
 session: a fresh spawned rank re-imports them all (about 4 CPU-seconds each, most of a parallel test's cost on
-2 cores). A forked rank is still a process of its own with its own group, as a spawned one is; the server
-imports only modules, runs no torch op and starts no thread, so nothing it holds is shared unsafely, and it
-exits with the test process."""
+2 cores). A forked rank is still a process of its own with its own group, as a spawned one is. The server
+only imports: it runs no torch op and opens no group. The only threads it holds are the idle pools that
+OpenBLAS (numpy, scipy) and OpenCV start when loaded, which both reset in a forked child (pthread_atfork),
+as every forking DataLoader worker relies on. It exits with the test process."""
 
 import json
 import tempfile
@@ -35,7 +36,7 @@ def run_ranks(world: int, fn, *args) -> None:
     """Raises (with the rank's traceback) if any rank raises."""
     with tempfile.TemporaryDirectory() as folder:
         mp.start_processes(_entry, args=(world, f"file://{folder}/store", fn, args), nprocs=world, join=True,
-                           start_method="forkserver")
+                           start_method=CONTEXT.get_start_method())
 
 
 def _report(rank: int, world: int, init: str, fn, args, timeout_s: float, folder: str) -> None:
