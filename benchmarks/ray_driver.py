@@ -35,8 +35,8 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_jobs.dataset import (IdentityReader, build_sample, id_basis, iter_samples, parse_request,  # noqa: E402
-                              request_key)
+from ray_jobs.dataset import IdentityReader, build_sample, iter_samples  # noqa: E402
+from ray_jobs.request_identity import id_basis, parse_request, request_key  # noqa: E402
 from ray_jobs.driver import JobDriver  # noqa: E402
 from ray_jobs.feed import SampleFeed  # noqa: E402
 from ray_jobs.job import parse_job  # noqa: E402
@@ -141,7 +141,7 @@ def resume_cost(work: Path, rows: int) -> tuple[float, float, float]:
     reader, basis = IdentityReader(), id_basis(spec, "cpu")
     started = time.perf_counter()
     for photo in photos:
-        request = parse_request(spec, {"prompt": "a person smiles", "identity": photo}, basis)
+        request = parse_request(spec, {"prompt": "a person smiles", "identity": photo}, spec.columns(), basis)
         build_sample(spec, request, photo, reader, request_key(request.description, reader.reference(photo)))
     earlier_ms = (time.perf_counter() - started) / len(photos) * 1e3
     return now_us, earlier_ms, state_mb

@@ -9,8 +9,8 @@ URI are downloaded again, and an entry whose files no longer match (a disk clean
 never used, and one left by a killed download is removed by the next (its owner provably gone: it held
 the entry's lock, which the kernel released when it died).
 
-`fingerprint` names the weights by that listing, not by the URI: sample ids made from it change when the
-weights do.
+Only the files the loader reads are listed, fetched and fingerprinted (`checkpoint_identity`): a NOTES.txt
+under the prefix is neither downloaded nor part of the weights' name.
 """
 
 import fcntl
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow.fs as pfs
 
+from echovideo.checkpoint_identity import fingerprint, folder_fingerprint, is_loaded
 from echovideo.errors import CheckpointError
 from echovideo.locations import default_cache_dir, is_uri, open_uri, public_name
 
@@ -42,7 +43,7 @@ def checkpoint_folder(location: str) -> Path:
 
 
 def store_listing(uri: str) -> dict[str, list]:
-    """What the store says the checkpoint is: relative path -> [size, modification time in ns]."""
+    """What the store says the checkpoint's loaded files are: relative path -> [size, modification time in ns]."""
     name = public_name(uri)
     try:
         filesystem, root = open_uri(uri)
@@ -51,14 +52,26 @@ def store_listing(uri: str) -> dict[str, list]:
     except (OSError, ValueError) as exc:
         raise CheckpointError("model.checkpoint", f"cannot list {name} ({str(exc)[:200]})",
                               "check the URI and the storage credentials in the environment") from None
-    if not infos:
-        raise CheckpointError("model.checkpoint", f"{name} holds no files", "point at the released ckpts/ folder")
-    return {info.path[len(root):].lstrip("/"): [info.size, info.mtime_ns] for info in infos}
+    listing = {info.path[len(root):].lstrip("/"): [info.size, info.mtime_ns] for info in infos}
+    listing = {rel: value for rel, value in listing.items() if is_loaded(rel)}
+    if not listing:
+        raise CheckpointError("model.checkpoint", f"{name} holds no checkpoint files",
+                              "point at the released ckpts/ folder")
+    return listing
 
 
-def fingerprint(listing: dict[str, list]) -> str:
-    """The weights' identity from their listing: the same files, sizes and times are the same weights."""
-    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+def weights_fingerprint(location: str) -> str:
+    """The weights a job pins as it starts: a URI by the store's listing now, a local folder by its files."""
+    return fingerprint(store_listing(location)) if is_uri(location) else folder_fingerprint(Path(location))
+
+
+def loaded_weights(location: str) -> tuple[Path, str]:
+    """The local folder a rank loads and the fingerprint of what it holds (a URI's node-local copy is named by
+    the store listing it was downloaded from)."""
+    if not is_uri(location):
+        return Path(location), folder_fingerprint(Path(location))
+    entry = local_checkpoint(location)
+    return entry, fingerprint(json.loads((entry / LISTING).read_text()))
 
 
 def local_checkpoint(uri: str, on_progress=None) -> Path:

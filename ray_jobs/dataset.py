@@ -5,29 +5,24 @@ bytes only while it is queued or in flight.
 """
 
 import hashlib
-import json
-import math
-import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Iterator
 
 import numpy as np
 
-from echovideo.checkpoint_cache import fingerprint, store_listing
-from echovideo.devices import dtype_name
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
 from echovideo.locations import is_uri, public_name
-from echovideo.sampling import OFF_BY_DEFAULT, GenerationOptions
 from ray_jobs.failures import Kind
 from ray_jobs.identities import IdentityUnavailable, identity_version, read_identity
-from ray_jobs.job import DEVICE_KIND, JobSpec
+from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
+from ray_jobs.request_identity import (ID_LENGTH, SETTINGS, Request, id_basis, parse_request, request_key,
+                                       resolved_seed, sample_id)
 from ray_jobs.tables import BATCH_ROWS, Row, Table, open_table
 
-OVERRIDABLE = {f.name: f for f in fields(GenerationOptions)}  # per-row columns that override the job's settings
 ID_COLUMNS = ("prompt", "identity", "image", "sample_id")
 
 
@@ -147,146 +142,6 @@ def _pairs(spec: JobSpec) -> Iterator[tuple[dict, object, str]]:
             yield p.values, identity_of(i), f"{p.where}, {i.where}"
 
 
-def request_key(description: dict, identity) -> str:
-    """THE identity of a request: one hash over what the request asks for (`description`: prompt, generation
-    settings, `id_basis`) and its photo. Given the photo's content hash it names the clip (the sample id
-    is its first 24 characters); given the photo's reference and version it is the resume key a rerun
-    matches without reading the photo. Both come from here, so they change together."""
-    payload = json.dumps({**description, "identity": identity}, sort_keys=True, ensure_ascii=True,
-                         default=_digest_or_repr)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def describe_request(prompt: str, options: dict, basis: dict) -> dict:
-    """What changes the pixels besides the photo. `basis` is everything outside the row (`id_basis`);
-    `options` holds the effective generation settings (and the seed only when the row sets one); options
-    still off (`OFF_BY_DEFAULT`) are left out, so ids made before those options existed stay the same."""
-    options = {k: v for k, v in options.items() if k not in OFF_BY_DEFAULT or v != OFF_BY_DEFAULT[k]}
-    return {"prompt": prompt, "options": options, **basis}
-
-
-def sample_id(prompt: str, identity_hash: str, options: dict, basis: dict) -> str:
-    """Deterministic from the content: the same request is the same file, whatever the row order or rank."""
-    return request_key(describe_request(prompt, options, basis), identity_hash)[:24]
-
-
-def derived_seed(job_seed: int, sid: str) -> int:
-    return int(hashlib.sha256(f"{job_seed}:{sid}".encode()).hexdigest()[:15], 16)
-
-
-def model_name(spec: JobSpec) -> str:
-    """The weights: a preset or a local folder by name; a checkpoint URI by its public name (rotating a key
-    keeps every id) and the store's listing of its files now (weights replaced under the same URI are other
-    weights: other ids, rendered anew)."""
-    if spec.model["preset"]:
-        return f"preset:{spec.model['preset']}"
-    checkpoint = spec.model["checkpoint"]
-    if not is_uri(checkpoint):
-        return f"checkpoint:{checkpoint}"
-    return f"checkpoint:{public_name(checkpoint)}@{fingerprint(store_listing(checkpoint))}"
-
-
-def id_basis(spec: JobSpec, accelerator: str) -> dict:
-    """What changes every clip's pixels besides its row: the weights, the scheduler, the dtype the ranks will
-    really run (`auto` resolved for the accelerator) and the job seed. Not `compile` (same maths), not the
-    parallel layout (every layout reproduces one device)."""
-    return {"model": model_name(spec), "scheduler": spec.model["scheduler"],
-            "dtype": dtype_name(spec.model["dtype"], DEVICE_KIND[accelerator]), "job_seed": spec.job["seed"]}
-
-
-def _digest_or_repr(value) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return hashlib.sha256(value).hexdigest()
-    return repr(value)
-
-
-def _prompt_text(value) -> str:
-    """The prompt as NFC text: the same words typed on two systems (NFC, NFD) are one request."""
-    if isinstance(value, bytes):  # a binary column: text only if it is UTF-8
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise EchoVideoInputError("prompt", "is not UTF-8 text", "re-encode the prompt column as UTF-8") from None
-    if value is None:
-        raise EchoVideoInputError("prompt", "is empty (null)", "write what the person does")
-    if not isinstance(value, str) or not value.strip():
-        raise EchoVideoInputError("prompt", f"{value!r} is empty or not text", "write what the person does")
-    if "\x00" in value:
-        raise EchoVideoInputError("prompt", "holds a NUL character", "remove it from the prompt")
-    return unicodedata.normalize("NFC", value)
-
-
-def _usable_id(value) -> str | None:
-    """The dataset's own sample id (any text or integer; file names are made safe), if the row has one."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        return None
-    return str(value)
-
-
-KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
-
-
-def _missing(value) -> bool:
-    """An empty cell: None, or the NaN pandas writes for one."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def row_settings(row: dict) -> dict:
-    """The row's own generation settings. An empty cell means the job's value; a whole float is an integer
-    (pandas writes 64.0 for 64 in a column with gaps); a value of another kind ("64" for an integer, 64.5)
-    is this row's error, naming the column."""
-    settings = {}
-    for name, spec_field in OVERRIDABLE.items():
-        value = row.get(name)
-        if _missing(value):
-            continue
-        kind = type(spec_field.default)
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # 6 and 6.0 are one request (and one sample id)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise EchoVideoInputError(name, f"{value!r} is a {type(value).__name__}, expected {KIND_NAMES[kind]}",
-                                      f"write {KIND_NAMES[kind]} in the {name} column, or leave it empty")
-        settings[name] = unicodedata.normalize("NFC", value) if kind is str else value
-    return settings
-
-
-@dataclass
-class Request:
-    """A row as what it asks for, before its photo is read: `description` (`describe_request`, or the row's
-    raw cells when it does not parse: `error` then says why) and the effective settings."""
-
-    description: dict
-    options: dict
-    given_id: str | None
-    error: EchoVideoInputError | None = None
-
-
-def parse_request(spec: JobSpec, row: dict, basis: dict) -> Request:
-    """The request a row makes, through the job's column mapping; a row error is kept, not raised."""
-    columns = spec.columns()
-    given_value = row.get(columns["sample_id"])
-    given = _usable_id(given_value)
-    try:
-        prompt = _prompt_text(row.get(columns["prompt"]))
-        if given_value is not None and given is None:
-            raise EchoVideoInputError("sample_id", f"{given_value!r} is not a non-empty text or integer id",
-                                      "fill the column or drop it to use content ids")
-        overrides = row_settings(row)
-        options = {**spec.generation, **{k: v for k, v in overrides.items() if k != "seed"}}
-        seed_override = {"seed": overrides["seed"]} if "seed" in overrides else {}
-        GenerationOptions(**options, **seed_override).validate()
-    except EchoVideoInputError as exc:
-        cells = {role: row.get(columns[role]) for role in ("prompt", "sample_id")}
-        given_settings = {k: row[k] for k in OVERRIDABLE if not _missing(row.get(k))}
-        return Request({"row": {**cells, **given_settings}, "generation": spec.generation, **basis},
-                       given_settings, given, exc)
-    row_basis = {k: v for k, v in basis.items() if not (seed_override and k == "job_seed")}
-    return Request(describe_request(prompt, {**options, **seed_override}, row_basis),
-                   {**options, **seed_override}, given)
-
-
 def build_sample(spec: JobSpec, request: Request, identity_value, reader: IdentityReader, row_key: str,
                  where: str = "") -> Sample:
     """A renderable sample (its photo read here), or one carrying the row's error: it then fails alone, with
@@ -301,19 +156,19 @@ def build_sample(spec: JobSpec, request: Request, identity_value, reader: Identi
         kind = (Kind.UNAVAILABLE if isinstance(exc, IdentityUnavailable) else Kind.INPUT).value
         reason = f"{where}: {exc}" if where else str(exc)
         shown_prompt = redact(prompt).replace("\x00", "\\x00")[:200] if isinstance(prompt, str) else ""
-        return Sample(request.given_id or row_key[:24], shown_prompt,
-                      shown, request.options, error=redact(reason), error_kind=kind, row_key=row_key, where=where)
+        return Sample(request.name or row_key[:ID_LENGTH], shown_prompt,
+                      shown, request.settings, error=redact(reason), error_kind=kind, row_key=row_key, where=where)
     content_key = request_key(request.description, digest)
-    sid = request.given_id or content_key[:24]
-    seed = request.options.get("seed", derived_seed(spec.job["seed"], sid))
-    return Sample(sid, request.description["prompt"], name, {**request.options, "seed": seed}, image=data,
+    sid = sample_id(content_key, request.name)
+    options = {**request.settings, "seed": resolved_seed(request.seed_from, sid)}
+    return Sample(sid, request.description["prompt"], name, options, image=data,
                   row_key=row_key, content_key=content_key, identity_sha=digest, where=where)
 
 
 def unused_columns(spec: JobSpec) -> list[str]:
     """Columns the job will not read (a misspelt override such as `hieght` would otherwise pass silently)."""
     columns = spec.columns()
-    known = {columns[k] for k in ID_COLUMNS} | set(OVERRIDABLE)
+    known = {columns[k] for k in ID_COLUMNS} | set(SETTINGS)
     return sorted({name for table in tables(spec) if table is not None for name in table.columns()} - known)
 
 
@@ -325,16 +180,16 @@ def iter_samples(spec: JobSpec, accelerator: str, finished_rows: dict[str, str] 
     sample with that id at the cost of one hash (and, for a photo reference, one memoised stat): its photo
     is neither read nor decoded.
     """
-    reader, limit, id_column = IdentityReader(), spec.dataset["limit"], spec.columns()["sample_id"]
+    reader, limit, columns = IdentityReader(), spec.dataset["limit"], spec.columns()
     basis, finished_rows = id_basis(spec, accelerator), finished_rows or {}
     first: dict[str, tuple[str, str] | None] = {}  # id -> (content, where) for dataset ids; None for content ids
     for row, identity_value, where in _pairs(spec):
-        request = parse_request(spec, row, basis)
+        request = parse_request(spec, row, columns, basis)
         key = request_key(request.description, reader.reference(identity_value))
         known = finished_rows.get(key)
         sample = Sample(known, "", "", row_key=key, where=where, settled=True) if known else \
             build_sample(spec, request, identity_value, reader, key, where)
-        given = None if known or row.get(id_column) is None else (sample.error or sample.content_key, where)
+        given = None if known or request.name is None else (sample.error or sample.content_key, where)
         if sample.sample_id in first:
             earlier = first[sample.sample_id]
             if given is not None and earlier is not None and given[0] != earlier[0]:

@@ -102,7 +102,8 @@ class RankWorker:
         -> this rank's node id (the driver tells a lost node from a failed sample by it)."""
         import torch.distributed as dist
 
-        from echovideo.checkpoint_cache import checkpoint_folder
+        from echovideo.checkpoint_cache import loaded_weights
+        from echovideo.checkpoint_identity import check_pinned
         from echovideo.presets.tiny import tiny_checkpoint
         from parallel import ParallelConfig
         from parallel.launch import init_group, local_device
@@ -114,7 +115,11 @@ class RankWorker:
         device = local_device(kind, 0)  # Ray sets CUDA_/ASCEND_RT_VISIBLE_DEVICES: the actor's device is 0
         timeout = timedelta(seconds=timeout_s)
         # Before joining the group: transformers' save_pretrained writes weights only on distributed rank 0.
-        root = checkpoint_folder(model["checkpoint"]) if model["checkpoint"] else tiny_checkpoint()
+        if model["checkpoint"]:  # the weights the job's ids name, or this replica fails the job (never renders others)
+            root, weights = loaded_weights(model["checkpoint"])
+            check_pinned(weights, model.get("fingerprint"), model.get("name", "the checkpoint"))
+        else:
+            root = tiny_checkpoint()
         self._enter("forming the group")
         store = self.store or dist.TCPStore(address[0], address[1], self.world, is_master=False, timeout=timeout)
         init_group(kind, self.rank, self.world, store=store, timeout=timeout)

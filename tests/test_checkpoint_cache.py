@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pyarrow.fs as pfs
 
-from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, PARTIAL, cache_root, local_checkpoint
+import pytest
+
+from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, PARTIAL, cache_root, loaded_weights, local_checkpoint
+from echovideo.checkpoint_identity import check_pinned
+from echovideo.errors import CheckpointError
 from jobs import job, manifest, write_jsonl
 from object_store import SECRET_KEY
 from ray_jobs.driver import run_job
@@ -111,5 +115,11 @@ def test_replaced_weights_are_fetched_again_and_change_the_ids_and_a_killed_down
     config = folder / "scheduler" / "scheduler_config.json"
     with object_store.filesystem().open_output_stream("echovideo/ckpts/replaced/scheduler/scheduler_config.json") as out:
         out.write(config.read_bytes())  # the same name re-uploaded: other weights as far as anyone can tell
-    assert next(iter_samples(spec, "cpu")).sample_id != before
-    assert local_checkpoint(uri) == folder and len(downloads(tmp_path, "ckpts/replaced")) == 2
+    assert next(iter_samples(spec, "cpu")).sample_id == before  # a running job keeps the weights it pinned
+    rerun = job(prompts, tmp_path / "out", **{"model.preset": None, "model.checkpoint": uri})
+    assert next(iter_samples(rerun, "cpu")).sample_id != before  # the next run names the new weights
+    folder_now, weights_now = loaded_weights(uri)  # a rank started later by the old job loads the new weights...
+    assert folder_now == folder and len(downloads(tmp_path, "ckpts/replaced")) == 2
+    with pytest.raises(CheckpointError, match="changed while the job ran"):  # ...and refuses them
+        check_pinned(weights_now, spec.model["pinned"], "ckpts/replaced")
+    check_pinned(weights_now, rerun.model["pinned"], "ckpts/replaced")

@@ -194,3 +194,108 @@ def test_a_photo_uri_uploaded_late_or_replaced_is_new_work_and_its_outputs_name_
     with object_store.filesystem().open_output_stream(f"echovideo/faces/{tmp_path.name}.jpg") as out:
         out.write(photo.read_bytes() + b"\0")  # replaced under the same name
     assert one(spec).row_key != uploaded.row_key
+
+
+# -- the description is the request the ranks receive ----------------------------------------------------------
+DESCRIBED = {"prompt", "settings", "seed", "name", "weights", "scheduler", "dtype"}
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, (*path, key))
+    else:
+        yield path, value
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return f"{value}-changed" if isinstance(value, str) else "set"
+
+
+def _replace(tree: dict, path: tuple, new) -> dict:
+    head, *rest = path
+    return {**tree, head: _replace(tree[head], tuple(rest), new) if rest else new}
+
+
+@pytest.mark.parametrize("row", [{}, {"sample_id": "take-1"}, {"seed": 5}])
+def test_every_field_of_the_description_changes_the_id_and_the_resume_key(tmp_path, photo, row):
+    from ray_jobs.request_identity import SETTINGS, request_key
+
+    sample = one(job(rows_file(tmp_path, prompt="a person smiles", identity=str(photo), **row), tmp_path))
+    spec = job(rows_file(tmp_path, prompt="a person smiles", identity=str(photo), **row), tmp_path)
+    request = dataset.parse_request(spec, {"prompt": "a person smiles", **row}, spec.columns(),
+                                    dataset.id_basis(spec, "cpu"))
+    description = request.description
+    assert set(description) == DESCRIBED and set(description["settings"]) == set(SETTINGS) - {"seed"}
+    # what the ranks receive is the description: its prompt, its settings and the seed it says where from
+    assert sample.prompt == description["prompt"]
+    assert {k: v for k, v in sample.options.items() if k != "seed"} == description["settings"]
+    assert sample.options["seed"] == row.get("seed", dataset.resolved_seed(description["seed"], sample.sample_id))
+    assert sample.content_key == request_key(description, sample.identity_sha)
+    leaves = list(_leaves(description))
+    assert {path[0] for path, _ in leaves} == DESCRIBED
+    for path, value in leaves:
+        other = _replace(description, path, _changed(value))
+        assert request_key(other, sample.identity_sha) != sample.content_key, path
+        assert request_key(other, {"reference": "x"}) != request_key(description, {"reference": "x"}), path
+
+
+def test_two_named_takes_of_one_prompt_and_photo_are_two_requests_with_two_seeds(tmp_path, photo):
+    rows = write_jsonl(tmp_path / "takes.jsonl", [
+        {"sample_id": name, "prompt": "a person smiles", "identity": str(photo)} for name in ("take-1", "take-2")])
+    first, second = list(dataset.iter_samples(job(rows, tmp_path), "cpu"))
+    assert (first.sample_id, second.sample_id) == ("take-1", "take-2") and not second.duplicate
+    assert first.row_key != second.row_key and first.content_key != second.content_key
+    assert first.options["seed"] != second.options["seed"]
+    finished = {first.row_key: first.sample_id}  # take-1 done: take-2 is still work, and take-1 settled
+    again = list(dataset.iter_samples(job(rows, tmp_path), "cpu", finished))
+    assert [s.settled for s in again] == [True, False] and again[1].sample_id == "take-2"
+
+
+@pytest.mark.parametrize("one_way, other_way", [
+    ({"generation.guidance": 6}, {"generation.guidance": 6.0}),
+    ({"generation.cache": 0}, {"generation.cache": 0.0}),
+    ({"generation.steps": 2}, {}),  # the job's default spelled out
+    ({"generation.negative_prompt": "cafe\u0301"}, {"generation.negative_prompt": "caf\u00e9"}),
+])
+def test_equivalent_spellings_in_the_job_are_one_request(tmp_path, photo, one_way, other_way):
+    rows = rows_file(tmp_path, prompt="a person smiles", identity=str(photo))
+    a, b = one(job(rows, tmp_path, **one_way)), one(job(rows, tmp_path, **other_way))
+    assert (a.sample_id, a.row_key, a.options) == (b.sample_id, b.row_key, b.options)
+
+
+@pytest.mark.parametrize("one_way, other_way", [
+    ({"frames": 5.0}, {"frames": 5}), ({"seed": 5.0}, {"seed": 5}), ({"guidance": 6}, {"guidance": 6.0}),
+    ({"prompt": "cafe\u0301 scene"}, {"prompt": "caf\u00e9 scene"}),
+    ({"sample_id": "cafe\u0301"}, {"sample_id": "caf\u00e9"}), ({"steps": None}, {}),
+])
+def test_equivalent_spellings_in_a_row_are_one_request(tmp_path, photo, one_way, other_way):
+    base = {"prompt": "a person smiles", "identity": str(photo)}
+    a = one(job(rows_file(tmp_path, "a.jsonl", **{**base, **one_way}), tmp_path))
+    b = one(job(rows_file(tmp_path, "b.jsonl", **{**base, **other_way}), tmp_path))
+    assert (a.sample_id, a.row_key, a.options) == (b.sample_id, b.row_key, b.options)
+
+
+def test_a_local_checkpoint_is_named_by_the_weights_the_loader_reads(tmp_path, photo, tiny_root):
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(tiny_root, ckpts)
+    rows = rows_file(tmp_path, prompt="a person smiles", identity=str(photo))
+
+    def sample():
+        return one(job(rows, tmp_path, **{"model.preset": None, "model.checkpoint": str(ckpts)}))
+
+    before = sample()
+    (ckpts / "NOTES.txt").write_text("copied from the release\n")  # not read by the loader: the same weights
+    (ckpts / "transformer" / "README.md").write_text("notes\n")
+    assert sample().sample_id == before.sample_id
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(ckpts, moved, copy_function=shutil.copy2)  # the same files at another path, times kept
+    assert one(job(rows, tmp_path, **{"model.preset": None, "model.checkpoint": str(moved)})).sample_id \
+        == before.sample_id
+    weights = next((ckpts / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # replaced in place (the usual NFS ckpts/): other weights
+    assert sample().sample_id != before.sample_id and sample().row_key != before.row_key

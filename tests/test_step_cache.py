@@ -12,7 +12,7 @@ from echovideo.cli import main
 from echovideo.models.rope import RIFLEX_K, ROPE_THETA, released_grid, riflex_axis
 from echovideo.sampling import GenerationOptions
 from echovideo.step_cache import COGVIDEOX_COEFFICIENTS, IDENTITY, ResidualCache, skipped_steps
-from ray_jobs.dataset import sample_id
+from ray_jobs.request_identity import describe_request, request_key, typed_settings
 
 OPTS = GenerationOptions(height=32, width=48, frames=9, steps=8, guidance=6.0, seed=3)
 
@@ -104,11 +104,14 @@ def test_a_bad_cache_threshold_is_exit_2_naming_the_flag(tmp_path, capsys, flag,
     assert code == 2 and "--cache" in capsys.readouterr().err
 
 
-def test_options_that_are_off_leave_old_sample_ids_unchanged():
+def test_options_that_are_off_are_the_same_request_as_options_left_out():
+    def key(settings):
+        return request_key(describe_request("p", typed_settings(settings), {"job": 0}, None, {}), "h")
+
     before = {"height": 32, "width": 48, "steps": 2}
-    assert sample_id("p", "h", {**before, "cache": 0.0, "riflex": False}, {}) == sample_id("p", "h", before, {})
-    assert sample_id("p", "h", {**before, "cache": 0.1}, {}) != sample_id("p", "h", before, {})
-    assert sample_id("p", "h", {**before, "riflex": True}, {}) != sample_id("p", "h", before, {})
+    assert key({**before, "cache": 0, "riflex": False}) == key(before)
+    assert key({**before, "cache": 0.1}) != key(before)
+    assert key({**before, "riflex": True}) != key(before)
 
 
 def test_a_job_sets_them_per_job_and_per_row(tmp_path, face_path):
