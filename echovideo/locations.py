@@ -23,6 +23,11 @@ def public_name(uri: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{parts.path}".rstrip("/")
 
 
+def shown_location(location: str) -> str:
+    """A path as given, a URI by its public name: how messages and outputs name a location."""
+    return public_name(location) if is_uri(location) else location
+
+
 def filesystem(location: str | os.PathLike) -> tuple[pfs.FileSystem, str]:
     """(filesystem, path in it): a URI's own filesystem, or the local one with the path made absolute."""
     if is_uri(location):

@@ -14,7 +14,7 @@ import numpy as np
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
-from echovideo.locations import is_uri, public_name
+from echovideo.locations import shown_location as shown_reference
 from ray_jobs.failures import Kind
 from ray_jobs.identities import IdentityUnavailable, identity_version, read_identity
 from ray_jobs.job import JobSpec
@@ -96,12 +96,6 @@ def _remember(cache: OrderedDict, key, value, capacity: int) -> None:
     cache[key] = value
     if len(cache) > capacity:
         cache.popitem(last=False)
-
-
-def shown_reference(value: str) -> str:
-    """How outputs name a photo reference: a URI by its public name (credentials and query such as
-    `?endpoint_override=` dropped), a path as given."""
-    return public_name(value) if is_uri(value) else value
 
 
 def tables(spec: JobSpec) -> tuple[Table, Table | None]:

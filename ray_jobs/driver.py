@@ -32,6 +32,7 @@ from ray_jobs.outputs import open_outputs
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
 from ray_jobs.replica import Outcome, Replica, State, rank_bundle
+from ray_jobs.request_identity import pin_weights
 from ray_jobs.worker import RankWorker
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
@@ -129,6 +130,7 @@ class JobDriver:
             logger.warning("dataset columns %s are not used (prompt, identity/image, sample_id and generation "
                            "settings are); check dataset.columns for a typo", ignored)
         self.store.remove_orphan_temps()
+        pin_weights(self.spec)  # the weights every id names and every rank checks before it loads
         done, finished_rows = self.store.resume_index()
         self.feed = SampleFeed(iter_samples(self.spec, plan.accelerator, finished_rows), done,
                                capacity=4 * plan.replicas + 16)

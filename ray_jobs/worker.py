@@ -104,6 +104,7 @@ class RankWorker:
 
         from echovideo.checkpoint_cache import loaded_weights
         from echovideo.checkpoint_identity import check_pinned
+        from echovideo.locations import shown_location
         from echovideo.presets.tiny import tiny_checkpoint
         from parallel import ParallelConfig
         from parallel.launch import init_group, local_device
@@ -117,7 +118,7 @@ class RankWorker:
         # Before joining the group: transformers' save_pretrained writes weights only on distributed rank 0.
         if model["checkpoint"]:  # the weights the job's ids name, or this replica fails the job (never renders others)
             root, weights = loaded_weights(model["checkpoint"])
-            check_pinned(weights, model.get("fingerprint"), model.get("name", "the checkpoint"))
+            check_pinned(weights, model.get("pinned"), shown_location(model["checkpoint"]))
         else:
             root = tiny_checkpoint()
         self._enter("forming the group")
