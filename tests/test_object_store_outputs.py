@@ -6,9 +6,7 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -24,7 +22,6 @@ from jobs import job, read_frames, start_run, write_jsonl
 from object_store import ACCESS_KEY, BUCKET, SECRET_KEY
 from ray_jobs.destination import Destination, UploadError
 from ray_jobs.driver import run_job
-from ray_jobs.object_outputs import ObjectStoreOutputs
 from ray_jobs.worker import RankWorker
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # DroppedUploadWorker travels by value
@@ -163,101 +160,6 @@ def test_an_upload_that_breaks_half_way_leaves_nothing_under_its_final_key(tmp_p
     monkeypatch.setattr(destination_module, "_chunks", chunks)
     outputs.upload(local, "videos/clip.mp4")
     assert keys(fs, "broken") == {"videos/clip.mp4": local.stat().st_size}
-
-
-def record(sample_id: str) -> dict:
-    return {"sample_id": sample_id, "row_key": f"k-{sample_id}", "prompt": "p", "identity": "i", "seed": 1,
-            "options": {}, "path": f"videos/{sample_id}.mp4", "attempts": 1, "seconds": 1.0, "replica": "0"}
-
-
-def test_resume_trusts_a_clip_only_with_its_marker(object_store):
-    outputs = ObjectStoreOutputs(object_store.uri("markers"))
-    for sample_id, video, marker in (("both", True, True), ("video-only", True, False),
-                                     ("marker-only", False, True), ("torn-marker", True, False)):
-        if video:
-            outputs.destination.put(outputs.video_name(sample_id), b"mp4")
-        if marker:
-            outputs.record_success(record(sample_id))
-    outputs.destination.put("state/done/torn-marker.json", b'{"sample_id": "torn-')
-    outputs.record_failure({"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"})
-    outputs.record_failure({"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"})
-    assert outputs.resume_index() == ({"both": None}, {"k-both": "both", "k-bad": "bad"})
-    outputs.finalize({})  # folds the done markers into state/done.parquet
-    assert outputs.destination.exists("state/done.parquet")
-    outputs.destination.put(outputs.video_name("late"), b"mp4")
-    outputs.record_success(record("late"))  # after the fold: read as a marker
-    outputs.destination.delete("state/done/both.json")  # gone from the listing: the fold's record is not trusted
-    assert outputs.resume_index() == ({"late": None}, {"k-late": "late", "k-bad": "bad"})
-
-
-def test_one_job_per_prefix(object_store):
-    first, second = ObjectStoreOutputs(object_store.uri("held")), ObjectStoreOutputs(object_store.uri("held"))
-    with first.locked():
-        with pytest.raises(EchoVideoInputError, match="another job is writing into s3://echovideo/held"):
-            with second.locked():
-                pass
-    with second.locked():  # released at the end of the first
-        pass
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    second.destination.put("state/job.lock", json.dumps({
-        "token": "x", "who": "a crashed job", "renewed": time.time(), "host": os.uname().nodename,
-        "pid": int(dead.stdout)}).encode())
-    with second.locked():  # its holder's process is gone from this host: stale at once
-        pass
-
-
-@pytest.fixture(params=["seaweedfs", "file"])
-def prefix(request, tmp_path):
-    """An output prefix on the real S3 server, or a file:// URI (the same object-store code on a local disk)."""
-    if request.param == "file":
-        return f"file://{tmp_path}/out"
-    return request.getfixturevalue("object_store").uri(f"race-{uuid.uuid4().hex[:8]}")
-
-
-def test_a_driver_whose_renewal_stalled_past_the_lease_age_is_fenced_by_the_one_that_took_over(prefix, monkeypatch):
-    import ray_jobs.object_outputs as object_outputs
-
-    monkeypatch.setattr(object_outputs, "LEASE_S", 1.0)
-    monkeypatch.setattr(object_outputs, "LEASE_RENEW_S", 0.2)
-    first, second = ObjectStoreOutputs(prefix), ObjectStoreOutputs(prefix)
-    stalled = threading.Event()
-    real_confirm = ObjectStoreOutputs._confirm
-
-    def confirm(self):  # the first driver's renewals stall (a paused process, a partitioned link)
-        if self is first and stalled.is_set():
-            return True
-        return real_confirm(self)
-
-    monkeypatch.setattr(ObjectStoreOutputs, "_confirm", confirm)
-    with first.locked():
-        first.record_success(record("before"))  # written while the lease was its own: kept
-        with pytest.raises(EchoVideoInputError, match="another job is writing"):
-            with second.locked():
-                pass
-        stalled.set()
-        deadline = time.monotonic() + 60
-        while True:  # the lease lapses LEASE_S after its last renewal; the second job takes it over
-            try:
-                with second.locked():
-                    second.record_success(record("second"))
-                    stalled.clear()  # the first wakes up: its next write must not happen
-                    first.confirmed_at = 0.0
-                    with pytest.raises(object_outputs.LeaseLost, match="another job took over"):
-                        first.record_success(record("after"))
-                    assert "pid" in first.lost_to
-                    # a write already in flight when the lease was lost lands, and is ignored by resume
-                    first.destination.put("state/done/inflight.json", json.dumps(
-                        {**record("inflight"), "lease": first.token, "written": time.time() + 1}).encode())
-                    for name in ("before", "second", "inflight"):
-                        second.destination.put(f"videos/{name}.mp4", b"\0")
-                    assert set(second.resume_index()[0]) == {"before", "second"}
-                    assert (second._lease() or {}).get("token") == second.token  # never overwritten by the first
-                break
-            except EchoVideoInputError as exc:
-                if "another job is writing" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    assert not second.destination.exists("state/done/after.json")
 
 
 def test_credentials_only_in_the_drivers_environment_reach_the_ranks_and_a_node_without_them_stops_at_once(
