@@ -16,7 +16,7 @@ from echovideo.errors import EchoVideoInputError
 from echovideo.images import check_identity_header
 from echovideo.locations import shown_location as shown_reference
 from ray_jobs.failures import Kind
-from ray_jobs.identities import IdentityUnavailable, identity_version, read_identity
+from ray_jobs.identities import IdentityUnavailable, identity_version, printable, read_identity
 from ray_jobs.job import JobSpec
 from ray_jobs.redact import redact
 from ray_jobs.request_identity import (ID_LENGTH, SETTINGS, Request, id_basis, parse_request, request_key,
@@ -60,6 +60,7 @@ class IdentityReader:
     def __init__(self, capacity: int = 64) -> None:
         self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self.versions: OrderedDict[str, object] = OrderedDict()
+        self.unavailable: OrderedDict[str, IdentityUnavailable] = OrderedDict()
         self.capacity = capacity
 
     def get(self, value) -> tuple[bytes, str, str]:
@@ -72,9 +73,15 @@ class IdentityReader:
             data, key, name = None, value, shown_reference(value)
         else:
             raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
+        if key in self.unavailable:  # one deadline per reference and run, not one per row naming it
+            raise self.unavailable[key]
         if key not in self.cache:
             if data is None:
-                data = read_identity(value, name)
+                try:
+                    data = read_identity(value, name)
+                except IdentityUnavailable as exc:
+                    _remember(self.unavailable, key, exc, self.capacity)
+                    raise
             check_identity_header(data, name, "identity")
             _remember(self.cache, key, (data, hashlib.sha256(data).hexdigest()), self.capacity)
         self.cache.move_to_end(key)
@@ -146,7 +153,7 @@ def build_sample(spec: JobSpec, request: Request, identity_value, reader: Identi
         data, digest, name = reader.get(identity_value)
     except EchoVideoInputError as exc:  # only a rejected row pays for redacting what it shows
         prompt = request.description.get("prompt", request.description.get("row", {}).get("prompt"))
-        shown = redact(shown_reference(identity_value))[:300] if isinstance(identity_value, str) else "<bytes>"
+        shown = printable(redact(shown_reference(identity_value)))[:300] if isinstance(identity_value, str) else "<bytes>"
         kind = (Kind.UNAVAILABLE if isinstance(exc, IdentityUnavailable) else Kind.INPUT).value
         reason = f"{where}: {exc}" if where else str(exc)
         shown_prompt = redact(prompt).replace("\x00", "\\x00")[:200] if isinstance(prompt, str) else ""

@@ -10,6 +10,7 @@ a 5xx, a timeout, permission) raises `IdentityUnavailable`: retried a few times 
 """
 
 import os
+import re
 import stat
 import threading
 import time
@@ -24,7 +25,10 @@ from ray_jobs.redact import redact
 MAX_IDENTITY_BYTES = 64 * 2**20  # far above any phone photo (a 48 MP HEIC-to-JPEG is ~20 MB)
 READ_TIMEOUT_S = 60.0
 READ_ATTEMPTS, RETRY_WAIT_S = 3, 0.5  # a transient failure is tried this often in a run, waits doubling
+MAX_STUCK_READS = 8  # calls stuck in the kernel at once; past that, storage is failing, not one photo
+NAME_MAX, PATH_MAX, KEY_MAX = 255, 4096, 1024  # bytes: a path component, a path, an object key (S3)
 T = TypeVar("T")
+_readers = threading.BoundedSemaphore(MAX_STUCK_READS)
 
 
 class IdentityUnavailable(EchoVideoInputError):
@@ -36,6 +40,9 @@ def under_deadline(call: Callable[[], T], name: str) -> T:
     abandoned, not waited for. Its own EchoVideoInputError passes through; any other error is transient."""
     box: dict = {}
     finished = threading.Event()
+    if not _readers.acquire(blocking=False):  # abandoned threads are bounded: each holds its slot until it returns
+        raise IdentityUnavailable("identity", f"cannot read {name}: {MAX_STUCK_READS} reads are still stuck on "
+                                  "the storage", "check the storage the photos are on; a rerun tries them again")
 
     def run() -> None:
         try:
@@ -44,6 +51,7 @@ def under_deadline(call: Callable[[], T], name: str) -> T:
             box["error"] = exc
         finally:
             finished.set()
+            _readers.release()
 
     # A daemon thread, not an executor: a call stuck in the kernel cannot be cancelled, and an executor's
     # worker would then hold up the interpreter's exit; the abandoned thread dies with the process.
@@ -64,6 +72,7 @@ def read_identity(reference: str, name: str) -> bytes:
     """The bytes of a local path or a pyarrow filesystem URI (s3://, gs://, hdfs://, file://); raises
     EchoVideoInputError naming `name` (the public reference) for anything but a readable photo-sized file.
     A transient failure is tried READ_ATTEMPTS times (not a timeout: that already waited its minute)."""
+    check_reference(reference, name)
     read = (lambda: _read_uri(reference, name)) if "://" in reference else (lambda: _read_local(reference, name))
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
@@ -78,6 +87,11 @@ def read_identity(reference: str, name: str) -> bytes:
 def identity_version(reference: str, name: str) -> list | None:
     """What the filesystem says of the photo now (size, modification time, file identity), under the
     deadline: a replaced photo gets a new resume key without being read. None if it cannot be asked now."""
+    try:
+        check_reference(reference, name)
+    except EchoVideoInputError as exc:
+        return ["invalid", str(exc)]  # a definite property of the reference: its row settles
+
     def ask() -> list:
         if "://" not in reference:
             info = os.stat(reference)
@@ -91,6 +105,28 @@ def identity_version(reference: str, name: str) -> list | None:
         return under_deadline(ask, name)
     except EchoVideoInputError:
         return None
+
+
+def check_reference(reference: str, name: str) -> None:
+    """A reference no filesystem can open (a NUL byte, a name over NAME_MAX, a path over PATH_MAX, an object
+    key over 1024 bytes) is the row's definite error, not a failure to retry."""
+    problem = None
+    if "\x00" in reference:
+        problem = "holds a NUL byte"
+    elif "://" in reference:
+        if len(reference.split("://", 1)[1].split("?", 1)[0].encode("utf-8", "surrogatepass")) > KEY_MAX:
+            problem = f"is longer than an object key may be ({KEY_MAX} bytes)"
+    elif len(reference.encode("utf-8", "surrogatepass")) > PATH_MAX:
+        problem = f"is longer than a path may be ({PATH_MAX} bytes)"
+    elif any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in reference.split("/")):
+        problem = f"has a name longer than a file name may be ({NAME_MAX} bytes)"
+    if problem:
+        raise EchoVideoInputError("identity", f"{printable(name)[:300]} {problem}", "fix the path in the dataset")
+
+
+def printable(text: str) -> str:
+    """Control characters (a NUL, a newline) shown escaped, so a message is one readable line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _read_local(path: str, name: str) -> bytes:

@@ -13,6 +13,8 @@ import uuid
 import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 import pytest
+
+from ray_jobs.ledger import Ledger
 import yaml
 from ray import cloudpickle
 
@@ -66,17 +68,21 @@ def job_file(tmp_path, face_path, object_store) -> str:
 def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path, face_path, tiny_root,
                                                                           object_store):
     fs, job = object_store.filesystem(), job_file(tmp_path, face_path, object_store)
+
+    def ledger():
+        return Ledger(Destination(object_store.uri("jobs/run"))).read()
+
     first = start_run(job, tiny_root)
     try:
         deadline = time.monotonic() + 300
-        while len(keys(fs, "jobs/run/state/done")) < 2:
+        while len(ledger().done) < 2:
             assert first.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
             time.sleep(0.2)
         first.send_signal(signal.SIGKILL)  # the driver only: no finalize, its lease left behind
         first.wait()
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # its embedded Ray
-    done_before = len(keys(fs, "jobs/run/state/done"))
+    done_before = len(ledger().done)
     assert 2 <= done_before < SAMPLES and "manifest.parquet" not in keys(fs, "jobs/run")
     for name in keys(fs, "jobs/run/videos"):  # whatever is under a final key is a whole clip
         (tmp_path / name).write_bytes(read(fs, "jobs/run/videos", name))
@@ -96,8 +102,8 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
     assert sorted(k for k in stored if k.startswith("videos/")) == sorted(r["path"] for r in rows)
     assert len([k for k in stored if k.startswith("posters/")]) == SAMPLES
     assert len([k for k in stored if k.startswith("metadata/")]) == SAMPLES
-    assert len([k for k in stored if k.startswith("state/done/")]) == SAMPLES
-    assert not [k for k in stored if "echovideo-tmp" in k] and "state/job.lock" not in stored
+    assert len(ledger().done) == SAMPLES and ledger().released and ledger().epoch == 2  # taken over once
+    assert not [k for k in stored if "echovideo-tmp" in k]
     for row in rows:
         (tmp_path / "clip.mp4").write_bytes(read(fs, "jobs/run", row["path"]))
         assert read_frames(tmp_path / "clip.mp4") == 5

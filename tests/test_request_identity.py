@@ -299,3 +299,39 @@ def test_a_local_checkpoint_is_named_by_the_weights_the_loader_reads(tmp_path, p
     weights = next((ckpts / "transformer").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # replaced in place (the usual NFS ckpts/): other weights
     assert sample().sample_id != before.sample_id and sample().row_key != before.row_key
+
+
+@pytest.mark.parametrize("path, says", [("/data/a\x00b.jpg", "NUL byte"), ("/data/" + "n" * 300 + ".jpg", "file name"),
+                                        ("/d/" * 1500 + "a.jpg", "path may be")])
+def test_an_impossible_photo_path_is_a_definite_input_error_shown_escaped(tmp_path, path, says):
+    spec = job(rows_file(tmp_path, prompt="p", identity=path), tmp_path)
+    sample = one(spec)
+    assert sample.error_kind == Kind.INPUT.value and says in sample.error  # settled: a rerun does not retry it
+    assert "\x00" not in sample.error and "\x00" not in sample.identity
+    if "\x00" in path:
+        assert "a\\x00b.jpg" in sample.identity and "a\\x00b.jpg" in sample.error
+    assert one(spec).row_key == sample.row_key  # the same request next run: its failure stays settled
+
+
+def test_an_unavailable_photo_costs_one_deadline_per_run_not_one_per_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(identities, "RETRY_WAIT_S", 0.01)
+    reads = []
+    monkeypatch.setattr(identities, "_read_local", lambda path, name: reads.append(path) or open(path, "rb").read())
+    rows = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{i}", "identity": str(tmp_path / "gone.jpg")}
+                                              for i in range(5)])
+    samples = list(dataset.iter_samples(job(rows, tmp_path), "cpu"))
+    assert [s.error_kind for s in samples] == [Kind.UNAVAILABLE.value] * 5
+    assert len(reads) == identities.READ_ATTEMPTS  # tried (with its retries) once, for the first row only
+
+
+def test_reader_threads_stuck_on_storage_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(identities, "READ_TIMEOUT_S", 0.2)
+    release = threading.Event()
+    before = threading.active_count()
+    try:
+        for i in range(identities.MAX_STUCK_READS + 5):
+            with pytest.raises(identities.IdentityUnavailable):
+                identities.under_deadline(lambda: release.wait(60), f"photo-{i}")
+        assert threading.active_count() - before <= identities.MAX_STUCK_READS
+    finally:
+        release.set()
