@@ -4,6 +4,7 @@ Written to a temp file in the destination folder, fsynced and renamed: a reader 
 video, and an interrupted run leaves no partial mp4 under the final name.
 """
 
+import hashlib
 import os
 import re
 import tempfile
@@ -79,3 +80,12 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> 
             writer.send(frame)
         writer.close()
     return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's content digest (read in 8 MB chunks): what exports and records compare, never sizes or names."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

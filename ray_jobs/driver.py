@@ -380,7 +380,8 @@ class JobDriver:
             "photo": sample.photo, "seed": sample.options["seed"],
             "options": sample.options, "attempts": sample.attempts,
             "path": self.store.video_name(sample.sample_id),
-            "seconds": round(timing["seconds"], 3), "replica": str(replica.index), "scores": timing.get("scores")})
+            "seconds": round(timing["seconds"], 3), "replica": str(replica.index), "scores": timing.get("scores"),
+            "video_sha256": timing.get("video_sha256")})
         self.report.rendered += 1
         self.rebuilds_in_a_row[replica.index] = 0
         self.bar.update(1)

@@ -6,8 +6,11 @@ photo as given (kept by the job under `photos/<sha256>.<ext>`): in each WebDatas
 beside `.mp4`, `.json`, `.txt`), as a column of the CSV, as `photos/` + `photos.txt` in the CogVideoX pair.
 
 Shard membership is deterministic from the manifest (finished clips sorted by sample id, `shard_size` per
-shard), each shard is built in a local temp folder and uploaded whole, and `shards.json` records what each
-shard holds and its size: a rerun skips every shard already at the destination with that content and size.
+shard), each shard is built in a local temp folder and uploaded whole, and `shards.json` records each
+member's content digest (its video's sha256, its json's, its caption's and its photo's): a rerun skips a shard
+only when every member's digest is the one recorded and the shard is still there. The copied files of the
+CogVideoX pair are reused the same way (`files.json`: relative path -> sha256). Never by size or name: a clip
+re-rendered with other settings (same size, same id) is a different digest.
 An export's output is always what a fresh export into an empty folder would write: shards, index entries,
 videos and photos that the current manifest no longer lists (a quality gate rejected their clips since) are
 removed.
@@ -33,7 +36,7 @@ from ray_jobs.review import Mark, read_review, verdict
 FORMATS = ("webdataset", "csv", "prompts-videos")
 KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 SHARD = re.compile(r"shard-\d{6}\.tar")
-SHARD_LAYOUT = 2  # what a sample holds (2: with its identity photo); a shard of another layout is rewritten
+SHARD_LAYOUT = 3  # what a sample holds (3: with its identity photo, by digest); a shard of another layout is rewritten
 
 
 def finished_clips(output: str, marks: dict[str, Mark] | None = None) -> list[dict]:
@@ -52,6 +55,10 @@ def sample_key(sample_id: str) -> str:
     if key == sample_id:
         return key
     return f"{key}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def caption(prompt: str) -> str:
@@ -92,6 +99,17 @@ class Exporter:
             self.target.delete(f"{folder}/{name}" if folder else name)
         return len(stale)
 
+    def _video_sha256(self, clip: dict) -> str:
+        """From the manifest (rank 0 hashed the clip it wrote), or the video read here for an older output."""
+        return clip.get("video_sha256") or hashlib.sha256(self._read(clip["path"])).hexdigest()
+
+    def _member_digest(self, clip: dict) -> str:
+        """What a sample of a shard holds, by content."""
+        parts = {"key": sample_key(clip["sample_id"]), "video": self._video_sha256(clip),
+                 "json": _sha256(json.dumps(_metadata(clip), sort_keys=True).encode()),
+                 "txt": _sha256(caption(clip["prompt"]).encode()), "photo": clip.get("photo")}
+        return _sha256(json.dumps(parts, sort_keys=True).encode())
+
     def _size(self, name: str) -> int | None:
         info = self.target.fs.get_file_info(self.target.path(name))
         return info.size if info.type == pfs.FileType.File else None
@@ -103,11 +121,11 @@ class Exporter:
         index, wanted = self._index(), {}
         written = skipped = 0
         for number, start in enumerate(range(0, len(self.clips), shard_size)):
-            members = [clip["sample_id"] for clip in self.clips[start:start + shard_size]]
+            members = [[clip["sample_id"], self._member_digest(clip)] for clip in self.clips[start:start + shard_size]]
             name = f"shard-{number:06d}.tar"
             recorded = index.get(name)
             if recorded and recorded["members"] == members and recorded.get("layout") == SHARD_LAYOUT and \
-                    self._size(name) == recorded["size"]:
+                    self._size(name) == recorded["size"]:  # the size only checks the file is still whole
                 wanted[name] = recorded
                 skipped += 1
                 continue
@@ -119,10 +137,10 @@ class Exporter:
         removed = self._remove_unlisted("", set(wanted), SHARD)  # crash between the two leaves only orphans
         return {"shards": written, "skipped": skipped, "removed": removed}
 
-    def _index(self) -> dict:
-        if self._size("shards.json") is None:
+    def _index(self, name: str = "shards.json") -> dict:
+        if self._size(name) is None:
             return {}
-        with self.target.fs.open_input_stream(self.target.path("shards.json")) as stream:
+        with self.target.fs.open_input_stream(self.target.path(name)) as stream:
             return json.loads(stream.read())
 
     def _write_shard(self, name: str, clips: list[dict]) -> int:
@@ -167,14 +185,17 @@ class Exporter:
     def prompts_videos(self) -> dict:
         """CogVideoX fine-tuning's pair: `prompt.txt` and `videos.txt` (line i of each is clip i), videos copied
         under `videos/`, and each clip's identity photo in `photos.txt` (copied once per photo under `photos/`);
-        a file already there with the same size is not copied again, and one no longer listed is removed."""
-        copied = 0
+        a file already there with the content digest `files.json` recorded for it is not copied again, and one
+        no longer listed is removed."""
+        copied, recorded = 0, self._index("files.json")
+        digests = {c["path"]: self._video_sha256(c) for c in self.clips}
+        digests.update({c["photo"]: Path(c["photo"]).stem for c in self.clips if c.get("photo")})  # named by sha256
         files = [c["path"] for c in self.clips] + sorted({c["photo"] for c in self.clips if c.get("photo")})
         for relative in files:
-            info = self.source.fs.get_file_info(self.source.path(relative))
-            if self._size(relative) != info.size:
+            if recorded.get(relative) != digests[relative] or self._size(relative) is None:
                 self._write_bytes(relative, self._read(relative))
                 copied += 1
+        self._write_text("files.json", json.dumps({f: digests[f] for f in files}, indent=1, sort_keys=True))
         self._write_text("prompt.txt", "".join(caption(c["prompt"]) + "\n" for c in self.clips))
         self._write_text("videos.txt", "".join(c["path"] + "\n" for c in self.clips))
         self._write_text("photos.txt", "".join((c.get("photo") or "") + "\n" for c in self.clips))

@@ -313,7 +313,8 @@ def open_outputs(location: str) -> JobOutputs:
 
 MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.string(), "identity": pa.string(),
                   "identity_sha256": pa.string(), "photo": pa.string(),
-                  "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "error": pa.string(),
+                  "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "video_sha256": pa.string(),
+                  "error": pa.string(),
                   "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
                   "lease": pa.string(),  # the job that recorded it, on an object store (see object_outputs)
                   "review": pa.string(), "review_note": pa.string(),  # a reviewer's keep/reject (quality.review)

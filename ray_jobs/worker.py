@@ -20,7 +20,7 @@ from PIL import Image
 
 from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
-from echovideo.video_io import check_mp4, write_mp4
+from echovideo.video_io import check_mp4, file_sha256, write_mp4
 from ray_jobs.destination import Destination
 from ray_jobs.failures import Failure, Kind, SampleFailure, classify
 from ray_jobs.job import DEVICE_KIND
@@ -154,7 +154,7 @@ class RankWorker:
             if self.rank == 0:
                 record = {"sample_id": sample_id, "prompt": prompt, **(about or {}), "options": options,
                           "scores": clip_scores}
-                self._deliver(result.frames, result.fps, image, files, record)
+                video_sha256 = self._deliver(result.frames, result.fps, image, files, record)
         except Exception as exc:
             failure = classify(exc)
             self.log.error("sample %s: failed (%s): %s: %s", sample_id, failure.kind.value, type(exc).__name__, exc,
@@ -170,18 +170,19 @@ class RankWorker:
         if self.rank != 0:
             return {}
         return {"seconds": seconds, "frames": int(result.frames.shape[0]),
-                "scores": clip_scores}
+                "scores": clip_scores, "video_sha256": video_sha256}
 
-    def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str], record: dict) -> None:
+    def _deliver(self, frames: np.ndarray, fps: int, image: bytes, files: dict[str, str], record: dict) -> str:
         """The identity photo as given (first: the clip's json names it), then the clip, checked before anyone
         can see it (it decodes, every frame is there), its json, poster and the photo's thumbnail: each in place
-        whole under its name in the output, or not at all."""
+        whole under its name in the output, or not at all. -> the clip's sha256 (exports reuse by content)."""
         if not self.destination.exists(files["photo"]):  # once per photo: it is named by its hash
             with self.destination.output(files["photo"], Path(files["photo"]).suffix) as local:
                 local.write_bytes(image)
         with self.destination.output(files["video"], ".mp4") as local:
             write_mp4(frames, local, fps=fps)
             check_mp4(local, len(frames))
+            video_sha256 = file_sha256(local)
         with self.destination.output(files["record"], ".json") as local:
             local.write_text(json.dumps({"video": Path(files["video"]).name, **record}, indent=1))
         with self.destination.output(files["poster"], ".jpg") as local:
@@ -189,6 +190,7 @@ class RankWorker:
         if not self.destination.exists(files["thumbnail"]):  # once per photo: it is named by the photo's hash
             with self.destination.output(files["thumbnail"], ".jpg") as local:
                 _save_jpeg(_thumbnail(image), local)
+        return video_sha256
 
     @ray.method(concurrency_group=PROBES)
     def upload_log(self) -> None:

@@ -276,3 +276,39 @@ def test_a_review_file_that_is_not_one_is_one_line_naming_the_flag(tmp_path, cap
     err = capsys.readouterr().err
     assert "--review:" in err and says in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def _rerecord(store, sid: str, **changes) -> None:
+    record = {r["sample_id"]: r for r in map(json.loads, (store.state / "completed.jsonl").read_text().splitlines())}[sid]
+    store.record_success({**record, **changes})
+    store.finalize({})
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "prompts-videos"])
+def test_a_re_rendered_clip_is_exported_again_though_its_id_and_sizes_are_unchanged(tmp_path, capsys, fmt):
+    """The issue's reproduction: `--set generation.steps=3` re-renders clips under their ids; tar pads every
+    shard to 10 KiB, so sizes rarely change. Reuse is decided by content digests."""
+    store = finished_job(tmp_path / "out", 3)
+    target = tmp_path / "export"
+    argv = ["export", str(store.folder), "--format", fmt, "--shard-size", "2", "--to", str(target)]
+    assert main(argv) == 0
+    sid = f"{1:024x}"
+    _rerecord(store, sid, options={"steps": 3, "height": 32})  # new settings, the very same mp4
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if fmt == "webdataset":
+        assert "1 shard(s) written, 1 already there" in out
+        with tarfile.open(target / "shard-000000.tar") as tar:
+            meta = json.loads(tar.extractfile(f"{sample_key(sid)}.json").read())
+        assert meta["settings"]["steps"] == 3
+    video = store.folder / f"videos/{sid}.mp4"
+    other = bytearray(video.read_bytes())
+    other[-1] ^= 0xFF  # other pixels, the same size
+    video.write_bytes(bytes(other))
+    _rerecord(store, sid, video_sha256=hashlib.sha256(bytes(other)).hexdigest())
+    assert main(argv) == 0
+    if fmt == "webdataset":
+        with tarfile.open(target / "shard-000000.tar") as tar:
+            assert tar.extractfile(f"{sample_key(sid)}.mp4").read() == bytes(other)
+    else:
+        assert (target / f"videos/{sid}.mp4").read_bytes() == bytes(other)
