@@ -94,17 +94,22 @@ class Ledger:
         for entry in self._fold_entries():
             replay.apply(entry)
             fold_tail = entry["seq"]
-        names = sorted(n for n in self.destination.names(JOURNAL) if n.endswith(".json") and n[:-5].isdigit())
-        later = [n for n in names if int(n[:-5]) > fold_tail]
-        with ThreadPoolExecutor(READERS) as pool:
-            for name, data in zip(later, pool.map(lambda n: self.destination.read(f"{JOURNAL}/{n}"), later)):
-                try:
-                    entry = {**json.loads(data), "seq": int(name[:-5])}
-                except (TypeError, ValueError):
-                    entry = {"seq": int(name[:-5])}  # unreadable: takes its place in the chain, trusted for nothing
-                replay.apply(entry)
+        for seq, data in self._entries_after(fold_tail):
+            try:
+                entry = {**json.loads(data), "seq": seq}
+            except (TypeError, ValueError):
+                entry = {"seq": seq}  # unreadable: takes its place in the chain, trusted for nothing
+            replay.apply(entry)
         self.replay = replay
         return replay
+
+    def _entries_after(self, seq: int) -> list[tuple[int, bytes | None]]:
+        """(seq, bytes) of every entry past `seq`, in order, read READERS at a time."""
+        names = sorted(n for n in self.destination.names(JOURNAL) if n.endswith(".json") and n[:-5].isdigit())
+        later = [n for n in names if int(n[:-5]) > seq]
+        with ThreadPoolExecutor(READERS) as pool:
+            return list(zip((int(n[:-5]) for n in later),
+                            pool.map(lambda n: self.destination.read(f"{JOURNAL}/{n}"), later)))
 
     def _fold_entries(self) -> list[dict]:
         folds = sorted(n for n in self.destination.names(FOLDS) if n.endswith(".parquet"))
@@ -184,14 +189,11 @@ class Ledger:
     def fold(self) -> None:
         """Pack the entries up to the tail into one object (created once per tail; see the module doc)."""
         entries = self._fold_entries()
-        names = sorted(n for n in self.destination.names(JOURNAL) if n.endswith(".json") and n[:-5].isdigit())
-        start = entries[-1]["seq"] if entries else 0
-        later = [n for n in names if int(n[:-5]) > start]
+        later = self._entries_after(entries[-1]["seq"] if entries else 0)
         if not later:
             return
-        texts = list(map(lambda n: self.destination.read(f"{JOURNAL}/{n}"), later))
         kept = [(e["seq"], json.dumps({k: v for k, v in e.items() if k != "seq"})) for e in entries]
-        kept += [(int(n[:-5]), (t or b"{}").decode("utf-8", "replace")) for n, t in zip(later, texts)]
+        kept += [(seq, (data or b"{}").decode("utf-8", "replace")) for seq, data in later]
         table = pa.table({"seq": [s for s, _ in kept], "entry": [t for _, t in kept]})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
