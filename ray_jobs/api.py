@@ -29,8 +29,9 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
     per-row settings) rendered by the job's model and layout. Of the job file's `dataset` only `limit` and
     `columns` apply: its tables, and with them `mode` (cross, sampled: how to combine those tables), are
     replaced by the rows, which are the requests as given.
-    The Dataset is executed once (materialised in Ray's object store, up to the job's `limit` rows), so its
-    UDFs run once per row whatever the driver asks of it."""
+    The Dataset is executed once (up to the job's `limit` rows), streamed through a spill on the driver's disk
+    (`ray_jobs.spill`), so its UDFs run once per row whatever the driver asks of it, and the first clips render
+    while later rows are still computed."""
     raw = dict(job) if isinstance(job, dict) else read_yaml_file(job, "job", "configs/jobs/demo.yaml")
     for assignment in overrides:
         apply_override(raw, assignment)
@@ -42,6 +43,9 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
     dataset.update(prompts=IN_PROCESS, identities=None, mode="rows")
     spec = parse_job({**raw, "dataset": dataset}, str(job) if not isinstance(job, dict) else "python")
     spec.rows = RayDataTable(rows, limit=spec.dataset["limit"])
-    run_job(spec, address, progress)
+    try:
+        run_job(spec, address, progress)
+    finally:
+        spec.rows.close()
     outputs = Destination(spec.output)
     return ray.data.read_parquet(outputs.path("manifest.parquet"), filesystem=outputs.fs)

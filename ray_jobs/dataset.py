@@ -212,13 +212,16 @@ def _reused(sample: Sample, first_where: str) -> Sample:
                   error=reason, row_key=sample.row_key, where=sample.where)
 
 
-def validate_dataset(spec: JobSpec) -> int:
+def validate_dataset(spec: JobSpec) -> int | None:
     """What can be known about the dataset before any replica starts; -> samples requested (rows before
-    de-duplication). A text table is read through here (in rows mode only up to `limit`), so a malformed
-    line stops the job now, naming its line, not hours into a run."""
+    de-duplication), None for a streamed table (counted as it is read). A text table is read through here (in
+    rows mode only up to `limit`), so a malformed line stops the job now, naming its line, not hours into a run."""
     d = spec.dataset
     prompts, identities = tables(spec)
     _check_columns(spec, prompts, ("prompt",) if identities else ("prompt", "identity"))
+    if prompts.streamed:  # the first row shows it is not empty; reading on would wait for the whole stream
+        _has_rows(prompts, prompts.count(1))
+        return None
     if identities is not None:
         _check_columns(spec, identities, ("identity",))
     n_prompts = prompts.count(d["limit"] if identities is None else None)

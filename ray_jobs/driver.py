@@ -118,7 +118,7 @@ class JobDriver:
                 target.removeHandler(handler)
             handler.close()
 
-    def _run(self, requested: int) -> JobReport:
+    def _run(self, requested: int | None) -> JobReport:
         self.gate = QualityGate.of(self.spec.quality)  # a review file that cannot be read stops the job before work
         plan = make_plan(self.spec)
         self.plan, self.accelerator = plan, plan.accelerator
@@ -184,7 +184,7 @@ class JobDriver:
         first_up = min(self.up_at.values(), default=ended)
         summary = {
             "job": self.spec.source, "ended": ended_by, "rendered_this_run": self.report.rendered,
-            "skipped_done": self.report.skipped, "replicas": self.plan.replicas,
+            "skipped_done": self.report.skipped, "duplicate_rows": self.feed.duplicates, "replicas": self.plan.replicas,
             "ranks_per_replica": self.plan.ranks, "accelerator": self.plan.accelerator,
             "replicas_started": self.report.replicas_started, "replica_rebuilds": self.report.rebuilds,
             "replicas_dropped": self.report.dropped_replicas,
@@ -433,8 +433,12 @@ class JobDriver:
         if new:
             self.report.skipped += new
             self.bar.update(new)
-        if self.requested - self.feed.duplicates != self.bar.total:
-            self.bar.total = self.requested - self.feed.duplicates
+        if self.requested is not None:
+            wanted = self.requested - self.feed.duplicates
+        else:  # a streamed dataset: known once it is read to its end
+            wanted = len(self.feed.requested) if self.feed.walked else None
+        if wanted is not None and wanted != self.bar.total:
+            self.bar.total = wanted
             self.bar.refresh()
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 from echovideo.errors import EchoVideoInputError
 from echovideo.locations import filesystem
 from ray_jobs.redact import redact
+from ray_jobs.spill import Spill
 
 BATCH_ROWS = 1024
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
@@ -33,6 +34,8 @@ class Row:
 
 class Table:
     """A table's rows, streamed; `count` validates every row it passes (a text table is parsed to count)."""
+
+    streamed = False  # True: rows arrive while the table is produced; its size is known only at its end
 
     def __init__(self, uri: str, key: str) -> None:
         self.uri, self.key = uri, key
@@ -183,14 +186,12 @@ class CsvTable(TextTable):
 
 
 class RayDataTable(Table):
-    """Rows of a `ray.data.Dataset`, executed once.
+    """Rows of a `ray.data.Dataset`, executed once and streamed (`ray_jobs.spill`): the job's questions (columns,
+    the first row, every row) read the parts that execution writes, in the Dataset's order. With the job's
+    `limit`, only the first `limit` rows are executed (a lazy 10-million-row Dataset rendered with a limit costs
+    only those rows). The size is known only once the Dataset is read to its end."""
 
-    The job asks a table for its columns, its size and then its rows; on a lazy Dataset each of those runs
-    the user's whole pipeline again (their UDFs: often model inference, not always deterministic). The
-    Dataset is therefore materialised on first use, in Ray's object store (which spills to disk beyond its
-    memory), and every question after that reads those blocks. With the job's `limit`, only the first
-    `limit` rows are executed (a lazy 10-million-row Dataset rendered with a limit costs only those rows).
-    """
+    streamed = True
 
     def __init__(self, dataset, key: str = "dataset", limit: int | None = None) -> None:
         # Rows are named and limited by position, so a rerun must see them in the same order: Ray Data
@@ -200,29 +201,34 @@ class RayDataTable(Table):
         ordered.context.execution_options.preserve_order = True
         self.uri, self.key, self.name = "ray.data.Dataset", key, "dataset"
         self.lazy = ordered.limit(limit) if limit is not None else ordered
-        self.executed = None
+        self.spilled: Spill | None = None
 
     @property
-    def dataset(self):
-        if self.executed is None:
-            self.executed = self.lazy.materialize()
-        return self.executed
+    def spill(self) -> Spill:
+        if self.spilled is None:
+            self.spilled = Spill(self.lazy, BATCH_ROWS)
+        return self.spilled
 
     def rows(self) -> Iterator[Row]:
-        for number, values in enumerate(self.dataset.iter_rows(), 1):
-            yield Row(dict(values), f"dataset row {number}")
+        number = 0
+        for batch in self.spill.batches():
+            for values in batch:
+                number += 1
+                yield Row(values, f"dataset row {number}")
 
     def columns(self) -> list[str]:
-        schema = self.dataset.schema()
-        return list(schema.names) if schema is not None else []
+        return self.spill.column_names()
 
     def count(self, stop_at: int | None = None) -> int:
-        total = self.dataset.count()  # materialised: from block metadata, no row is read
-        return min(total, stop_at) if stop_at is not None else total
+        return self.spill.count(stop_at)
 
     def take(self, indices) -> list[Row]:
         raise EchoVideoInputError("dataset.mode", "a Ray Dataset is read in rows mode only",
                                   "pair prompts and identities in the Dataset itself (e.g. with a join)")
+
+    def close(self) -> None:
+        if self.spilled is not None:
+            self.spilled.close()
 
 
 def _scalar(cell: str):
