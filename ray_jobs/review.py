@@ -48,7 +48,7 @@ def read_review(location: str, field: str) -> dict[str, Mark]:
     for sample_id, entry in review["marks"].items():
         if not isinstance(entry, dict) or entry.get("mark") not in MARKS or not isinstance(entry.get("note", ""), str):
             raise EchoVideoInputError(field, f"{shown}: the mark of {sample_id[:80]!r} is {str(entry)[:80]}",
-                                      f'each mark is {{"mark": "keep" or "reject", "note": text}}')
+                                      'each mark is {"mark": "keep" or "reject", "note": text}')
         marks[sample_id] = Mark(entry["mark"], entry.get("note", ""))
     return marks
 
