@@ -244,9 +244,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from echovideo.locations import check_location
     from ray_jobs.export import export
     from ray_jobs.redact import redact
 
+    check_location(args.output, "OUTPUT")
+    check_location(args.to, "--to")
     done = export(args.output, args.to, args.format, args.shard_size, args.review)
     if args.format == "webdataset":
         print(f"{done['shards']} shard(s) written, {done['skipped']} already there, {done['removed']} no longer "
@@ -283,8 +286,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from echovideo.locations import check_location
     from ray_jobs.evaluate import evaluate
     from ray_jobs.redact import redact
+
+    check_location(args.output, "OUTPUT")
 
     @functools.cache  # loaded once, on first need
     def face_stage():

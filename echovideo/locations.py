@@ -2,6 +2,7 @@
 the node-local cache folder."""
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -15,6 +16,24 @@ def default_cache_dir() -> Path:
 
 def is_uri(location: str | os.PathLike) -> bool:
     return "://" in str(location)
+
+
+STORE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss", "az", "http", "https", "hf")
+_SCHEME_WITHOUT_SLASHES = re.compile(rf"^({'|'.join(STORE_SCHEMES)}):(?!//)", re.IGNORECASE)
+
+
+def check_location(location: str | os.PathLike, field: str = "URI") -> None:
+    """A store's scheme without its `//` (`s3:/bucket/out`, `gs:bucket`) is a typo, refused here: as a path it
+    would be a local folder named `s3:` that a job fills without a word."""
+    match = _SCHEME_WITHOUT_SLASHES.match(str(location))
+    if match:
+        from echovideo.errors import EchoVideoInputError
+
+        scheme, given = match.group(1), str(location)[match.end():].split("?", 1)[0]
+        given = given.split("@", 1)[-1]  # credentials written before the bucket are never shown
+        rest = given.lstrip("/")
+        raise EchoVideoInputError(field, f"{scheme}:{given} is not a URI (a URI has '://' after its scheme)",
+                                  f"write {scheme}://{rest}, or ./{scheme}:{given} for a local folder of that name")
 
 
 def public_name(uri: str) -> str:
@@ -32,6 +51,7 @@ def filesystem(location: str | os.PathLike) -> tuple[pfs.FileSystem, str]:
     """(filesystem, path in it): a URI's own filesystem, or the local one with the path made absolute."""
     if is_uri(location):
         return open_uri(str(location))
+    check_location(location)
     return pfs.LocalFileSystem(), str(Path(location).absolute())
 
 

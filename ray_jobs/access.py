@@ -1,10 +1,12 @@
 """Storage the ranks need, reachable from every node before any model loads.
 
 Credentials: pyarrow reads object-store credentials from the environment, and a rank actor's environment is
-its node's, not the driver's. So the driver forwards the storage variables it holds to every rank and
-every per-node task through their Ray runtime environment (`resources.env` lists them; by default the
-usual AWS, GCS and Azure ones). They travel in Ray's task specification and are never written to an
-output, a manifest or a log (this module logs names only).
+its node's, not the driver's. A node with an identity of its own (an instance role, a credentials file the
+user placed) needs nothing; otherwise the driver hands the storage variables it holds (`resources.env` lists
+them; by default the usual AWS, GCS and Azure ones) to every rank, probe and fetcher in-process: an argument
+of its constructor or call (`StorageCredentials`), set into that process's environment there. Never through
+`runtime_env`: Ray writes a runtime environment in plain text to every node's runtime_env_agent.log and shows
+it in `ray list actors --detail` and the dashboard. Names only are logged, here and by the argument's repr.
 
 Access: the job then proves, with one task per node that will hold replicas (same environment as its
 ranks), that each node can write the output and read back what the driver wrote there (a local output
@@ -15,6 +17,8 @@ the job at once (exit 2) with one line naming the node, the location and the fix
 import logging
 import os
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -36,14 +40,45 @@ def forwarded_environment(spec: JobSpec) -> dict[str, str]:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
-def rank_runtime_env(spec: JobSpec) -> dict:
-    """Actor/task options carrying the forwarded variables (Ray merges them into the job's own env_vars)."""
-    env = forwarded_environment(spec)
-    return {"runtime_env": {"env_vars": env}} if env else {}
+class StorageCredentials:
+    """Storage variables on their way to another process of the job, shown by their names only."""
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self._variables = dict(variables)
+
+    def __repr__(self) -> str:
+        return f"StorageCredentials({sorted(self._variables)})"
+
+    def install(self) -> None:
+        """Into this process's environment, for the rest of its life (a rank or fetcher actor's process)."""
+        os.environ.update(self._variables)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """For one task: Ray reuses a task's worker process, which keeps nothing of this afterwards."""
+        before = {name: os.environ.get(name) for name in self._variables}
+        self.install()
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
-def _probe(output: str, token: str, checkpoint: str | None) -> str | None:
+def storage_credentials(spec: JobSpec) -> StorageCredentials:
+    return StorageCredentials(forwarded_environment(spec))
+
+
+def _probe(output: str, token: str, checkpoint: str | None, credentials: StorageCredentials) -> str | None:
     """On one node: read the driver's probe back, write this node's; list the checkpoint. -> a problem or None."""
+    with credentials.installed():
+        return _probe_storage(output, token, checkpoint)
+
+
+def _probe_storage(output: str, token: str, checkpoint: str | None) -> str | None:
     from ray_jobs.destination import Destination
 
     node = ray.util.get_node_ip_address()
@@ -84,9 +119,8 @@ def check_access(spec: JobSpec, nodes: list[str]) -> None:
     logger.info("checking storage from %d node(s); forwarding %s", len(nodes), sorted(forwarded) or "no variables")
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     try:
-        problems = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-                                          **rank_runtime_env(spec)).remote(spec.output, token, checkpoint)
-                            for node in nodes])
+        problems = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                            .remote(spec.output, token, checkpoint, storage_credentials(spec)) for node in nodes])
     finally:
         for name in output.names("state"):
             if name.startswith(f"access-{token}"):

@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.locations import public_name
-from ray_jobs.access import rank_runtime_env
+from ray_jobs.access import StorageCredentials, storage_credentials
 from ray_jobs.job import JobSpec
 
 PROGRESS_EVERY_S = 10.0
@@ -27,7 +27,8 @@ logger = logging.getLogger("ray_jobs.driver.run")  # driver.log; the console get
 class CheckpointFetcher:
     """On one node: its cache entry made current, with the bytes done so far readable while it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: StorageCredentials) -> None:
+        credentials.install()  # this actor's process is the job's alone, and ends with the fetch
         self.done, self.total = 0, 0
 
     def fetch(self, uri: str) -> float:
@@ -52,8 +53,8 @@ def fetch_checkpoint(spec: JobSpec, nodes: list[str], progress: bool = True) -> 
         return
     say(f"fetching {public_name(uri)} onto {len(nodes)} node(s) before the replicas start", progress)
     actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(CheckpointFetcher)
-    fetchers = {node: actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-                                    **rank_runtime_env(spec)).remote() for node in nodes}
+    fetchers = {node: actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                .remote(storage_credentials(spec)) for node in nodes}
     pending = {fetcher.fetch.remote(uri): node for node, fetcher in fetchers.items()}
     try:
         while pending:

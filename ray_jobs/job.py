@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.locations import is_uri, public_name
+from echovideo.locations import check_location, is_uri, public_name
 from echovideo.sampling import GenerationOptions
 from echovideo.yaml_files import read_yaml_file
 from parallel.config import ParallelConfig
@@ -120,6 +120,8 @@ def _make_paths_absolute(spec: JobSpec) -> None:
     for section, key in (("job", "output"), ("model", "checkpoint"), ("dataset", "prompts"),
                          ("dataset", "identities"), ("quality", "review")):
         value = getattr(spec, section)[key]
+        if value is not None:
+            check_location(value, f"{section}.{key}")
         if value is not None and "://" not in value and value != IN_PROCESS:
             getattr(spec, section)[key] = str(Path(value).expanduser().absolute())
     if not is_uri(spec.job["output"]) and in_ray_package(spec.job["output"]):

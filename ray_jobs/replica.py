@@ -19,7 +19,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ray_jobs.access import rank_runtime_env
+from ray_jobs.access import storage_credentials
 from ray_jobs.failures import Failure, Kind, classify, root_cause
 from ray_jobs.job import JobSpec
 from ray_jobs.worker import CONCURRENCY_GROUPS, RankWorker
@@ -199,10 +199,10 @@ class Replica:
         """PLACING -> STARTING: one actor per bundle; rank 0 opens the group's store, every rank joins and loads."""
         actor_class = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(self.worker)
         self.actors = [actor_class.options(
-            **actor_resources(self.accelerator, self.cpus), **rank_runtime_env(self.spec), max_restarts=0,
-            max_concurrency=1,
+            **actor_resources(self.accelerator, self.cpus), max_restarts=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
-        ).remote(rank, self.world, self.spec.job["output"], f"replica-{self.index}-rank-{rank}.log")
+        ).remote(rank, self.world, self.spec.job["output"], f"replica-{self.index}-rank-{rank}.log",
+                 storage_credentials(self.spec))
             for rank in range(self.world)]
         self.address = self.actors[0].rendezvous.remote(self.timeout)  # resolved by Ray before setup runs
         self.waiting = {actor.setup.remote(self.spec.model, self.spec.parallel, self.accelerator, self.address,

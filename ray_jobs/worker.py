@@ -22,6 +22,7 @@ from echovideo.images import decode_identity_image
 from echovideo.sampling import GenerationOptions
 from echovideo.video_io import check_mp4, file_sha256, write_mp4
 from ray_jobs.destination import Destination
+from ray_jobs.access import StorageCredentials
 from ray_jobs.failures import Failure, Kind, SampleFailure, classify
 from ray_jobs.job import DEVICE_KIND
 
@@ -33,9 +34,12 @@ LOG_UPLOAD_EVERY_S = 30.0  # an object-store output gets a rank's log at most th
 
 
 class RankWorker:
-    def __init__(self, rank: int, world: int, output: str | None = None, log_name: str | None = None) -> None:
+    def __init__(self, rank: int, world: int, output: str | None = None, log_name: str | None = None,
+                 credentials: StorageCredentials | None = None) -> None:
         """`output`: the job's output (a folder or an object-store URI); rank 0 writes there, every rank logs
-        to `logs/<log_name>` in it."""
+        to `logs/<log_name>` in it. `credentials`: the driver's storage variables (`access`), installed first."""
+        if credentials is not None:
+            credentials.install()  # this actor's process is this rank's alone
         self.rank, self.world, self.pipe = rank, world, None
         self.progress_at = time.monotonic()
         self.phase = "starting"  # what setup is doing: the driver names it when a start stalls

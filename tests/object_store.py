@@ -12,6 +12,8 @@ from pathlib import Path
 import own_processes
 
 ACCESS_KEY, SECRET_KEY, BUCKET = "echovideo-test", "echovideo-test-secret", "echovideo"
+# a second identity, used by one test only (what it greps for cannot come from another test's URIs)
+HANDED_KEY, HANDED_SECRET = "echovideo-handed", "handed-over-secret-7f3a9c"
 SERVICES = ("master", "volume", "filer", "s3", "admin")
 
 
@@ -47,6 +49,8 @@ def start(folder: Path, timeout_s: float = 60.0) -> ObjectStore:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "s3.json").write_text(json.dumps({"identities": [{
         "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}, {
+        "name": "handed", "credentials": [{"accessKey": HANDED_KEY, "secretKey": HANDED_SECRET}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     ports = {f"-{service}.port{grpc}": free_port() for service in SERVICES for grpc in ("", ".grpc")}
     command = [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={BUCKET}",

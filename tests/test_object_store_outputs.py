@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pyarrow.fs as pfs
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from ray import cloudpickle
 import ray_jobs.destination as destination_module
 from echovideo.errors import EchoVideoInputError
 from jobs import job, read_frames, start_run, write_jsonl
-from object_store import ACCESS_KEY, BUCKET, SECRET_KEY
+from object_store import ACCESS_KEY, BUCKET, HANDED_KEY, HANDED_SECRET, SECRET_KEY
 from ray_jobs.destination import Destination, UploadError
 from ray_jobs.driver import run_job
 from ray_jobs.worker import RankWorker
@@ -171,10 +172,14 @@ def test_an_upload_that_breaks_half_way_leaves_nothing_under_its_final_key(tmp_p
 def test_credentials_only_in_the_drivers_environment_reach_the_ranks_and_a_node_without_them_stops_at_once(
         local_ray, object_store, face_path, tmp_path, monkeypatch):
     """The cluster was started without storage credentials; the driver has them in its environment only (no
-    credentials in the URI). The ranks get them; listed without the secret, the per-node check stops the job
-    in seconds with one line naming the node, the location and the fix, before any replica exists."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    credentials in the URI). The ranks get them, handed over in-process: no file Ray writes holds the secret
+    (every file of the session folder: runtime_env_agent.log held it while it travelled as runtime_env). Listed without the secret, the
+    per-node check stops the job in seconds with one line naming the node, the location and the fix, before
+    any replica exists."""
+    import shared_ray
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", HANDED_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", HANDED_SECRET)
     def output(name: str) -> str:  # credentials in the environment only, not in the URI
         return f"s3://{BUCKET}/{name}?endpoint_override={object_store.endpoint}&scheme=http&region=us-east-1"
 
@@ -182,13 +187,17 @@ def test_credentials_only_in_the_drivers_environment_reach_the_ranks_and_a_node_
     settings = {"parallel.ulysses": 1, "parallel.replicas": 1}
     report = run_job(job(rows, output(f"env-{uuid.uuid4().hex[:8]}"), **settings), progress=False)
     assert report.rendered == 1 and report.summary["ok"] == 1 and report.rebuilds == 0
+    secret = HANDED_SECRET.encode()
+    session = Path(shared_ray._running["temp"])
+    holding = [str(path) for path in session.rglob("*") if path.is_file() and not path.is_socket()
+               and secret in path.read_bytes()]
+    assert holding == [], holding
     started = time.monotonic()
     with pytest.raises(EchoVideoInputError, match=r"job.output: node [0-9.]+: cannot read and write job.output "
                                                   r"s3://echovideo/env-.*resources.env lists which"):
         run_job(job(rows, output(f"env-{uuid.uuid4().hex[:8]}"), **settings, **{"resources.env": ["AWS_ACCESS_KEY_ID"]}),
                 progress=False)
     assert time.monotonic() - started < 60
-    assert SECRET_KEY not in open(os.path.join(tmp_path, "p.jsonl")).read()
 
 
 @pytest.mark.parametrize("command", ["run", "export", "eval"])

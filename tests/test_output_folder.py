@@ -91,3 +91,20 @@ def test_links_planted_in_the_output_folder_are_never_written_through(local_ray,
 ])
 def test_redaction_keeps_the_text_around_a_uri(text, shown):
     assert redact(text) == shown
+
+
+@pytest.mark.parametrize("typo", ["s3:/bucket/out?endpoint_override=127.0.0.1:9000", "gs:bucket/out"])
+def test_a_store_uri_with_one_slash_is_refused_not_made_a_local_folder(typo, tmp_path, face_path, capsys,
+                                                                       monkeypatch):
+    """`s3:/bucket` once became a folder named `s3:` that the job filled, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    rows = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a person waves", "identity": str(face_path)}])
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(f"model: {{preset: tiny}}\ndataset: {{prompts: {rows}}}\njob: {{output: {tmp_path / 'x'}}}\n")
+    scheme = typo.split(":", 1)[0]
+    for argv in (["run", str(job_file), "--set", f"job.output={typo}"],
+                 ["export", str(tmp_path / "x"), "--format", "csv", "--to", typo]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"write {scheme}://bucket/out" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "p.jsonl"]
