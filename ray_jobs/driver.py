@@ -41,6 +41,7 @@ LOG_UPLOAD_WAIT_S = 30.0  # at the end, how long the ranks get to upload their l
 PLACEMENT_QUIET_S, PLACEMENT_REPEAT_S = 5.0, 60.0  # waiting for resources: said after 5 s, again every minute
 GROW_EVERY_S = 10.0  # how often the driver looks for room for replicas it lacks
 DRAIN_CHECK_S = 2.0  # how often it asks which nodes are being drained
+NODE_VERDICT_S = 60.0  # how long an unreachable rank's node has to be declared dead before the failure is charged
 HAND_BACK_S = 15.0  # a replica on a node drained within this hands its sample back instead of finishing it
 logger = logging.getLogger("ray_jobs")
 run_log = logging.getLogger("ray_jobs.driver.run")  # the driver's own record of the run: file only
@@ -103,6 +104,9 @@ class JobDriver:
         self.grown_at, self.given_up = 0.0, set()  # slots dropped for failing max_rebuilds times in a row
         self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
         self.gate = QualityGate()  # the job's, read as the run starts
+        self.asked_replicas = 0  # what the autoscaler was last asked for
+        self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's (`_settle`)
+        self.suspected_at: dict[int, float] = {}  # id(replica) -> when a rank of it first became unreachable
 
     def run(self, requested: int | None = None) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
@@ -144,6 +148,8 @@ class JobDriver:
             ended_by = f"failed: {exc}"
             raise
         finally:
+            if self.asked_replicas:  # whatever ended the run: a request left behind keeps nodes up
+                ask_autoscaler(self.spec, self.accelerator, 0)
             self.feed.stop()
             self._count_skipped()
             self.bar.close()
@@ -211,7 +217,7 @@ class JobDriver:
         check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
         fetch_checkpoint(self.spec, nodes, self.progress)  # before any start deadline runs
         now = self.started_at = self.grown_at = self.clock.tick()
-        ask_autoscaler(self.spec, self.accelerator, self.plan.replicas)
+        self._ask_autoscaler()
         for index in range(self.plan.replicas):
             self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
         self.started = True
@@ -225,7 +231,7 @@ class JobDriver:
             if self.waiting_sample is None:  # read ahead: a dataset with nothing left ends the job at once,
                 self.waiting_sample = self._from_feed()  # without waiting for replicas still loading
             busy = [r for r in self.replicas.values() if r.state is State.BUSY]
-            if not busy and not self.retry and self.waiting_sample is None and self.feed.exhausted:
+            if not busy and self._no_work_left():
                 return
             if self.waiting_sample is not None and not self.started:
                 self._start_replicas()
@@ -236,9 +242,11 @@ class JobDriver:
                 self._settle(replica, replica.check(self.clock.tick()))
                 if replica.state in (State.IDLE, State.BUSY):
                     self.up_at.setdefault(replica.index, time.monotonic())
+            self._settle_awaiting_verdict()
             self._replace_failed()
             self._retire_draining(now)
             self._grow(now)
+            self._ask_autoscaler()
             self._say_placement(now)
             self._count_skipped()
             elapsed = max(time.monotonic() - min(self.up_at.values(), default=time.monotonic()), 1e-9)
@@ -298,15 +306,21 @@ class JobDriver:
         return sample
 
     def _settle(self, replica: Replica, outcome: Outcome | None) -> None:
-        """Record a settled sample: done, failed for good, or queued again, as `decide` says."""
+        """Record a settled sample: done, failed for good, or queued again, as `decide` says; a failure that may
+        be its node's waits for Ray's word on the node (`_node_verdict`)."""
         if outcome is None:
             return
         sample = outcome.sample
-        if outcome.failure is not None and self._node_lost(outcome.failure, replica):
-            logger.warning("sample %s: its replica's node was lost; it renders elsewhere (no attempt charged)",
-                           sample.sample_id)
-            self.retry.append(sample)
-            return
+        if outcome.failure is not None:
+            lost = self._node_verdict(outcome.failure, replica)
+            if lost is None:
+                self.awaiting_verdict.append((replica, outcome))
+                return
+            if lost:
+                logger.warning("sample %s: its replica's node was lost; it renders elsewhere (no attempt charged)",
+                               sample.sample_id)
+                self.retry.append(sample)
+                return
         sample.attempts += 1
         if outcome.failure is None:
             self._succeeded(sample, replica, outcome.result)
@@ -322,16 +336,27 @@ class JobDriver:
         attempts = f" (after {sample.attempts} attempts)" if sample.attempts > 1 else ""
         self._fail(sample, f"{failure.kind.value}: {failure.message}{attempts}", failure.kind)
 
-    @staticmethod
-    def _node_lost(failure: Failure, replica: Replica) -> bool:
-        """The failure is a node's, not the sample's: Ray said the node died (or was preempted), or a rank's
-        node is no longer alive."""
+    def _settle_awaiting_verdict(self) -> None:
+        waiting, self.awaiting_verdict = self.awaiting_verdict, []
+        for replica, outcome in waiting:
+            self._settle(replica, outcome)
+
+    def _node_verdict(self, failure: Failure, replica: Replica) -> bool | None:
+        """Whether the failure is its node's, not the sample's or our code's (neither is charged then): Ray said
+        the node died or was drained, or a rank's node is no longer alive. A rank that became unreachable on a
+        node still listed alive gets NODE_VERDICT_S for Ray to declare the node dead (its health check takes
+        seconds): None until then."""
         if failure.kind is Kind.NODE_LOST:
             return True
         if failure.kind is not Kind.GROUP_LOST or not replica.nodes:
             return False
         alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
-        return bool(replica.nodes - alive)
+        if replica.nodes - alive:
+            return True
+        if not failure.node_suspect:
+            return False
+        first = self.suspected_at.setdefault(id(replica), self.clock.tick())
+        return None if self.clock.tick() - first < NODE_VERDICT_S else False
 
     def _grow(self, now: float) -> None:
         """Elastic replicas: every GROW_EVERY_S, while work remains, place replicas in slots the cluster has
@@ -355,7 +380,7 @@ class JobDriver:
     def _retire_draining(self, now: float) -> None:
         """A node being drained (Ray's drain API: a spot-preemption notice, an idle scale-down) takes no new
         sample; each replica there finishes the one it has, then is torn down without counting as a failure
-        (were the node gone first, its sample renders elsewhere uncharged: `_node_lost`)."""
+        (were the node gone first, its sample renders elsewhere uncharged: `_node_verdict`)."""
         if now - self.drain_checked_at < DRAIN_CHECK_S:
             return
         self.drain_checked_at = now
@@ -370,8 +395,22 @@ class JobDriver:
             elif on and replica.state is State.BUSY and _due(deadlines, on):  # no time to finish: hand it back
                 self._settle(replica, replica.hand_back("its node is being drained and its deadline is near"))
 
+    def _ask_autoscaler(self) -> None:
+        """The replicas the job wants (those asked for; `auto`: what fits now), and once the dataset is read to
+        its end no more than the samples left need."""
+        if not self.started:
+            return
+        asked = self.spec.parallel["replicas"]
+        wanted = self.plan.replicas if asked == "auto" else asked
+        if self.feed.exhausted:
+            busy = sum(r.state is State.BUSY for r in self.replicas.values())
+            wanted = min(wanted, busy + len(self.retry) + len(self.awaiting_verdict) + (self.waiting_sample is not None))
+        if wanted != self.asked_replicas:
+            ask_autoscaler(self.spec, self.accelerator, wanted)
+            self.asked_replicas = wanted
+
     def _no_work_left(self) -> bool:
-        return self.feed.exhausted and not self.retry and self.waiting_sample is None
+        return self.feed.exhausted and not self.retry and self.waiting_sample is None and not self.awaiting_verdict
 
     def _succeeded(self, sample: Sample, replica: Replica, timing: dict) -> None:
         self.store.record_success({
@@ -389,25 +428,31 @@ class JobDriver:
             self.on_result(sample, replica)
 
     def _replace_failed(self) -> None:
-        """Every FAILED replica: build a fresh one in its slot (placed and started by the loop), or drop the slot."""
+        """Every FAILED replica: build a fresh one in its slot (placed and started by the loop), or drop the slot.
+        A failure that was its node's does not count toward the slot's max_rebuilds."""
         for index, replica in list(self.replicas.items()):
             if replica.state is not State.FAILED:
                 continue
             failure: Failure = replica.failure
             if failure.kind is Kind.INPUT:  # a replica that cannot start for a reason of the job's own
                 raise JobFailure(failure.message)
+            node_lost = self._node_verdict(failure, replica)
+            if node_lost is None:
+                continue  # Ray has not said yet whether its node is gone
             logger.warning("replica %d torn down: %s", index, failure.message)
             del self.replicas[index]
+            self.suspected_at.pop(id(replica), None)
             if len(self.replicas) >= sum(replicas_per_node(self.spec, self.accelerator).values()):
                 self._drop(index, f"the cluster has no room left for it (a node is gone?); cause: {failure.message}")
                 continue
-            self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1
-            if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
-                self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without finishing a "
-                                  f"sample (job.max_rebuilds); last cause: {failure.message}")
-                self.given_up.add(index)  # never placed again by `_grow`: its failures are its own
-                continue
-            self.report.rebuilds += 1
+            if not node_lost:
+                self.rebuilds_in_a_row[index] = self.rebuilds_in_a_row.get(index, 0) + 1
+                if self.rebuilds_in_a_row[index] > self.spec.job["max_rebuilds"]:
+                    self._drop(index, f"rebuilt {self.rebuilds_in_a_row[index] - 1} times in a row without "
+                                      f"finishing a sample (job.max_rebuilds); last cause: {failure.message}")
+                    self.given_up.add(index)  # never placed again by `_grow`: its failures are its own
+                    continue
+                self.report.rebuilds += 1
             self.report.replicas_started += 1
             self.replicas[index] = Replica(index, self.spec, self.accelerator, self.clock.tick(), self.worker)
 
@@ -461,13 +506,13 @@ def _due(deadlines: dict[str, int], nodes: set[str]) -> bool:
 
 
 def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:
-    """Tell an autoscaling cluster what the job wants (every replica's bundles); a fixed cluster ignores it."""
+    """Tell an autoscaling cluster how many replicas' bundles the job wants now (0 clears the request, which
+    Ray otherwise keeps after the driver exits); a fixed cluster ignores it."""
     from ray.autoscaler.sdk import request_resources
 
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
-    wanted = replicas if spec.parallel["replicas"] == "auto" else spec.parallel["replicas"]
     try:
-        request_resources(bundles=[bundle] * (spec.ranks_per_replica * wanted))
+        request_resources(bundles=[bundle] * (spec.ranks_per_replica * replicas))
     except Exception as exc:  # a cluster without an autoscaler endpoint: nothing to ask
         logger.debug("no autoscaler request: %s", exc)
 

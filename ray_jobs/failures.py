@@ -50,6 +50,7 @@ class Failure:
     kind: Kind
     message: str
     secondary: bool = False  # this rank failed because another one did (that one reports the cause)
+    node_suspect: bool = False  # a rank became unreachable: its node may be gone, which Ray says only later
 
 
 class SampleFailure(Exception):
@@ -86,7 +87,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ray.exceptions.RayActorError):
         if getattr(exc, "preempted", False) or "node has died" in str(exc).lower():
             return Failure(Kind.NODE_LOST, f"a rank's node was lost ({type(exc).__name__})")
-        return Failure(Kind.GROUP_LOST, f"a rank died ({type(exc).__name__})")
+        unreachable = isinstance(exc, ray.exceptions.ActorUnavailableError)
+        return Failure(Kind.GROUP_LOST, f"a rank {'became unreachable' if unreachable else 'died'} "
+                                        f"({type(exc).__name__})", node_suspect=unreachable)
     if isinstance(exc, ray.exceptions.RayError):
         return Failure(Kind.GROUP_LOST, f"{type(exc).__name__}: {_first_line(exc)}")
     if isinstance(exc, EchoVideoInputError):

@@ -19,6 +19,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
     "parallel": {"ulysses": ((int,), 1), "ring": ((int,), 1), "cfg": ((int,), 1), "replicas": ((int, str), "auto")},
     "resources": {"accelerator": ((str,), "auto"), "cpus_per_rank": ((int, float), 1),
                   "group_timeout_s": ((int, float), 300), "step_timeout_s": ((int, float), 600),
+                  "start_timeout_s": ((int, float), 1800),
                   "env": ((list,), None)},  # variables the ranks get from the driver (see ray_jobs.access)
     "dataset": {"prompts": ((str,), None), "identities": ((str,), None), "mode": ((str,), "rows"),
                 "count": ((int,), None), "seed": ((int,), 0), "columns": ((dict,), {}), "limit": ((int,), None)},

@@ -172,6 +172,12 @@ class Replica:
                                                 f"within {allowed:g} s (2 x resources.group_timeout_s, at least "
                                                 f"{UNHEARD_FLOOR_S:g} s)"))
             return
+        ceiling = self.spec.resources["start_timeout_s"]
+        if now - self.start.began > ceiling:  # moving, but never arriving (a rank spinning in start-up)
+            self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: not started within {ceiling:g} s "
+                                                f"({self.start.phases(starting)}; resources.start_timeout_s "
+                                                "extends it)"))
+            return
         if not unheard and now - self.start.quiet_since > self.timeout:
             self._fail(Failure(Kind.GROUP_LOST, f"replica {self.index}: no start-up progress for "
                                                 f"{now - self.start.quiet_since:.0f} s ({self.start.phases(starting)}; "

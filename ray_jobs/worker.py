@@ -9,6 +9,7 @@ own concurrency group, so the driver can read the progress clock while `render` 
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from datetime import timedelta
@@ -70,13 +71,18 @@ class RankWorker:
         self._progressed()
 
     def rendezvous(self, timeout_s: float = 300) -> tuple[str, int]:
-        """Rank 0: open the group's store on a port the OS picks and keep it bound (no other process can take
-        the port between choosing it and the group forming); return this node's IP and that port."""
+        """Rank 0: open the group's store on the node's address (the one Ray reports: 127.0.0.1 on the
+        embedded cluster; TCPStore itself would listen on every interface, unauthenticated) and a port the OS
+        picks, kept bound until the group forms; return that address and port."""
         import torch.distributed as dist
 
-        self.store = dist.TCPStore("0.0.0.0", 0, self.world, is_master=True, wait_for_workers=False,
-                                   timeout=timedelta(seconds=timeout_s))
-        return ray.util.get_node_ip_address(), self.store.port
+        address = ray.util.get_node_ip_address()
+        self.listener = socket.create_server((address, 0), family=socket.AF_INET6 if ":" in address else
+                                             socket.AF_INET, backlog=max(self.world, 16))
+        port = self.listener.getsockname()[1]
+        self.store = dist.TCPStore(address, port, self.world, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=timeout_s), master_listen_fd=self.listener.fileno())
+        return address, port
 
     @ray.method(concurrency_group=PROBES)
     def placement(self) -> dict:
@@ -90,15 +96,23 @@ class RankWorker:
     def group_environment(self, accelerator: str) -> dict[str, str]:
         """Variables this rank's backend needs before the group forms.
 
+        The backend's own listeners bind the node's address too (gloo and NCCL by its interface, HCCL by the
+        address; a value the node already set is kept): left alone, they pick the interface the host name
+        resolves to, a network address even on a loopback cluster.
         Every rank on an Ascend node sees its NPU as logical device 0, and HCCL listens on
         HCCL_IF_BASE_PORT + logical id: all ranks of a node would take one port. Each rank gets the port
         range of its physical NPU instead (Ray never gives two actors one NPU), above the base the node set.
         """
-        if accelerator != "npu":
-            return {}
-        physical = int(ray.get_runtime_context().get_accelerator_ids()["NPU"][0])
-        base = int(os.environ.get("HCCL_IF_BASE_PORT", HCCL_BASE_PORT))
-        return {"HCCL_IF_BASE_PORT": str(base + HCCL_PORTS_PER_DEVICE * physical)}
+        address = ray.util.get_node_ip_address()
+        interface = interface_of(address)
+        if accelerator == "npu":
+            physical = int(ray.get_runtime_context().get_accelerator_ids()["NPU"][0])
+            base = int(os.environ.get("HCCL_IF_BASE_PORT", HCCL_BASE_PORT))
+            wanted = {"HCCL_IF_IP": address, "HCCL_IF_BASE_PORT": str(base + HCCL_PORTS_PER_DEVICE * physical)}
+        else:
+            wanted = {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
+        return {name: value for name, value in wanted.items()
+                if name == "HCCL_IF_BASE_PORT" or name not in os.environ}
 
     def setup(self, model: dict, parallel: dict, accelerator: str, address: tuple[str, int],
               timeout_s: float) -> str:
@@ -216,6 +230,14 @@ class RankWorker:
         return Failure(failure.kind, f"out of memory on rank {self.rank} of {self.world} rendering {size} "
                                      f"({failure.message}); lower height/width/frames, or give each replica more "
                                      "ranks (parallel.ulysses/ring) or a larger device", failure.secondary)
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface that holds `address` on this machine (None if none does)."""
+    import psutil  # a Ray dependency
+
+    return next((name for name, addresses in psutil.net_if_addrs().items()
+                 if any(a.address.split("%", 1)[0] == address for a in addresses)), None)
 
 
 def _log_file(destination: Destination | None, name: str | None) -> str | None:

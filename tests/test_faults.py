@@ -166,7 +166,8 @@ def test_a_start_counts_silence_not_time_and_a_silent_one_stops_the_job_naming_i
                                                                                        tmp_path):
     """group_timeout_s 4: a start taking 12 s of work renders (once, no rebuild); a start silent for 4 s is
     torn down, rebuilt max_rebuilds times, and the job then stops with one line naming the phase and the
-    setting that extends it."""
+    setting that extends it. Under a start_timeout_s of 6 the same 12 s of work is a failed start: moving
+    is not arriving."""
     settings = {"parallel.ulysses": 1, "parallel.replicas": 1, "resources.group_timeout_s": 4, "job.max_rebuilds": 1}
     dataset = prompts(tmp_path, face_path, ["a person smiles"])
     report = run_job(job(dataset, tmp_path / "slow", **settings), progress=False, worker=SlowBusyStart)
@@ -174,3 +175,7 @@ def test_a_start_counts_silence_not_time_and_a_silent_one_stops_the_job_naming_i
     with pytest.raises(Exception, match=r"every replica was lost \(last: .*no start-up progress for \d+ s \(rank 0 "
                                         r"reading weights from a hung mount; resources.group_timeout_s 4 extends it\)"):
         run_job(job(dataset, tmp_path / "silent", **settings), progress=False, worker=SilentStart)
+    with pytest.raises(Exception, match=r"every replica was lost \(last: .*not started within 6 s \(rank 0 warming "
+                                        r"a cold compile cache; resources.start_timeout_s extends it\)"):
+        run_job(job(dataset, tmp_path / "ceiling", **settings, **{"resources.start_timeout_s": 6}), progress=False,
+                worker=SlowBusyStart)

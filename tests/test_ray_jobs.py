@@ -193,3 +193,35 @@ def test_a_job_on_a_busy_cluster_says_it_waits_for_resources(local_ray, tmp_path
         assert said and said[0].startswith("waiting for resources: 1 of 2 replicas placed (free on the cluster now:")
     finally:
         ray.kill(holder)
+
+
+def _autoscaler_request() -> list:
+    """What the cluster's autoscaler is asked for now (Ray keeps it in the GCS key-value store)."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    value = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(value) if value else []
+
+
+def test_the_autoscaler_request_shrinks_with_the_work_and_is_cleared_however_the_job_ends(local_ray, tmp_path,
+                                                                                        face_path):
+    """Two replicas' bundles while the dataset has work for both; as the last clips are in flight no more than
+    they need; nothing once the job ends, whether it finished or its loop raised (a request left behind keeps a
+    cloud cluster's nodes up after the driver exited)."""
+    dataset = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"person {i} waves", "identity": str(face_path)}
+                                                 for i in range(6)])
+    seen = []
+    settings = {"parallel.ulysses": 1, "parallel.replicas": 2}
+    report = run_job(job(dataset, tmp_path / "out", **settings), progress=False,
+                     on_result=lambda sample, replica: seen.append(len(_autoscaler_request())))
+    assert report.rendered == 6 and seen[0] == 2 and seen[-1] <= 1, seen
+    assert _autoscaler_request() == []
+
+    def crash(sample, replica):
+        assert _autoscaler_request()
+        raise RuntimeError("the driver's loop broke")
+
+    with pytest.raises(RuntimeError, match="loop broke"):
+        run_job(job(dataset, tmp_path / "crashed", **settings), progress=False, on_result=crash)
+    assert _autoscaler_request() == []

@@ -20,57 +20,70 @@ from echovideo.face.released_stage import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs in a fresh process: the product's `connect` starts the embedded cluster, then every TCP socket that
-# the driver or any process under it listens on is read from /proc (no ss/psutil needed).
+# Runs in a fresh process: the product's driver starts the embedded cluster and runs one clip on a replica of
+# two ranks (their group's store and gloo's own sockets open); when it finishes, every TCP socket that the driver
+# or any process under it listens on is read from /proc (no ss/psutil needed).
 LISTENERS = r'''
-import json, os
+import json, os, sys
+from ray_jobs.driver import run_job
 from ray_jobs.job import parse_job
-from ray_jobs.plan import connect
-import ray
 
-connect(None, parse_job({"model": {"preset": "tiny"}, "dataset": {"prompts": "p.jsonl"}, "job": {"output": "o"}}))
-ray.get(ray.remote(lambda: 1).remote())
-parents = {}
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        pass
-ours, grew = {os.getpid()}, True
-while grew:
-    grew = False
-    for pid, parent in parents.items():
-        if parent in ours and pid not in ours:
-            ours.add(pid)
-            grew = True
-inodes = set()
-for pid in ours:
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        pass
-listening = []
-for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-    for line in open(table).read().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-            listening.append(fields[1])
-print(json.dumps({"listening": listening, "processes": len(ours)}))
-ray.shutdown()
+def listening_sockets():
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            pass
+    ours, grew = {os.getpid()}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    inodes = set()
+    for pid in ours:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                listening.append(fields[1])
+    return {"listening": listening, "processes": len(ours)}
+
+face, out = sys.argv[1], sys.argv[2]
+with open(f"{out}.jsonl", "w") as rows:
+    rows.write(json.dumps({"prompt": "a person waves", "identity": face}) + "\n")
+spec = parse_job({"model": {"preset": "tiny", "dtype": "fp32"}, "dataset": {"prompts": f"{out}.jsonl"},
+                  "parallel": {"ulysses": 2, "replicas": 1}, "resources": {"accelerator": "cpu"},
+                  "generation": {"height": 32, "width": 32, "frames": 5, "steps": 2}, "job": {"output": out}})
+seen = []
+run_job(spec, None, progress=False, on_result=lambda sample, replica: seen.append(listening_sockets()))
+print(json.dumps(seen[0]))
 '''
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::1
 
 
-def test_embedded_cluster_listens_on_loopback_only_with_no_dashboard():
-    result = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=180,
-                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+def test_embedded_cluster_and_a_replicas_group_listen_on_loopback_only_with_no_dashboard(tmp_path, face_path,
+                                                                                        tiny_root):
+    """Ray's processes, and the ranks' own listeners: the group's store (TCPStore alone listens on every
+    interface) and gloo's pair sockets (by default on the address the host name resolves to)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GLOO_SOCKET_IFNAME")}
+    result = subprocess.run([sys.executable, "-c", LISTENERS, str(face_path), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**env, "ECHOVIDEO_CACHE": str(tiny_root.parent)})
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     addresses = [a.split(":") for a in report["listening"]]
-    assert len(addresses) >= 3  # GCS, raylet, workers: the scan sees them
+    assert len(addresses) >= 5  # GCS, raylet, workers, the store, gloo: the scan sees them
     assert [f"{ip}:{int(port, 16)}" for ip, port in addresses if ip not in LOOPBACK] == []
     assert 8265 not in {int(port, 16) for _, port in addresses}  # no dashboard
 
