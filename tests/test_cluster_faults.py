@@ -1,7 +1,10 @@
 """A cluster that loses a node mid-job (real raylets on one machine): the replica there cannot be rebuilt, is
 dropped, and the remaining replica renders every sample."""
 
+import os
+import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -92,7 +95,8 @@ def test_replicas_follow_the_cluster_a_joining_node_adds_one_and_a_lost_node_cha
     assert [kind for kind, _ in events] == ["added", "removed"]
     assert report.summary["replicas_started"] >= 2 and "replica 1 added" in caplog.text
     rows = assert_exactly_once(out, 20)
-    assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text  # it was busy there
+    assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text
+    assert "ActorUnavailableError" in caplog.text  # the verdict was awaited, not given by Ray at once  # it was busy there
     assert all(row["attempts"] == 1 for row in rows)  # a lost node is not the sample's fault
 
 
@@ -123,3 +127,32 @@ def test_a_node_being_drained_takes_no_new_sample_and_finishes_its_own(two_nodes
     assert after.count(drained[0]) <= 1  # at most the sample it already had
     rows = assert_exactly_once(out, 8)
     assert report.exit_code == 0 and all(row["attempts"] == 1 for row in rows)
+
+
+def test_a_node_whose_raylet_is_killed_mid_clip_charges_neither_the_sample_nor_the_slot(two_nodes, face_path,
+                                                                                       tmp_path, caplog):
+    """A busy replica's node dies half-way through a clip (its raylet and the ranks killed by pid, as a machine
+    that goes away): the ranks are first only unreachable (ActorUnavailableError), and Ray declares the node
+    dead after its health check. The driver waits for that word: the clip renders on the other node with
+    attempts 1, and no rebuild is counted."""
+    dataset = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(24)])
+    killed = []
+
+    def kill_raylet_mid_clip(sample, replica):
+        if killed:
+            return
+        ranks = replica.placements()
+        node = next(n for n in two_nodes.worker_nodes if n.node_id == ranks[0]["node"])
+        killed.extend([node.all_processes["raylet"][0].process.pid, *(rank["pid"] for rank in ranks)])
+        threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in killed]).start()  # mid next clip
+
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        report = run_job(job(dataset, out), progress=False, on_result=kill_raylet_mid_clip, worker=SlowWorker)
+    assert killed and report.exit_code == 0
+    assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text
+    assert "ActorUnavailableError" in caplog.text  # the verdict was awaited, not given by Ray at once
+    rows = assert_exactly_once(out, 24)
+    assert all(row["attempts"] == 1 for row in rows)
+    assert report.rebuilds == 0 and report.summary["replica_rebuilds"] == 0
