@@ -106,26 +106,45 @@ def _names() -> str:
     return "resources.env lists which; by default AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*"
 
 
+class AccessProbe:
+    """The driver's half of the probe: its file in the output, which every node's probe must read back."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        from ray_jobs.destination import Destination
+
+        self.spec, self.token = spec, uuid.uuid4().hex[:12]
+        self.output = Destination(spec.output)
+        self.output.put(f"state/access-{self.token}", b"driver")
+        checkpoint = spec.model["checkpoint"]
+        self.checkpoint = checkpoint if checkpoint and "://" in checkpoint else None
+
+    def send(self, node: str) -> ray.ObjectRef:
+        """The probe on `node`, answering a problem line ("what|fix") or None."""
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+        return probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            self.spec.output, self.token, self.checkpoint, storage_credentials(self.spec))
+
+    def close(self) -> None:
+        for name in self.output.names("state"):
+            if name.startswith(f"access-{self.token}"):
+                self.output.delete(f"state/{name}")
+
+
+def access_error(problem: str) -> EchoVideoInputError:
+    what, fix = problem.split("|", 1)
+    return EchoVideoInputError("job.output" if "job.output" in what else "model.checkpoint", what, fix)
+
+
 def check_access(spec: JobSpec, nodes: list[str]) -> None:
     """Every node in `nodes` reaches the job's output (and checkpoint URI) as its ranks will; raises
     EchoVideoInputError naming the first node that cannot."""
-    from ray_jobs.destination import Destination
-
-    token = uuid.uuid4().hex[:12]
-    output = Destination(spec.output)
-    output.put(f"state/access-{token}", b"driver")
-    checkpoint = spec.model["checkpoint"] if spec.model["checkpoint"] and "://" in spec.model["checkpoint"] else None
-    forwarded = forwarded_environment(spec)
-    logger.info("checking storage from %d node(s); forwarding %s", len(nodes), sorted(forwarded) or "no variables")
-    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    probe = AccessProbe(spec)
+    logger.info("checking storage from %d node(s); forwarding %s", len(nodes),
+                sorted(forwarded_environment(spec)) or "no variables")
     try:
-        problems = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                            .remote(spec.output, token, checkpoint, storage_credentials(spec)) for node in nodes])
+        problems = ray.get([probe.send(node) for node in nodes])
     finally:
-        for name in output.names("state"):
-            if name.startswith(f"access-{token}"):
-                output.delete(f"state/{name}")
+        probe.close()
     problem = next((p for p in problems if p), None)
     if problem:
-        what, fix = problem.split("|", 1)
-        raise EchoVideoInputError("job.output" if "job.output" in what else "model.checkpoint", what, fix)
+        raise access_error(problem)

@@ -52,26 +52,32 @@ def fetch_checkpoint(spec: JobSpec, nodes: list[str], progress: bool = True) -> 
     if not uri or "://" not in uri:
         return
     say(f"fetching {public_name(uri)} onto {len(nodes)} node(s) before the replicas start", progress)
-    actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(CheckpointFetcher)
-    fetchers = {node: actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                .remote(storage_credentials(spec)) for node in nodes}
-    pending = {fetcher.fetch.remote(uri): node for node, fetcher in fetchers.items()}
+    fetchers = {node: start_fetch(spec, node) for node in nodes}
+    pending = {ref: node for node, (_, ref) in fetchers.items()}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY_S)
             for ref in ready:
                 node = pending.pop(ref)
-                say(f"checkpoint ready on node {node[:8]} ({_result(ref):.1f} s)", progress)
+                say(f"checkpoint ready on node {node[:8]} ({fetch_result(ref):.1f} s)", progress)
             if not ready:
                 for node in pending.values():
-                    done, total = ray.get(fetchers[node].progress.remote())
+                    done, total = ray.get(fetchers[node][0].progress.remote())
                     say(f"checkpoint on node {node[:8]}: {done / 2**30:.2f} of {total / 2**30:.2f} GiB", progress)
     finally:
-        for fetcher in fetchers.values():
+        for fetcher, _ in fetchers.values():
             ray.kill(fetcher)
 
 
-def _result(ref: ray.ObjectRef) -> float:
+def start_fetch(spec: JobSpec, node: str) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
+    """A fetcher pinned to `node` and its fetch of the job's checkpoint URI (kill the actor when it answered)."""
+    actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(CheckpointFetcher)
+    fetcher = actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+        storage_credentials(spec))
+    return fetcher, fetcher.fetch.remote(spec.model["checkpoint"])
+
+
+def fetch_result(ref: ray.ObjectRef) -> float:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:

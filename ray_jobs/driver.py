@@ -21,8 +21,6 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from echovideo.errors import EchoVideoInputError
-from ray_jobs.access import check_access
-from ray_jobs.checkpoints import fetch_checkpoint
 from ray_jobs.dataset import Sample, iter_samples, unused_columns, validate_dataset
 from ray_jobs.failures import Failure, JobFailure, Kind, OutputError, decide
 from ray_jobs.feed import SampleFeed
@@ -31,6 +29,7 @@ from ray_jobs.object_outputs import LeaseLost
 from ray_jobs.outputs import open_outputs
 from ray_jobs.quality_gate import QualityGate
 from ray_jobs.plan import connect, make_plan, replicas_per_node
+from ray_jobs.preflight import NodeChecks
 from ray_jobs.replica import Outcome, Replica, State, rank_bundle
 from ray_jobs.request_identity import pin_weights
 from ray_jobs.worker import RankWorker
@@ -105,6 +104,7 @@ class JobDriver:
         self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
         self.gate = QualityGate()  # the job's, read as the run starts
         self.asked_replicas = 0  # what the autoscaler was last asked for
+        self.checks = NodeChecks(spec, progress)  # which nodes may hold replicas
         self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's (`_settle`)
         self.suspected_at: dict[int, float] = {}  # id(replica) -> when a rank of it first became unreachable
 
@@ -150,6 +150,7 @@ class JobDriver:
         finally:
             if self.asked_replicas:  # whatever ended the run: a request left behind keeps nodes up
                 ask_autoscaler(self.spec, self.accelerator, 0)
+            self.checks.close()
             self.feed.stop()
             self._count_skipped()
             self.bar.close()
@@ -214,13 +215,12 @@ class JobDriver:
         """All placed and started at once, inside the loop; only once there is a sample to render (a dataset
         that is all done, or all bad, never builds one)."""
         nodes = [node for node, fits in replicas_per_node(self.spec, self.accelerator).items() if fits]
-        check_access(self.spec, nodes)  # storage as every node's ranks will see it, before any model loads
-        fetch_checkpoint(self.spec, nodes, self.progress)  # before any start deadline runs
+        self.checks.check_now(nodes)  # storage and the checkpoint as every node's ranks will see them
         now = self.started_at = self.grown_at = self.clock.tick()
-        self._ask_autoscaler()
         for index in range(self.plan.replicas):
-            self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
+            self.replicas[index] = self._new_replica(index, now)
         self.started = True
+        self._ask_autoscaler()
         self.report.replicas_started += self.plan.replicas
 
     def _loop(self) -> None:
@@ -243,6 +243,7 @@ class JobDriver:
                 if replica.state in (State.IDLE, State.BUSY):
                     self.up_at.setdefault(replica.index, time.monotonic())
             self._settle_awaiting_verdict()
+            self.checks.poll()
             self._replace_failed()
             self._retire_draining(now)
             self._grow(now)
@@ -365,7 +366,8 @@ class JobDriver:
             return
         self.grown_at = now
         per_node = replicas_per_node(self.spec, self.accelerator)
-        capacity = sum(fits for node, fits in per_node.items() if node not in self.draining)
+        self.checks.check_joined(node for node, fits in per_node.items() if fits and node not in self.draining)
+        capacity = self._capacity(per_node)
         asked = self.spec.parallel["replicas"]
         wanted = (capacity if asked == "auto" else min(asked, capacity)) - len(self.given_up)
         free = (index for index in range(wanted + len(self.replicas) + len(self.given_up))
@@ -373,7 +375,7 @@ class JobDriver:
         while len(self.replicas) < wanted:
             index = next(free)
             logger.warning("replica %d added: the cluster has room for %d replica(s) now", index, wanted)
-            self.replicas[index] = Replica(index, self.spec, self.accelerator, now, self.worker)
+            self.replicas[index] = self._new_replica(index, now)
             self.rebuilds_in_a_row[index] = 0
             self.report.replicas_started += 1
 
@@ -442,7 +444,7 @@ class JobDriver:
             logger.warning("replica %d torn down: %s", index, failure.message)
             del self.replicas[index]
             self.suspected_at.pop(id(replica), None)
-            if len(self.replicas) >= sum(replicas_per_node(self.spec, self.accelerator).values()):
+            if len(self.replicas) >= self._capacity(replicas_per_node(self.spec, self.accelerator)):
                 self._drop(index, f"the cluster has no room left for it (a node is gone?); cause: {failure.message}")
                 continue
             if not node_lost:
@@ -454,7 +456,15 @@ class JobDriver:
                     continue
                 self.report.rebuilds += 1
             self.report.replicas_started += 1
-            self.replicas[index] = Replica(index, self.spec, self.accelerator, self.clock.tick(), self.worker)
+            self.replicas[index] = self._new_replica(index, self.clock.tick())
+
+    def _capacity(self, per_node: dict[str, int]) -> int:
+        """Replicas the nodes that passed their checks hold when empty (draining ones left out)."""
+        return sum(fits for node, fits in per_node.items() if node in self.checks.passed and node not in self.draining)
+
+    def _new_replica(self, index: int, now: float) -> Replica:
+        """A replica placed only on nodes that passed the job's checks (`preflight`)."""
+        return Replica(index, self.spec, self.accelerator, now, self.worker, allowed=set(self.checks.passed))
 
     def _drop(self, index: int, reason: str) -> None:
         logger.warning("replica %d dropped, the others go on: %s", index, reason)

@@ -109,13 +109,16 @@ def actor_resources(accelerator: str, cpus: float) -> dict:
 
 class Replica:
     def __init__(self, index: int, spec: JobSpec, accelerator: str, now: float, worker: type = RankWorker,
-                 strategy: str = "STRICT_PACK") -> None:
-        """Ask for the placement group (returns at once; the loop sees it ready through `refs()`)."""
+                 strategy: str = "STRICT_PACK", allowed: set[str] | None = None) -> None:
+        """Ask for the placement group (returns at once; the loop sees it ready through `refs()`), on one of the
+        `allowed` nodes (node ids; None: any)."""
         self.index, self.spec, self.accelerator, self.worker = index, spec, accelerator, worker
         self.world, self.cpus = spec.ranks_per_replica, spec.resources["cpus_per_rank"]
         self.timeout = spec.resources["group_timeout_s"]
         self.step_timeout = spec.resources["step_timeout_s"]
-        self.group = placement_group([rank_bundle(accelerator, self.cpus)] * self.world, strategy=strategy)
+        where = None if allowed is None else [{"ray.io/node-id": f"in({','.join(sorted(allowed))})"}] * self.world
+        self.group = placement_group([rank_bundle(accelerator, self.cpus)] * self.world, strategy=strategy,
+                                     bundle_label_selector=where)
         self.actors: list = []
         self.address: ray.ObjectRef | None = None  # rank 0's (node IP, port) once started
         self.waiting: dict = {self.group.ready(): -1}  # PLACING/STARTING: ref -> rank (-1: the group)

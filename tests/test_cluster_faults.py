@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 import ray
@@ -156,3 +157,47 @@ def test_a_node_whose_raylet_is_killed_mid_clip_charges_neither_the_sample_nor_t
     rows = assert_exactly_once(out, 24)
     assert all(row["attempts"] == 1 for row in rows)
     assert report.rebuilds == 0 and report.summary["replica_rebuilds"] == 0
+
+
+def test_a_joining_node_is_checked_before_it_gets_a_replica_and_one_that_fails_gets_none(
+        tiny_root, object_store, face_path, tmp_path, caplog, monkeypatch):
+    """Nodes carry their own storage credentials (the driver forwards none: `resources.env: []`). A node that
+    joins mid-job with a wrong secret fails its check, is named once and never gets a replica; one that joins
+    with the right one passes and gets a replica while the job runs."""
+    from object_store import ACCESS_KEY, BUCKET, SECRET_KEY
+    from ray_jobs.outputs import read_manifest
+
+    good = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    for name, value in good.items():
+        monkeypatch.setenv(name, value)  # the driver's own
+    shared_ray.release()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=2, env_vars=good)
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+        cluster.wait_for_nodes()
+        joined = []
+
+        def join(sample, replica):
+            if not joined:
+                joined.append(cluster.add_node(num_cpus=2, env_vars={**good, "AWS_SECRET_ACCESS_KEY": "wrong"}))
+            elif len(joined) == 1 and "failed its checks" in caplog.text:
+                joined.append(cluster.add_node(num_cpus=2, env_vars=good))
+
+        dataset = write_jsonl(tmp_path / "prompts.jsonl",
+                              [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(24)])
+        output = (f"s3://{BUCKET}/joined-{uuid.uuid4().hex[:8]}?endpoint_override={object_store.endpoint}"
+                  "&scheme=http&region=us-east-1")
+        with caplog.at_level("WARNING", logger="ray_jobs"):
+            report = run_job(job(dataset, output, **{"parallel.replicas": "auto", "resources.env": []}),
+                             progress=False, on_result=join, worker=SlowWorker)
+        assert len(joined) == 2, caplog.text
+        bad, good_node = joined[0].node_id[:8], joined[1].node_id[:8]
+        assert caplog.text.count(f"node {bad} failed its checks and gets no replica") == 1
+        assert f"node {good_node} passed its checks" in caplog.text and "replica 1 added" in caplog.text
+        assert report.summary["replicas_started"] == 2 and report.summary["ok"] == 24
+        assert all(row["attempts"] == 1 for row in read_manifest(output, ("ok",)))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
