@@ -203,7 +203,7 @@ def _plan_job(args: argparse.Namespace) -> int:
         connect(args.address, spec)
         free = {k: round(v, 1) for k, v in sorted(ray.available_resources().items()) if k in ("CPU", "GPU", "NPU")}
         print(f"cluster free now: {free or 'nothing'} (replicas that do not fit now wait for resources)")
-    print(make_plan(spec, None if args.address else local_nodes(spec)).describe(count))
+    print(make_plan(spec, None if args.address else local_nodes(spec), can_grow=bool(args.address)).describe(count))
     return 0
 
 

@@ -104,13 +104,16 @@ class JobDriver:
         self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
         self.gate = QualityGate()  # the job's, read as the run starts
         self.asked_replicas = 0  # what the autoscaler was last asked for
+        self.can_grow, self.empty_since = False, None  # a joined cluster; since when no replica is left
         self.checks = NodeChecks(spec, progress)  # which nodes may hold replicas
         self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's (`_settle`)
         self.suspected_at: dict[int, float] = {}  # id(replica) -> when a rank of it first became unreachable
 
-    def run(self, requested: int | None = None) -> JobReport:
+    def run(self, requested: int | None = None, can_grow: bool = False) -> JobReport:
         """The job, with the driver's log in `logs/driver.log` next to each rank's; `requested` as
-        `validate_dataset` answered (asked here if not given)."""
+        `validate_dataset` answered (asked here if not given). `can_grow`: the cluster is one the job joined
+        (an autoscaler may add nodes): no node with room is then a wait, not an error."""
+        self.can_grow = can_grow
         handler = logging.FileHandler(self.store.log_path("driver.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
         for target in (logger, run_log):  # warnings also reach the console; run-log lines only the file
@@ -124,7 +127,7 @@ class JobDriver:
 
     def _run(self, requested: int | None) -> JobReport:
         self.gate = QualityGate.of(self.spec.quality)  # a review file that cannot be read stops the job before work
-        plan = make_plan(self.spec)
+        plan = make_plan(self.spec, can_grow=self.can_grow)
         self.plan, self.accelerator = plan, plan.accelerator
         run_log.info("plan: %s", plan.describe(requested))
         if self.progress:
@@ -235,8 +238,7 @@ class JobDriver:
                 return
             if self.waiting_sample is not None and not self.started:
                 self._start_replicas()
-            if self.started and not self.replicas:
-                raise JobFailure(f"every replica was lost (last: {self.last_loss}); rerun the job to resume the rest")
+            self._check_replicas_left(now)
             self._advance(now)
             for replica in list(self.replicas.values()):
                 self._settle(replica, replica.check(self.clock.tick()))
@@ -258,13 +260,36 @@ class JobDriver:
         """While fewer replicas are placed than asked, say so above the bar (when the count changes, and once a
         minute), with what the cluster has free: a busy or scaling cluster is not a stuck job."""
         placed = sum(r.state is not State.PLACING for r in self.replicas.values())
-        waiting = placed < len(self.replicas) and now - self.started_at > PLACEMENT_QUIET_S
-        if not waiting or (placed == self.said_placed and now - self.said_at < PLACEMENT_REPEAT_S):
+        waiting = (placed < len(self.replicas) or not self.replicas) and now - self.started_at > PLACEMENT_QUIET_S
+        if not self.started or not waiting or (placed == self.said_placed and now - self.said_at < PLACEMENT_REPEAT_S):
             return
         free = {k: round(v, 1) for k, v in ray.available_resources().items() if k in ("CPU", "GPU", "NPU")}
-        logger.warning("waiting for resources: %d of %d replicas placed (free on the cluster now: %s)", placed,
-                       len(self.replicas), free or "nothing")
+        if self.replicas:
+            logger.warning("waiting for resources: %d of %d replicas placed (free on the cluster now: %s)", placed,
+                           len(self.replicas), free or "nothing")
+        else:
+            logger.warning("waiting for nodes: none that passed the job's checks has room for a replica of %s; the "
+                           "autoscaler is asked for %d (free on the cluster now: %s)", self.plan.bundle,
+                           self.asked_replicas, free or "nothing")
         self.said_placed, self.said_at = placed, now
+
+    def _check_replicas_left(self, now: float) -> None:
+        """No replica left: on a cluster that can grow (joined with --address), wait for nodes up to
+        resources.start_timeout_s, unless every slot was given up for failures of its own; else the job stops."""
+        if not self.started or self.replicas:
+            self.empty_since = None
+            return
+        asked = self.spec.parallel["replicas"]
+        all_given_up = bool(self.given_up) and (asked == "auto" or len(self.given_up) >= asked)
+        if not self.can_grow or all_given_up:
+            raise JobFailure(f"every replica was lost (last: {self.last_loss}); rerun the job to resume the rest")
+        self.empty_since = self.empty_since if self.empty_since is not None else now
+        ceiling = self.spec.resources["start_timeout_s"]
+        if now - self.empty_since > ceiling:
+            last = f"; last loss: {self.last_loss}" if self.last_loss else ""
+            raise JobFailure(f"no node with room for a replica joined the cluster (and passed the job's checks) "
+                             f"within {ceiling:g} s (resources.start_timeout_s){last}; rerun the job once there "
+                             "are nodes: finished clips are kept")
 
     def _advance(self, now: float) -> None:
         """One `ray.wait` over every replica's outstanding references; the first completed one advances its replica
@@ -278,8 +303,11 @@ class JobDriver:
             self._settle(owners[ref], owners[ref].on_ready(ref, now))
 
     def _wait_for_feed(self) -> None:
+        """Nothing in flight: wait for the dataset, or (a sample in hand, no replica to take it yet) for time."""
         if self.waiting_sample is None:
             self.waiting_sample = self._from_feed(timeout=LOOP_WAIT_S)
+        else:
+            time.sleep(LOOP_WAIT_S)
 
     def _dispatch(self) -> None:
         """Each idle replica pulls the next sample: a retry first, then the dataset's next one."""
@@ -403,7 +431,7 @@ class JobDriver:
         if not self.started:
             return
         asked = self.spec.parallel["replicas"]
-        wanted = self.plan.replicas if asked == "auto" else asked
+        wanted = max(self.plan.replicas, 1) if asked == "auto" else asked  # scaled to zero: ask for one at least
         if self.feed.exhausted:
             busy = sum(r.state is State.BUSY for r in self.replicas.values())
             wanted = min(wanted, busy + len(self.retry) + len(self.awaiting_verdict) + (self.waiting_sample is not None))
@@ -533,5 +561,5 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True, on
     requested = validate_dataset(spec)  # a bad table is exit 2 before any cluster starts
     driver = JobDriver(spec, progress, on_result, worker)
     with driver.store.locked():
-        connect(address, spec)
-        return driver.run(requested)
+        joined = connect(address, spec)
+        return driver.run(requested, can_grow=joined)

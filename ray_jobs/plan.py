@@ -46,10 +46,11 @@ def attention_heads(spec: JobSpec) -> int | None:
         return None
 
 
-def connect(address: str | None, spec: JobSpec) -> None:
-    """Join `address` (a cluster), or start an embedded local one: loopback only, no dashboard."""
+def connect(address: str | None, spec: JobSpec) -> bool:
+    """Join `address` (a cluster), or start an embedded local one: loopback only, no dashboard. -> whether the
+    cluster is one the job joined (its caller's, which may autoscale), not the embedded one."""
     if ray.is_initialized():
-        return
+        return True
     if address:
         _check_reachable(address)
         sends_token = _use_token_if_available()
@@ -58,10 +59,11 @@ def connect(address: str | None, spec: JobSpec) -> None:
         except ConnectionError as exc:
             raise EchoVideoInputError("--address", f"cannot join the cluster at {address} ({str(exc)[:200]})",
                                       _join_fix(sends_token)) from None
-        return
+        return True
     with _loopback_only():
         ray.init(address="local", num_cpus=embedded_cpus(spec), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=EMBEDDED_SYSTEM_CONFIG)
+    return False
 
 
 def _use_token_if_available() -> bool:
@@ -155,7 +157,10 @@ def _loopback_only() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def choose_accelerator(spec: JobSpec, nodes: list[dict]) -> str:
+def choose_accelerator(spec: JobSpec, nodes: list[dict], can_grow: bool = False) -> str:
+    """`auto`: what the cluster has now (a real checkpoint falling back to the CPU is said, not silent). An
+    explicit kind the cluster lacks is refused, unless the cluster `can_grow` (one joined with --address: an
+    autoscaler may start such nodes, e.g. a GPU group scaled to zero); the job then asks for them and waits."""
     wanted = spec.resources["accelerator"]
     total: dict[str, float] = {}
     for node in nodes:
@@ -163,10 +168,18 @@ def choose_accelerator(spec: JobSpec, nodes: list[dict]) -> str:
             for kind, amount in node.get("Resources", {}).items():
                 total[kind] = total.get(kind, 0) + amount
     if wanted == "auto":
-        return "gpu" if total.get("GPU", 0) >= 1 else "npu" if total.get("NPU", 0) >= 1 else "cpu"
+        chosen = "gpu" if total.get("GPU", 0) >= 1 else "npu" if total.get("NPU", 0) >= 1 else "cpu"
+        if chosen == "cpu" and spec.model["checkpoint"]:
+            logger.warning("resources.accelerator auto: the cluster has no GPU or NPU now, so the released model "
+                           "renders on CPU (minutes per step); set resources.accelerator: gpu (or npu) to wait for "
+                           "such nodes instead, e.g. a GPU group an autoscaler starts from zero")
+        return chosen
     if wanted != "cpu" and total.get(RESOURCE[wanted], 0) < 1:
-        raise EchoVideoInputError("resources.accelerator", f"{wanted}: the cluster has no {RESOURCE[wanted]}",
-                                  "use auto or cpu, or add such nodes")
+        if not can_grow:
+            raise EchoVideoInputError("resources.accelerator", f"{wanted}: the cluster has no {RESOURCE[wanted]}",
+                                      "use auto or cpu, or add such nodes")
+        logger.warning("resources.accelerator %s: the cluster has no %s now; the autoscaler is asked for them and "
+                       "the job waits (resources.start_timeout_s at most)", wanted, RESOURCE[wanted])
     return wanted
 
 
@@ -208,21 +221,25 @@ def _refuse_unfit_on(spec: JobSpec, nodes: list[dict]) -> None:
                 refuse_unfit(spec, key.split(":", 1)[1], int(resources["GPU"]))
 
 
-def make_plan(spec: JobSpec, nodes: list[dict] | None = None) -> Plan:
-    """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work.
+def make_plan(spec: JobSpec, nodes: list[dict] | None = None, can_grow: bool = False) -> Plan:
+    """Replicas fit whole on one node each (STRICT_PACK); refuse a layout no node can hold, before any work,
+    unless the cluster `can_grow` (joined with --address): then no replica may fit yet, and the job waits.
     `nodes`: the cluster's (`ray.nodes()`, the default) or `local_nodes` for a plan without a cluster."""
     heads = attention_heads(spec)
     if heads is not None:
         ParallelConfig(ulysses=spec.parallel["ulysses"]).check_heads(heads, "parallel.ulysses", "parallel.ring")
     nodes = ray.nodes() if nodes is None else nodes
-    accelerator = choose_accelerator(spec, nodes)
+    accelerator = choose_accelerator(spec, nodes, can_grow)
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     ranks = spec.ranks_per_replica
     per_node = replicas_per_node(spec, accelerator, nodes)
     capacity = sum(per_node.values())
-    if capacity == 0:
+    if capacity == 0 and not can_grow:
         raise EchoVideoInputError("parallel", f"no node holds one replica of {ranks} ranks x {bundle}",
                                   "lower ulysses/ring/cfg or resources.cpus_per_rank, or use bigger nodes")
+    if capacity == 0:
+        logger.warning("no node holds one replica of %d ranks x %s now; the autoscaler is asked for them and the job "
+                       "waits for nodes (resources.start_timeout_s at most)", ranks, bundle)
     if accelerator == "gpu" and spec.model["checkpoint"]:  # the released model's sizes: not the tiny preset's
         _refuse_unfit_on(spec, nodes)
     replicas = spec.parallel["replicas"]

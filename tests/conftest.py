@@ -1,8 +1,11 @@
 import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+import own_processes
 import shared_ray
 
 from echovideo.presets.tiny import tiny_checkpoint
@@ -11,6 +14,31 @@ FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astron
 # Every Ray cluster the suite starts (in-process, `ray start`, `echovideo run` subprocesses) runs its workers at
 # niceness 0, as the embedded cluster does (ray_jobs/plan.py): at Ray's default 15 a busy CI host starves them.
 os.environ["RAY_worker_niceness"] = "0"
+# Everything the suite starts inherits this mark: what is still running with it at the end, a test left behind.
+os.environ.setdefault(own_processes.SESSION_VARIABLE, uuid.uuid4().hex)
+LEFT_BEHIND_GRACE_S = 15.0  # processes a test stopped may take a moment to go
+
+
+def pytest_sessionfinish(session):
+    """After every fixture is torn down: any process the suite started that still runs fails the run (and is
+    stopped, so it does not outlive it)."""
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
+    while (left := own_processes.session_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    titles = [_title(pid) for pid in left]
+    own_processes.stop(left)
+    session.config.get_terminal_writer().line(f"processes left running by the tests (now stopped): {titles}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _title(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        command = ""
+    return f"{pid} {command[:120]}"
 
 
 @pytest.fixture(scope="session")

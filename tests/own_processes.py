@@ -1,9 +1,14 @@
 """Stop what a test started, and only that, even when the test run itself is killed.
 
-`processes_under(path)`: the processes whose command line names `path`: a Ray cluster started with its own
-`--temp-dir`/`_temp_dir` names it in every process it runs (GCS, raylet, dashboard, workers), so that folder
-identifies exactly our cluster and no other on the machine. `stop(pids)` sends SIGTERM, then SIGKILL to any
-left after a grace period.
+`processes_under(path)`: the processes whose command line names `path`, or that hold a file open under it: a
+Ray cluster started with its own `--temp-dir`/`_temp_dir` names it in the command line of the processes it runs
+(GCS, raylet, workers), and its agents, which rewrite their titles (`ray::DashboardAgent`), keep their logs
+open there; so that folder identifies exactly our cluster and no other on the machine. `stop(pids)` sends
+SIGTERM, then SIGKILL to any left after a grace period.
+
+`session_processes()`: every process still running that carries this test session's mark in its environment
+(SESSION_VARIABLE, set once by conftest and inherited by everything the suite starts, and everything those
+start): what a test failed to stop.
 
 `guard(...)` starts a watchdog process that outlives nothing: it polls the test process and, when that is
 gone (a pytest killed by its timeout, Ctrl-C twice), stops the given process group and the processes under
@@ -18,15 +23,44 @@ import time
 from pathlib import Path
 
 
+SESSION_VARIABLE = "ECHOVIDEO_TEST_SESSION"
+
+
+def _others() -> list[Path]:
+    return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit() and int(entry.name) != os.getpid()]
+
+
 def processes_under(path: str | Path) -> list[int]:
     marker, found = str(path).encode(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:  # gone meanwhile, or not ours to read
-                continue
+    for entry in _others():
+        try:
+            if marker in (entry / "cmdline").read_bytes() or _holds_file_under(entry, str(path)):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def _holds_file_under(process: Path, folder: str) -> bool:
+    for fd in (process / "fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def session_processes() -> list[int]:
+    """Live processes marked with this session's SESSION_VARIABLE (never this process)."""
+    mark = f"{SESSION_VARIABLE}={os.environ[SESSION_VARIABLE]}".encode()
+    found = []
+    for entry in _others():
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
     return found
 
 

@@ -201,3 +201,44 @@ def test_a_joining_node_is_checked_before_it_gets_a_replica_and_one_that_fails_g
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_cluster_with_no_room_yet_is_asked_and_waited_for_then_renders_on_the_node_that_joins(
+        tiny_root, face_path, tmp_path, caplog):
+    """A head with no CPUs for ranks and no worker node (a group scaled to zero): the job the driver joins asks
+    the autoscaler for a replica and waits, saying so; the node that comes 15 s later is checked and renders all.
+    (The job runs on a thread: Ray adds a node from the main thread only.)"""
+    from test_ray_jobs import _autoscaler_request
+
+    shared_ray.release()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"ECHOVIDEO_CACHE": str(tiny_root.parent)}})
+        dataset = write_jsonl(tmp_path / "prompts.jsonl",
+                              [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(3)])
+        outcome = {}
+
+        def run():
+            try:
+                outcome["report"] = run_job(job(dataset, tmp_path / "out", **{"resources.accelerator": "cpu",
+                                                                                "parallel.replicas": 1}),
+                                            progress=False)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        driver = threading.Thread(target=run)
+        with caplog.at_level("WARNING", logger="ray_jobs"):
+            driver.start()
+            time.sleep(15)
+            asked = _autoscaler_request()
+            cluster.add_node(num_cpus=2)  # what the autoscaler would start
+            driver.join(timeout=600)
+        assert not driver.is_alive() and "error" not in outcome, outcome
+        assert "waiting for nodes: none that passed the job's checks has room for a replica" in caplog.text
+        assert len(asked) == 2  # one replica's bundles (2 ranks) asked for while there was no node
+        assert outcome["report"].rendered == 3 and outcome["report"].exit_code == 0
+        assert_exactly_once(tmp_path / "out", 3)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -80,3 +80,23 @@ def test_a_layout_that_cannot_fit_is_refused_with_the_number(capsys):
 def test_a_bad_cluster_description_names_the_flag(nodes, says, capsys):
     assert main(["plan", "configs/jobs/demo.yaml", "--nodes", nodes]) == 2
     assert "--nodes" in capsys.readouterr().err and says
+
+
+def test_a_cluster_scaled_to_zero_is_waited_for_when_joined_and_auto_says_it_falls_back_to_cpu(caplog):
+    """A head with no GPU node yet (an autoscaler's GPU group at min 0): `gpu` is refused on a cluster that cannot
+    grow (the embedded one, a plan without --address), planned at zero replicas with a warning on one the job
+    joined; `auto` with a real checkpoint says it renders on CPU instead of doing so silently."""
+    head = {"NodeID": "head", "Alive": True, "Resources": {"CPU": 4.0}}
+    gpu = load_job("configs/jobs/demo.yaml", ["resources.accelerator=gpu", "parallel.replicas=2"])
+    with pytest.raises(EchoVideoInputError, match="resources.accelerator: gpu: the cluster has no GPU"):
+        make_plan(gpu, [head])
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        plan = make_plan(gpu, [head], can_grow=True)
+    assert (plan.accelerator, plan.replicas) == ("gpu", 0)
+    assert "the cluster has no GPU now; the autoscaler is asked for them and the job waits" in caplog.text
+    auto = load_job("configs/jobs/demo.yaml", ["resources.accelerator=auto", "model.preset=",
+                                               "model.checkpoint=ckpts"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ray_jobs"):
+        assert make_plan(auto, [head]).accelerator == "cpu"
+    assert "the released model renders on CPU" in caplog.text
