@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import secrets
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ def connect(address: str | None, spec: JobSpec) -> bool:
             raise EchoVideoInputError("--address", f"cannot join the cluster at {address} ({str(exc)[:200]})",
                                       _join_fix(sends_token)) from None
         return True
+    _token_of_this_process()
     with _loopback_only():
         ray.init(address="local", num_cpus=embedded_cpus(spec), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=EMBEDDED_SYSTEM_CONFIG)
@@ -95,6 +97,16 @@ def _token_available() -> bool:
     except (ImportError, AttributeError):  # a Ray without token authentication
         return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or
                     (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _token_of_this_process() -> None:
+    """Ray 2.5x saves a new local cluster's token to ~/.ray/auth_token, which every later `--address` run on
+    this machine then sends to whatever cluster it joins. Where the machine holds no token, the embedded
+    cluster gets one of this process instead (an environment variable its servers and workers inherit),
+    written nowhere."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or _token_available():
+        return
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def _join_fix(sent_token: bool) -> str:

@@ -51,6 +51,30 @@ def _holds_file_under(process: Path, folder: str) -> bool:
     return False
 
 
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # as /proc shows
+
+
+def tcp_listeners(pids: list[int]) -> list[tuple[str, int]]:
+    """(address as /proc/net shows it, port) of every TCP socket these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                address, port = fields[1].split(":")
+                found.append((address, int(port, 16)))
+    return found
+
+
 def session_processes() -> list[int]:
     """Live processes marked with this session's SESSION_VARIABLE (never this process)."""
     mark = f"{SESSION_VARIABLE}={os.environ[SESSION_VARIABLE]}".encode()

@@ -43,7 +43,8 @@ def head(tiny_root):
     -> (job server address, environment, Ray's temp folder: short, as its socket paths must be, GCS address)."""
     temp = Path(tempfile.mkdtemp(prefix="ev-ray-", dir="/tmp"))
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tiny_root.parent), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token"}  # Ray 2.5x clusters require a token; the CLI sends ~/.ray/auth_token with this
+           "RAY_AUTH_MODE": "token",  # Ray 2.5x clusters require a token; the CLI sends ~/.ray/auth_token with this
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # the README's loopback recipe: else Ray binds the host's IP
     dashboard, gcs = free_port(), free_port()
     keeper = own_processes.guard(path=temp)  # a killed test run still stops this cluster, and only it
     try:
@@ -52,6 +53,8 @@ def head(tiny_root):
                                   "--include-dashboard=true", f"--temp-dir={temp}"],
                                  env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        listening = own_processes.tcp_listeners(own_processes.processes_under(temp))
+        assert listening and [a for a in listening if a[0] not in own_processes.LOOPBACK] == []
         yield f"http://127.0.0.1:{dashboard}", env, temp, f"127.0.0.1:{gcs}"
     finally:  # not `ray stop`: that stops every Ray cluster on the machine
         own_processes.stop(own_processes.processes_under(temp))

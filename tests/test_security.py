@@ -75,17 +75,22 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 def test_embedded_cluster_and_a_replicas_group_listen_on_loopback_only_with_no_dashboard(tmp_path, face_path,
                                                                                         tiny_root):
     """Ray's processes, and the ranks' own listeners: the group's store (TCPStore alone listens on every
-    interface) and gloo's pair sockets (by default on the address the host name resolves to)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GLOO_SOCKET_IFNAME")}
+    interface) and gloo's pair sockets (by default on the address the host name resolves to). The cluster's
+    token is written nowhere (Ray saved it to ~/.ray/auth_token, sent by every later --address run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GLOO_SOCKET_IFNAME", "RAY_AUTH_MODE",
+                                                            "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    home = tmp_path / "home"
+    home.mkdir()
     result = subprocess.run([sys.executable, "-c", LISTENERS, str(face_path), str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300,
-                            env={**env, "ECHOVIDEO_CACHE": str(tiny_root.parent)})
+                            env={**env, "ECHOVIDEO_CACHE": str(tiny_root.parent), "HOME": str(home)})
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     addresses = [a.split(":") for a in report["listening"]]
     assert len(addresses) >= 5  # GCS, raylet, workers, the store, gloo: the scan sees them
     assert [f"{ip}:{int(port, 16)}" for ip, port in addresses if ip not in LOOPBACK] == []
     assert 8265 not in {int(port, 16) for _, port in addresses}  # no dashboard
+    assert not (home / ".ray" / "auth_token").exists()
 
 
 class RunsCode:
