@@ -222,7 +222,9 @@ def _run_job(args: argparse.Namespace) -> int:
               "again to render the rest", file=sys.stderr)
         return EXIT_INTERRUPTED
     s = report.summary
-    rejected = f", {s['rejected']} rejected by the quality gate" if s.get("rejected") else ""
+    in_review = s.get("rejected_in_review", 0)
+    rejected = "".join(f", {n} rejected {why}" for n, why in ((s.get("rejected", 0) - in_review, "by the quality gate"),
+                                                              (in_review, "in review")) if n)
     print(f"{s['ok']} ok{rejected}, {s['failed']} failed ({report.rendered} rendered now, {report.skipped} settled "
           "before); "
           f"outputs in {spec.output_name} (manifest.parquet, failures.parquet, summary.json, index.html)")
@@ -251,12 +253,13 @@ def _export(args: argparse.Namespace) -> int:
     check_location(args.output, "OUTPUT")
     check_location(args.to, "--to")
     done = export(args.output, args.to, args.format, args.shard_size, args.review)
+    left_out = ", ".join(f"{count} {why}" for why, count in sorted(done["left_out"].items())) or "none"
+    print(f"{done['clips']} clip(s) exported to {redact(args.to)}; left out: {left_out}")
     if args.format == "webdataset":
         print(f"{done['shards']} shard(s) written, {done['skipped']} already there, {done['removed']} no longer "
-              f"listed removed; in {redact(args.to)}")
-    else:
-        removed = f" ({done['removed']} file(s) no longer listed removed)" if done.get("removed") else ""
-        print(f"{done['rows']} clip(s) listed in {redact(args.to)}{removed}")
+              "listed removed")
+    elif done.get("removed"):
+        print(f"{done['removed']} file(s) no longer listed removed")
     return 0
 
 

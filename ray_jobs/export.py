@@ -23,6 +23,7 @@ import json
 import re
 import tarfile
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.fs as pfs
@@ -39,14 +40,22 @@ SHARD = re.compile(r"shard-\d{6}\.tar")
 SHARD_LAYOUT = 3  # what a sample holds (3: with its identity photo, by digest); a shard of another layout is rewritten
 
 
-def finished_clips(output: str, marks: dict[str, Mark] | None = None) -> list[dict]:
+def finished_clips(output: str, marks: dict[str, Mark] | None = None) -> tuple[list[dict], dict[str, int]]:
     """The manifest's finished clips that passed the quality gate (`rejected` ones stay out) or, given a
     reviewer's marks, that the review kept (a mark outranks the gate), sorted by sample id (what makes shard
-    membership deterministic)."""
-    rows = read_manifest(output, ("ok", "rejected"))
-    passed = [row for row in rows
-              if verdict(row["sample_id"], row["error"] if row["status"] == "rejected" else None, marks or {})[0] == "ok"]
-    return sorted(passed, key=lambda r: r["sample_id"])
+    membership deterministic); and how many samples were left out, by why."""
+    passed, left_out = [], Counter()
+    for row in read_manifest(output, ("ok", "rejected", "failed")):
+        if row["status"] == "failed":
+            left_out["failed"] += 1
+            continue
+        status, reason = verdict(row["sample_id"], row["error"] if row["status"] == "rejected" else None, marks or {})
+        if status == "ok":
+            passed.append(row)
+        else:
+            left_out["rejected in review" if reason.startswith("rejected in review") else
+                     "rejected by the quality gate"] += 1
+    return sorted(passed, key=lambda r: r["sample_id"]), dict(left_out)
 
 
 def sample_key(sample_id: str) -> str:
@@ -75,7 +84,7 @@ class Exporter:
     def __init__(self, output: str, destination: str, marks: dict[str, Mark] | None = None) -> None:
         self.output, self.destination = output, destination
         self.source = Destination(output)
-        self.clips = finished_clips(output, marks)
+        self.clips, self.left_out = finished_clips(output, marks)
         self.target = Destination(destination)
         self.target.fs.create_dir(self.target.root, recursive=True)
 
@@ -209,6 +218,6 @@ def export(output: str, destination: str, fmt: str, shard_size: int = 1000, revi
     if fmt not in FORMATS:
         raise EchoVideoInputError("--format", f"{fmt!r} is unknown", f"use one of {FORMATS}")
     exporter = Exporter(output, destination, read_review(review, "--review") if review else None)
-    if fmt == "webdataset":
-        return exporter.webdataset(shard_size)
-    return exporter.csv() if fmt == "csv" else exporter.prompts_videos()
+    done = exporter.webdataset(shard_size) if fmt == "webdataset" else \
+        exporter.csv() if fmt == "csv" else exporter.prompts_videos()
+    return {**done, "clips": len(exporter.clips), "left_out": exporter.left_out}

@@ -33,13 +33,15 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
     """Write the page and its data to the output's `Destination`. Clips sorted by prompt, then identity,
     then id (the page's default order, grouped under a heading per prompt)."""
     prompts: dict[str, int] = {}
+    thumbnails = set(destination.names("identities"))  # a sample that failed before rank 0 wrote one has none
 
     def about(record: dict) -> dict:
         """What every card shows, a failed sample's too: id, prompt, identity and its thumbnail, why it failed
         or was rejected, and a reviewer's mark recorded in the manifest."""
         prompt = record.get("prompt")
+        sha = record.get("identity_sha256")
         entry = {"id": record["sample_id"], "p": None if prompt is None else prompts.setdefault(prompt, len(prompts)),
-                 "i": str(record.get("identity")), "t": record.get("identity_sha256")}
+                 "i": str(record.get("identity")), "t": sha if f"{sha}.jpg" in thumbnails else None}
         optional = {"r": record.get("error"), "rv": record.get("review"), "rn": record.get("review_note")}
         return {**entry, **{key: value for key, value in optional.items() if value}}
 

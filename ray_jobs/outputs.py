@@ -173,7 +173,9 @@ class JobOutputs:
         self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
         passed = [r for r in finished if r["status"] == "ok"]
         rejected = [r for r in finished if r["status"] == "rejected"]
-        summary = {**summary, "ok": len(passed), "rejected": len(rejected), "failed": len(failed)}
+        in_review = sum((r["error"] or "").startswith("rejected in review") for r in rejected)
+        summary = {**summary, "ok": len(passed), "rejected": len(rejected), "rejected_in_review": in_review,
+                   "failed": len(failed)}
         with self.destination.output("summary.json", ".json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
         write_gallery(self.destination, passed, list(failed.values()), rejected)

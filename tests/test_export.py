@@ -242,9 +242,14 @@ def test_a_reviewers_marks_outrank_the_gate_in_exports_and_in_a_rerun_manifest(t
     gate = QualityGate(min_identity=0.3)
     store = finished_job(tmp_path / "out", 4, scores=scores, gate=gate)  # ids[1] below the gate
     review = write_review(tmp_path / "review.json", {ids[1]: ("keep", "fine on screen"), ids[2]: ("reject", "blurry")})
+    capsys.readouterr()
     assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr().out
+    assert "3 clip(s) exported" in out and "left out: 1 failed, 1 rejected by the quality gate" in out, out
     assert main(["export", str(store.folder), "--format", "csv", "--to", str(tmp_path / "reviewed"),
                  "--review", str(review)]) == 0
+    out = capsys.readouterr().out
+    assert "3 clip(s) exported" in out and "left out: 1 failed, 1 rejected in review" in out, out
 
     def exported(folder):
         with open(folder / "clips.csv") as handle:
@@ -256,7 +261,8 @@ def test_a_reviewers_marks_outrank_the_gate_in_exports_and_in_a_rerun_manifest(t
     spec = parse_job({"model": {"preset": "tiny"}, "dataset": {"prompts": "p.jsonl"},
                       "job": {"output": str(store.folder)}, "quality": {"min_identity": 0.3, "review": str(review)}},
                      "test")
-    store.finalize({}, QualityGate.of(spec.quality))  # what a rerun of the finished job writes
+    summary = store.finalize({}, QualityGate.of(spec.quality))  # what a rerun of the finished job writes
+    assert (summary["ok"], summary["rejected"], summary["rejected_in_review"]) == (3, 1, 1)
     rows = {r["sample_id"]: r for r in pq.read_table(store.folder / "manifest.parquet").to_pylist()}
     assert [(rows[sid]["status"], rows[sid]["review"]) for sid in ids] == [
         ("ok", None), ("ok", "keep"), ("rejected", "reject"), ("ok", None)]

@@ -36,6 +36,13 @@ def records(count: int) -> list[dict]:
             for i in range(count)]
 
 
+def with_thumbnails(folder, clips: list[dict]) -> None:
+    """The identity thumbnails rank 0 writes for the clips it renders (a failed sample may have none)."""
+    (folder / "identities").mkdir(exist_ok=True)
+    for clip in clips:
+        (folder / "identities" / f"{clip['identity_sha256']}.jpg").write_bytes(b"")
+
+
 def show(folder, view: dict | None = None, seconds: float = 120) -> str:
     """The page's DOM after its scripts ran, in a real Chromium."""
     url = (folder / "index.html").as_uri() + (f"#{urlencode(view)}" if view else "")
@@ -64,6 +71,7 @@ def test_cards_show_posters_thumbnails_and_scores_and_sections_split_rejected_an
     rejected = [{**r, "sample_id": f"r{r['sample_id']}"[:24], "error": "identity_average 0.010 < quality.min_identity 0.3"}
                 for r in records(2)]
     failed = [{"sample_id": "bad<script>", "error": "identity: no face found <b>"}]
+    with_thumbnails(tmp_path, done)
     write_gallery(Destination(tmp_path), done, failed, rejected)
     dom = show(tmp_path)
     assert "12 clips, 2 rejected, 1 failed" in dom
@@ -125,6 +133,7 @@ def test_every_card_in_every_view_shows_its_prompt_and_photo_and_text_finds_prom
     done = records(30)
     failed = [{"sample_id": "f1", "prompt": "prompt 99999: a person jumps", "identity": "faces/person-9.jpg",
                "identity_sha256": "9" * 64, "error": "identity: no face found"}]
+    with_thumbnails(tmp_path, done)  # the failed sample's photo never got one: its card shows no broken image
     write_gallery(Destination(tmp_path), done, failed, [{**done[0], "sample_id": "r0", "error": "below the gate"}])
     for view in ({}, {"sort": "-ia"}, {"sort": "m"}, {"section": "rejected"}):
         figures = figure_blocks(show(tmp_path, view))
@@ -133,7 +142,8 @@ def test_every_card_in_every_view_shows_its_prompt_and_photo_and_text_finds_prom
             prompt = re.search(r'<span class="prompt" title="([^"]*)"', figure).group(1)
             assert prompt.startswith("prompt ") and 'class="thumb" src="identities/' in figure, (view, figure)
     failed_dom = show(tmp_path, {"section": "failed"})
-    assert "prompt 99999: a person jumps" in failed_dom and f'src="identities/{"9" * 64}.jpg"' in failed_dom
+    assert "prompt 99999: a person jumps" in failed_dom and "faces/person-9.jpg" in failed_dom
+    assert f'identities/{"9" * 64}.jpg' not in failed_dom
     assert "no face found" in failed_dom
 
     found = show(tmp_path, {"q": "PERSON-2 00003"})  # every word, any case, in the prompt or the identity
