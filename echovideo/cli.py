@@ -285,6 +285,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="echovideo (default: every scored frame, a face-less frame scores 0) or consisid (ConsisID's "
                         "published eval: 16 frames, FaceSim-Arc and Inception Distance, face-less frames skipped; "
                         "needs --ckpt or --preset); written to eval-consisid*.json")
+    p.add_argument("--face-pack", metavar="NAME", help="with --protocol consisid --ckpt: the insightface pack under "
+                                                       "face_encoder/models/ (default buffalo_l, what ConsisID's "
+                                                       "script loads; antelopev2 is our render-time stage's)")
     p.set_defaults(handler=_eval)
 
 
@@ -306,9 +309,23 @@ def _eval(args: argparse.Namespace) -> int:
         root = checkpoint_folder(args.ckpt) if args.ckpt else tiny_checkpoint()
         return load_face_stage(root / "face_encoder", torch.device(args.device))
 
+    def analysis_pack():
+        """What ConsisID's script loads: insightface's pack by name from the checkpoint's face_encoder."""
+        import torch
+
+        from echovideo.checkpoint_cache import checkpoint_folder
+        from echovideo.face.analysis_pack import DEFAULT_PACK, AnalysisPack, resolve_pack
+
+        folder = checkpoint_folder(args.ckpt) / "face_encoder"
+        return AnalysisPack(resolve_pack(folder, args.face_pack or DEFAULT_PACK), torch.device(args.device))
+
+    if args.face_pack and not (args.ckpt and args.protocol == "consisid"):
+        raise EchoVideoInputError("--face-pack", "names the insightface pack of --protocol consisid with --ckpt",
+                                  "add --protocol consisid --ckpt CKPT, or leave --face-pack out")
+    analysis = analysis_pack if args.ckpt and args.protocol == "consisid" else None
     done = evaluate(args.output, args.by, face_stage if args.ckpt or args.preset else None, args.inception,
                     args.references, plot=not args.no_plot, protocol=args.protocol,
-                    raft=args.raft)
+                    raft=args.raft, analysis=analysis)
     print(done["text"])
     for line in done["notes"]:
         print(line)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from echovideo.consisid_eval import consisid_scores, decode_photo
+from echovideo.face.analysis_pack import AnalysisPack
+from echovideo.video_io import file_sha256
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
 from echovideo.images import decode_identity_image, load_identity_image
@@ -279,8 +281,10 @@ def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage]
 
 
 def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
-             references: str | None, plot: bool, protocol: str = "echovideo", raft: str | None = None) -> dict:
-    """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}."""
+             references: str | None, plot: bool, protocol: str = "echovideo", raft: str | None = None,
+             analysis: Callable[[], "AnalysisPack"] | None = None) -> dict:
+    """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}. `analysis`: the
+    insightface pack ConsisID's protocol finds and embeds faces with (default: `stage`'s own detector)."""
     if protocol not in PROTOCOLS:
         raise EchoVideoInputError("--protocol", f"{protocol!r} is unknown", f"use one of {PROTOCOLS}")
     if stage is None and (inception is not None or protocol == "consisid"):
@@ -291,8 +295,13 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     clips = _read_clips(output, source, stage, references)
     features = InceptionFeatures(inception) if inception is not None else None
     measures: dict[str, Measure] = {}  # every model loaded (and checked) before any clip is read
+    # which weights produced the numbers, by file digest: two tables compare only if these match
+    models = {name: file_sha256(Path(path)) for name, path in (("inception", inception), ("raft", raft)) if path}
     if protocol == "consisid":
-        measures["consisid"] = _consisid(stage(), features)
+        finder = analysis() if analysis is not None else stage()
+        if analysis is not None:
+            models["face_pack"] = {"name": finder.files.name, "files": finder.files.digests()}
+        measures["consisid"] = _consisid(finder, features)
     elif features is not None:
         measures["inception"] = _ours(stage(), features)
     if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4
@@ -304,6 +313,9 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     if protocol == "consisid":
         notes.append("protocol: ConsisID's (16 frames, det_size 320, padded retry, face-less frames skipped; "
                      "README \"Quality scores\")")
+        pack = models.get("face_pack")
+        notes.append(f"face pack: {pack['name']} ({', '.join(pack['files'])})" if pack else
+                     "face pack: the preset's stand-in stage")
         if missed["consisid"]:
             notes.append(f"ConsisID protocol: {missed['consisid']} clip(s) without a face in the photo or a readable "
                          "file left out")
@@ -318,7 +330,8 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     table = summarise(clips, by, columns)
     table_name, plot_name = output_names(by, protocol)
     with source.output(table_name, ".json") as local:
-        local.write_text(json.dumps({"by": by, "protocol": protocol, "table": table, "clips": len(clips)}, indent=1))
+        local.write_text(json.dumps({"by": by, "protocol": protocol, "table": table, "clips": len(clips),
+                                     "models": models}, indent=1))
     written = [table_name]
     if plot and importlib.util.find_spec("matplotlib") is None:  # the plot is optional: the table is the result
         notes.append("plot: not drawn (matplotlib is not installed: pip install 'echovideo[eval]')")

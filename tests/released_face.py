@@ -40,19 +40,20 @@ def det_scale(height: int, width: int) -> float:
 
 
 def scrfd(faces_in_canvas: list[tuple[np.ndarray, np.ndarray]], score: float = 0.9,
-          batched: bool = False) -> onnx.ModelProto:
-    """Constant outputs that decode to `faces_in_canvas` (box, keypoints in 640x640 canvas pixels); `batched`:
-    each output with a leading batch dimension of 1, as some SCRFD exports have."""
+          batched: bool = False, canvas: tuple[int, int] = DET_SIZE) -> onnx.ModelProto:
+    """Constant outputs that decode to `faces_in_canvas` (box, keypoints in canvas pixels, 640x640 unless
+    `canvas` says: evaluations detect at 320x320); `batched`: each output with a leading batch dimension of 1,
+    as some SCRFD exports have."""
     outputs = {}
     for stride in STRIDES:
-        cells = (DET_SIZE[1] // stride) * (DET_SIZE[0] // stride) * 2
+        cells = (canvas[1] // stride) * (canvas[0] // stride) * 2
         outputs[stride] = [np.zeros((cells, 1), np.float32), np.zeros((cells, 4), np.float32),
                            np.zeros((cells, 10), np.float32)]
     for box, points in faces_in_canvas:
         stride = 8
         centre = (box[:2] + box[2:]) / 2
         col, row = int(centre[0] // stride), int(centre[1] // stride)
-        anchor = (row * (DET_SIZE[0] // stride) + col) * 2
+        anchor = (row * (canvas[0] // stride) + col) * 2
         cx, cy = col * stride, row * stride
         scores, distances, offsets = outputs[stride]
         scores[anchor] = score
@@ -63,7 +64,7 @@ def scrfd(faces_in_canvas: list[tuple[np.ndarray, np.ndarray]], score: float = 0
     nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, f"{name}_value"))
              for name, value in zip(names, values)]
     graph = helper.make_graph(
-        nodes, "scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, *DET_SIZE[::-1]])],
+        nodes, "scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, *canvas[::-1]])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)) for name, value in zip(names, values)])
     return helper.make_model(graph, opset_imports=OPSET)
 

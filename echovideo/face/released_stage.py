@@ -114,12 +114,9 @@ class ReleasedFaceStage(FaceStage):
         return [nearest_to_centre(found, *image.shape[:2])] if found else []
 
     def analysis_face(self, image: np.ndarray, det_size: int) -> DetectedFace | None:
-        bgr = np.ascontiguousarray(image[:, :, ::-1])
-        boxes, keypoints = self.detector.detect(bgr, (det_size, det_size))
-        if not len(boxes):
-            return None
-        face = largest([DetectedFace(bbox=box[:4], keypoints=points) for box, points in zip(boxes, keypoints)])
-        return DetectedFace(face.bbox, face.keypoints, self.recognizer.embed_keypoints(bgr, face.keypoints))
+        from echovideo.face.analysis_pack import analysis_face
+
+        return analysis_face(self.detector, self.recognizer, image, det_size)
 
     def embed(self, aligned: np.ndarray) -> np.ndarray:
         # The whole aligned face in BGR, as released: `get_feat` resizes it to glintr100's 112x112 input.
