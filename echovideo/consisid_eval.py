@@ -8,7 +8,7 @@ ConsisID's): FaceSim-Arc and the per-frame Inception Distance ("FID" there) comp
   25 % of its height/width on each side with grey (128, 128, 128), detected again, keypoints moved back;
   still none: the frame is skipped (the photo: the clip is not measured);
 - FaceSim-Arc per frame: max(0, cosine) of the two ArcFace embeddings; the clip's: the mean over the frames
-  with a face, 0.0 if none had one;
+  with a face, 0.0 if none had one; FaceSim-Cur the same with CurricularFace's (`curricularface.py`);
 - Inception Distance per frame: the face `norm_crop`ped to 224x224, resized to 299x299 by PIL's bilinear
   filter (torchvision's `Resize` on a PIL image), scaled to [0, 1], InceptionV3's 2048-d pool feature;
   the squared distance to the photo's (one sample each: the Frechet distance's covariances vanish); the
@@ -68,30 +68,44 @@ def find_face(stage: FaceStage, image: np.ndarray) -> DetectedFace | None:
     return DetectedFace(face.bbox, face.keypoints - np.array([left, top], dtype=np.float32), face.embedding)
 
 
-def inception_pixels(image: np.ndarray, face: DetectedFace) -> np.ndarray:
-    """(3, 299, 299) float32 in [0, 1]: the 224 `norm_crop` upsized by PIL's bilinear filter."""
-    crop = norm_crop(image, face.keypoints, CROP_SIDE)  # channel-blind: the script crops BGR, we crop RGB
-    resized = Image.fromarray(crop).resize((INCEPTION_SIDE, INCEPTION_SIDE), Image.BILINEAR)
+def aligned_face(image: np.ndarray, face: DetectedFace) -> np.ndarray:
+    """The 224x224 `norm_crop` (RGB) that FaceSim-Cur and the Inception Distance read."""
+    return norm_crop(image, face.keypoints, CROP_SIDE)  # channel-blind: the script crops BGR, we crop RGB
+
+
+def inception_pixels(aligned: np.ndarray) -> np.ndarray:
+    """(3, 299, 299) float32 in [0, 1]: the aligned face upsized by PIL's bilinear filter."""
+    resized = Image.fromarray(aligned).resize((INCEPTION_SIDE, INCEPTION_SIDE), Image.BILINEAR)
     return (np.asarray(resized, dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
 
 def consisid_scores(frames: np.ndarray, photo: np.ndarray, stage: FaceStage,
-                    features: Callable[[np.ndarray], np.ndarray] | None = None) -> dict | None:
-    """{"facesim_arc", "inception_distance" (None without `features`), "frames_with_face"} of one clip, or
-    None when the photo has no face (the script stops there). `features`: (3, 299, 299) -> 2048-d."""
+                    features: Callable[[np.ndarray], np.ndarray] | None = None,
+                    curricular: Callable[[np.ndarray], np.ndarray] | None = None) -> dict | None:
+    """{"facesim_arc", "facesim_cur" (None without `curricular`), "inception_distance" (None without
+    `features`), "frames_with_face"} of one clip, or None when the photo has no face (the script stops there).
+    `features`: (3, 299, 299) -> 2048-d; `curricular`: an aligned face -> its unit embedding."""
     reference = find_face(stage, photo)
     if reference is None:
         return None
-    anchor = features(inception_pixels(photo, reference)) if features else None
-    similarities, distances = [], []
+    photo_face = aligned_face(photo, reference)
+    anchor = features(inception_pixels(photo_face)) if features else None
+    anchor_cur = curricular(photo_face) if curricular else None
+    similarities, cur, distances = [], [], []
     for frame in sampled_frames(frames):
         frame = np.ascontiguousarray(frame)
         face = find_face(stage, frame)
         if face is None:
             continue
         similarities.append(max(0.0, cosine(reference.embedding, face.embedding)))
+        aligned = aligned_face(frame, face) if features or curricular else None
+        if curricular:
+            cur.append(max(0.0, cosine(anchor_cur, curricular(aligned))))
         if features:
-            distances.append(float(np.sum((features(inception_pixels(frame, face)) - anchor) ** 2)))
-    return {"facesim_arc": float(np.mean(similarities)) if similarities else 0.0,
-            "inception_distance": (float(np.mean(distances)) if distances else 0.0) if features else None,
-            "frames_with_face": len(similarities)}
+            distances.append(float(np.sum((features(inception_pixels(aligned)) - anchor) ** 2)))
+
+    def mean_or_zero(values: list, wanted) -> float | None:  # the script's 0.0 for a clip without faces
+        return (float(np.mean(values)) if values else 0.0) if wanted else None
+
+    return {"facesim_arc": mean_or_zero(similarities, True), "facesim_cur": mean_or_zero(cur, curricular),
+            "inception_distance": mean_or_zero(distances, features), "frames_with_face": len(similarities)}

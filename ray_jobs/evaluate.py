@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from echovideo.consisid_eval import consisid_scores, decode_photo
+from echovideo.curricularface import CurricularFace
 from echovideo.face.analysis_pack import AnalysisPack
 from echovideo.video_io import file_sha256
 from echovideo.errors import EchoVideoInputError
@@ -47,12 +48,13 @@ COLUMNS = {
     "motion": ("Motion (px)", "mean"),
     "inception_distance": ("Inception Distance", "mean"),
     "facesim_arc": ("FaceSim-Arc", "mean"),  # --protocol consisid
+    "facesim_cur": ("FaceSim-Cur", "mean"),  # --protocol consisid --curricularface
 }
 ECHOVIDEO_COLUMNS = ("identity_average", "identity_variation", "face_share", "dynamic", "motion", "inception_distance")
-CONSISID_COLUMNS = ("facesim_arc", "inception_distance")
+CONSISID_COLUMNS = ("facesim_arc", "facesim_cur", "inception_distance")
 PLOTTED = {"echovideo": ("identity_average", "face_share", "motion"),
            "consisid": ("facesim_arc", "inception_distance")}
-BOUNDED = ("identity_average", "face_share", "facesim_arc")  # shares and clamped similarities: 0..1
+BOUNDED = ("identity_average", "face_share", "facesim_arc", "facesim_cur")  # shares and clamped similarities: 0..1
 
 
 def folder_clips(folder: Path, stage: Callable[[], FaceStage] | None, references: Path | None) -> list[dict]:
@@ -248,9 +250,10 @@ def _ours(stage: FaceStage, features: InceptionFeatures) -> Measure:
     return measure
 
 
-def _consisid(stage: FaceStage, features: InceptionFeatures | None) -> Measure:
+def _consisid(stage: FaceStage, features: InceptionFeatures | None, curricular: CurricularFace | None) -> Measure:
     def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
-        found = consisid_scores(frames, decode_photo(photo), stage, features.of_pixels if features else None)
+        found = consisid_scores(frames, decode_photo(photo), stage, features.of_pixels if features else None,
+                                curricular)
         return None if found is None else {k: v for k, v in found.items() if v is not None}
 
     return measure
@@ -282,7 +285,7 @@ def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage]
 
 def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
              references: str | None, plot: bool, protocol: str = "echovideo", raft: str | None = None,
-             analysis: Callable[[], "AnalysisPack"] | None = None) -> dict:
+             analysis: Callable[[], "AnalysisPack"] | None = None, curricularface: str | None = None) -> dict:
     """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}. `analysis`: the
     insightface pack ConsisID's protocol finds and embeds faces with (default: `stage`'s own detector)."""
     if protocol not in PROTOCOLS:
@@ -296,12 +299,17 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     features = InceptionFeatures(inception) if inception is not None else None
     measures: dict[str, Measure] = {}  # every model loaded (and checked) before any clip is read
     # which weights produced the numbers, by file digest: two tables compare only if these match
-    models = {name: file_sha256(Path(path)) for name, path in (("inception", inception), ("raft", raft)) if path}
+    models = {name: file_sha256(Path(path)) for name, path in
+              (("inception", inception), ("raft", raft), ("curricularface", curricularface)) if path}
+    if curricularface is not None and protocol != "consisid":
+        raise EchoVideoInputError("--curricularface", "FaceSim-Cur is a column of ConsisID's protocol",
+                                  "add --protocol consisid")
+    curricular = CurricularFace(curricularface) if curricularface is not None else None
     if protocol == "consisid":
         finder = analysis() if analysis is not None else stage()
         if analysis is not None:
             models["face_pack"] = {"name": finder.files.name, "files": finder.files.digests()}
-        measures["consisid"] = _consisid(finder, features)
+        measures["consisid"] = _consisid(finder, features, curricular)
     elif features is not None:
         measures["inception"] = _ours(stage(), features)
     if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4

@@ -19,6 +19,7 @@ from echovideo.cli import main
 from echovideo.face.geometry import align_face
 from echovideo.images import load_identity_image
 from echovideo.video_io import write_mp4
+from released_face import glintr
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
@@ -111,9 +112,19 @@ def published_fid(real, fake):
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean))
 
 
-def published_scores(video_path, photo_rgb, face_model, session):
+def published_inference(curricular, img):
+    """The script's `inference`: the CurricularFace embedding of an aligned face, normalised."""
+    img = cv2.resize(img, (112, 112))
+    img = np.transpose(img, (2, 0, 1))[None].astype(np.float32)
+    img = (img / 255 - 0.5) / 0.5
+    embedding = curricular.run(None, {curricular.get_inputs()[0].name: img})[0][0]
+    return embedding / np.linalg.norm(embedding)
+
+
+def published_scores(video_path, photo_rgb, face_model, session, curricular):
     align_face_image, arcface_image_embedding = published_process_image(face_model, photo_rgb)
     real = published_activations(session, align_face_image)
+    cur_image_embedding = published_inference(curricular, align_face_image)
     cap = cv2.VideoCapture(str(video_path))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     frames = []
@@ -123,7 +134,7 @@ def published_scores(video_path, photo_rgb, face_model, session):
         if ok:
             frames.append(frame)
     cap.release()
-    arc, fid = [], []
+    arc, fid, cur = [], [], []
     for frame in frames:
         align_frame, embedding = published_process_image(face_model, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         if align_frame is None:
@@ -131,7 +142,8 @@ def published_scores(video_path, photo_rgb, face_model, session):
         a, b = np.asarray(arcface_image_embedding, np.float64), np.asarray(embedding, np.float64)
         arc.append(max(0.0, float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))))
         fid.append(published_fid(real, published_activations(session, align_frame)))
-    return (np.mean(arc) if arc else 0.0), (np.mean(fid) if fid else 0.0), len(arc)
+        cur.append(max(0.0, float(cur_image_embedding @ published_inference(curricular, align_frame))))
+    return (np.mean(arc) if arc else 0.0), (np.mean(fid) if fid else 0.0), (np.mean(cur) if cur else 0.0), len(arc)
 
 
 def test_consisid_protocol_matches_its_published_evaluation_on_synthetic_frames(tmp_path, capsys, tiny_root,
@@ -150,16 +162,21 @@ def test_consisid_protocol_matches_its_published_evaluation_on_synthetic_frames(
     (clips / "drift.json").write_text(json.dumps({"identity": str(clips / "drift.jpg"), "options": {},
                                                   "scores": {"identity_average": 0.5}}))  # as `generate` leaves it
     spatial_inception(tmp_path / "inception.onnx")
+    onnx.save(glintr(64, seed=5), str(tmp_path / "curricularface.onnx"))  # CurricularFace's interface: 112 -> embedding
     session = onnxruntime.InferenceSession(str(tmp_path / "inception.onnx"), providers=["CPUExecutionProvider"])
-    arc, fid, with_face = published_scores(clips / "drift.mp4", photo, PublishedFaceAnalysis(stage), session)
-    assert 4 <= with_face < 16 and 0.3 < arc < 1.0 and fid > 0  # some frames skipped, scores not degenerate
+    curricular = onnxruntime.InferenceSession(str(tmp_path / "curricularface.onnx"), providers=["CPUExecutionProvider"])
+    arc, fid, cur, with_face = published_scores(clips / "drift.mp4", photo, PublishedFaceAnalysis(stage), session,
+                                                curricular)
+    assert 4 <= with_face < 16 and 0.3 < arc < 1.0 and fid > 0 and 0.0 < cur < 1.0  # frames skipped, not degenerate
 
-    assert main(["eval", str(clips), "--preset", "tiny", "--protocol", "consisid",
-                 "--inception", str(tmp_path / "inception.onnx"), "--no-plot"]) == 0
+    assert main(["eval", str(clips), "--preset", "tiny", "--protocol", "consisid", "--curricularface",
+                 str(tmp_path / "curricularface.onnx"), "--inception", str(tmp_path / "inception.onnx"),
+                 "--no-plot"]) == 0
     printed = capsys.readouterr().out
-    assert "FaceSim-Arc" in printed and "protocol: ConsisID's" in printed
+    assert "FaceSim-Arc" in printed and "FaceSim-Cur" in printed and "protocol: ConsisID's" in printed
     (row,) = json.loads((clips / "eval-consisid.json").read_text())["table"]
     assert row["facesim_arc"] == pytest.approx(arc, rel=1e-5)
+    assert row["facesim_cur"] == pytest.approx(cur, rel=1e-5)
     assert row["inception_distance"] == pytest.approx(fid, rel=1e-4)
     assert json.loads((clips / "eval-consisid.json").read_text())["protocol"] == "consisid"
 
