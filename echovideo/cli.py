@@ -288,6 +288,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curricularface", metavar="MODEL.onnx", help="with --protocol consisid: CurricularFace IR-101 "
                                                                   "as ONNX (1x3x112x112 in): adds FaceSim-Cur (never "
                                                                   "downloaded)")
+    p.add_argument("--clip", metavar="CLIP_FOLDER", help="with --protocol consisid: a saved CLIPModel folder (e.g. "
+                                                         "openai/clip-vit-base-patch32): adds ConsisID's CLIPScore")
     p.add_argument("--face-pack", metavar="NAME", help="with --protocol consisid --ckpt: the insightface pack under "
                                                        "face_encoder/models/ (default buffalo_l, what ConsisID's "
                                                        "script loads; antelopev2 is our render-time stage's)")
@@ -328,7 +330,7 @@ def _eval(args: argparse.Namespace) -> int:
     analysis = analysis_pack if args.ckpt and args.protocol == "consisid" else None
     done = evaluate(args.output, args.by, face_stage if args.ckpt or args.preset else None, args.inception,
                     args.references, plot=not args.no_plot, protocol=args.protocol,
-                    raft=args.raft, analysis=analysis, curricularface=args.curricularface)
+                    raft=args.raft, analysis=analysis, curricularface=args.curricularface, clip=args.clip)
     print(done["text"])
     for line in done["notes"]:
         print(line)

@@ -14,12 +14,14 @@ import json
 import re
 import statistics
 import tempfile
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from echovideo.consisid_eval import consisid_scores, decode_photo
+from echovideo.clipscore import ClipScore
 from echovideo.curricularface import CurricularFace
 from echovideo.face.analysis_pack import AnalysisPack
 from echovideo.video_io import file_sha256
@@ -49,9 +51,10 @@ COLUMNS = {
     "inception_distance": ("Inception Distance", "mean"),
     "facesim_arc": ("FaceSim-Arc", "mean"),  # --protocol consisid
     "facesim_cur": ("FaceSim-Cur", "mean"),  # --protocol consisid --curricularface
+    "clip_score": ("CLIPScore", "mean"),  # --protocol consisid --clip
 }
 ECHOVIDEO_COLUMNS = ("identity_average", "identity_variation", "face_share", "dynamic", "motion", "inception_distance")
-CONSISID_COLUMNS = ("facesim_arc", "facesim_cur", "inception_distance")
+CONSISID_COLUMNS = ("facesim_arc", "facesim_cur", "inception_distance", "clip_score")
 PLOTTED = {"echovideo": ("identity_average", "face_share", "motion"),
            "consisid": ("facesim_arc", "inception_distance")}
 BOUNDED = ("identity_average", "face_share", "facesim_arc", "facesim_cur")  # shares and clamped similarities: 0..1
@@ -65,7 +68,7 @@ def folder_clips(folder: Path, stage: Callable[[], FaceStage] | None, references
         sidecar = video.with_suffix(".json")
         record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         clip = {"sample_id": video.stem, "path": video.name, "options": record.get("options", {}),
-                "identity": record.get("identity"), "scores": record.get("scores")}
+                "identity": record.get("identity"), "scores": record.get("scores"), "prompt": record.get("prompt")}
         if clip["scores"] is None:
             clip["identity"] = clip["identity"] or str(reference_photo(video, references))
             if stage is None:
@@ -210,17 +213,25 @@ def _photo_bytes(clip: dict, source: Destination) -> bytes:
     return kept if kept is not None else read_identity(clip["identity"], "identity")
 
 
-def _clip_media(clip: dict, source: Destination) -> tuple[bytes, np.ndarray, int]:
-    """(identity photo bytes, decoded frames, fps) of one clip, read where the job put them."""
+@dataclass(frozen=True)
+class ClipMedia:
+    photo: bytes
+    frames: np.ndarray
+    fps: int
+    prompt: str | None
+
+
+def _clip_media(clip: dict, source: Destination) -> ClipMedia:
+    """The identity photo's bytes, the decoded frames and the prompt of one clip, read where the job put them."""
     photo = _photo_bytes(clip, source)
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder) / "clip.mp4"
         local.write_bytes(source.read(clip["path"]))
         frames, fps = read_mp4(local)
-    return photo, frames, fps
+    return ClipMedia(photo, frames, fps, clip.get("prompt"))
 
 
-Measure = Callable[[bytes, np.ndarray, int], dict | None]  # (photo, frames, fps) -> scores, None: nothing to measure
+Measure = Callable[[ClipMedia], dict | None]  # -> scores, None: nothing to measure
 
 
 def rescore(clips: list[dict], source: Destination, measures: dict[str, Measure]) -> dict[str, int]:
@@ -234,7 +245,7 @@ def rescore(clips: list[dict], source: Destination, measures: dict[str, Measure]
             media, clip["skipped"] = None, redact(str(exc))[:200]
         for name, measure in measures.items():
             try:
-                found = None if media is None else measure(*media)
+                found = None if media is None else measure(media)
             except (EchoVideoInputError, OSError) as exc:
                 found, clip["skipped"] = None, redact(str(exc))[:200]
             missed[name] += found is None
@@ -243,26 +254,34 @@ def rescore(clips: list[dict], source: Destination, measures: dict[str, Measure]
 
 
 def _ours(stage: FaceStage, features: InceptionFeatures) -> Measure:
-    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
-        distance = inception_distance(frames, fps, decode_identity_image(photo, "identity"), stage, features)
+    def measure(media: ClipMedia) -> dict | None:
+        distance = inception_distance(media.frames, media.fps, decode_identity_image(media.photo, "identity"), stage,
+                                      features)
         return None if distance is None else {"inception_distance": distance}
 
     return measure
 
 
 def _consisid(stage: FaceStage, features: InceptionFeatures | None, curricular: CurricularFace | None) -> Measure:
-    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict | None:
-        found = consisid_scores(frames, decode_photo(photo), stage, features.of_pixels if features else None,
-                                curricular)
+    def measure(media: ClipMedia) -> dict | None:
+        found = consisid_scores(media.frames, decode_photo(media.photo), stage,
+                                features.of_pixels if features else None, curricular)
         return None if found is None else {k: v for k, v in found.items() if v is not None}
 
     return measure
 
 
 def _raft_motion(flow: RaftFlow) -> Measure:
-    def measure(photo: bytes, frames: np.ndarray, fps: int) -> dict:
-        motion, dynamic = motion_scores(frames, fps, flow.pair_score)
+    def measure(media: ClipMedia) -> dict:
+        motion, dynamic = motion_scores(media.frames, media.fps, flow.pair_score)
         return {"motion": motion, "dynamic": dynamic}
+
+    return measure
+
+
+def _clip_score(score: ClipScore) -> Measure:
+    def measure(media: ClipMedia) -> dict | None:
+        return None if not media.prompt else {"clip_score": score(media.frames, media.prompt)}
 
     return measure
 
@@ -285,7 +304,8 @@ def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage]
 
 def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
              references: str | None, plot: bool, protocol: str = "echovideo", raft: str | None = None,
-             analysis: Callable[[], "AnalysisPack"] | None = None, curricularface: str | None = None) -> dict:
+             analysis: Callable[[], "AnalysisPack"] | None = None, curricularface: str | None = None,
+             clip: str | None = None) -> dict:
     """-> {"table": rows, "text": the terminal table, "written": [files], "notes": [lines]}. `analysis`: the
     insightface pack ConsisID's protocol finds and embeds faces with (default: `stage`'s own detector)."""
     if protocol not in PROTOCOLS:
@@ -301,15 +321,18 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
     # which weights produced the numbers, by file digest: two tables compare only if these match
     models = {name: file_sha256(Path(path)) for name, path in
               (("inception", inception), ("raft", raft), ("curricularface", curricularface)) if path}
-    if curricularface is not None and protocol != "consisid":
-        raise EchoVideoInputError("--curricularface", "FaceSim-Cur is a column of ConsisID's protocol",
-                                  "add --protocol consisid")
+    for flag, given in (("--curricularface", curricularface), ("--clip", clip)):
+        if given is not None and protocol != "consisid":
+            raise EchoVideoInputError(flag, "its score is a column of ConsisID's protocol", "add --protocol consisid")
     curricular = CurricularFace(curricularface) if curricularface is not None else None
     if protocol == "consisid":
         finder = analysis() if analysis is not None else stage()
         if analysis is not None:
             models["face_pack"] = {"name": finder.files.name, "files": finder.files.digests()}
         measures["consisid"] = _consisid(finder, features, curricular)
+        if clip is not None:
+            measures["clip_score"] = _clip_score(ClipScore(clip))
+            models["clip"] = {path.name: file_sha256(path) for path in sorted(Path(clip).glob("*")) if path.is_file()}
     elif features is not None:
         measures["inception"] = _ours(stage(), features)
     if raft is not None:  # VBench's flow model: motion and Dynamic Degree measured again from each mp4
@@ -324,6 +347,8 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
         pack = models.get("face_pack")
         notes.append(f"face pack: {pack['name']} ({', '.join(pack['files'])})" if pack else
                      "face pack: the preset's stand-in stage")
+        if missed.get("clip_score"):
+            notes.append(f"CLIPScore: {missed['clip_score']} clip(s) without a prompt or a readable file left out")
         if missed["consisid"]:
             notes.append(f"ConsisID protocol: {missed['consisid']} clip(s) without a face in the photo or a readable "
                          "file left out")
