@@ -22,7 +22,8 @@ INCEPTION_SIDE, FEATURE_WIDTH = 299, 2048
 
 
 class InceptionFeatures:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, transform_input: bool = False) -> None:
+        """`transform_input`: the graph must hold torchvision's input transform (ConsisID's Inception does)."""
         self.session = user_onnx_session(path, "--inception", "export InceptionV3 to ONNX (1x3x299x299 in, 2048 out)")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [d if isinstance(d, int) else -1 for d in inputs[0].shape][1:] != [3, INCEPTION_SIDE, INCEPTION_SIDE] \
@@ -30,6 +31,14 @@ class InceptionFeatures:
             raise EchoVideoInputError("--inception", f"{path} takes {inputs[0].shape} and gives {outputs[0].shape}",
                                       "use an InceptionV3 with a 1x3x299x299 input and the 2048-d pool output")
         self.input = inputs[0].name
+        if transform_input:
+            from echovideo.inception_export import has_input_transform
+
+            if not has_input_transform(path):
+                raise EchoVideoInputError("--inception", f"{path} has no input transform (torchvision's "
+                                          "transform_input, on in ConsisID's inception_v3 DEFAULT weights): its "
+                                          "features are not ConsisID's", "export it with `python -m "
+                                          "echovideo.inception_export inception.onnx` where torchvision is installed")
 
     def __call__(self, face: np.ndarray) -> np.ndarray:
         """The 2048-d feature of one aligned face (uint8 RGB)."""

@@ -316,7 +316,7 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
                                   "pass --ckpt CKPT (or --preset tiny) too")
     source = Destination(output)
     clips = _read_clips(output, source, stage, references)
-    features = InceptionFeatures(inception) if inception is not None else None
+    features = InceptionFeatures(inception, transform_input=protocol == "consisid") if inception is not None else None
     measures: dict[str, Measure] = {}  # every model loaded (and checked) before any clip is read
     # which weights produced the numbers, by file digest: two tables compare only if these match
     models = {name: file_sha256(Path(path)) for name, path in

@@ -26,16 +26,30 @@ ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.736
                         [70.7299, 92.2041]], dtype=np.float32)
 
 
-def spatial_inception(path) -> None:
-    """Inception's interface (1x3x299x299 -> 2048) that sees layout: 13x13 average pools, flattened, through a
+def spatial_inception(path, transform_input: bool = True) -> None:
+    """Inception's interface (1x3x299x299 -> 2048) that sees layout: torchvision's input transform (per channel
+    x * std / 0.5 + (mean - 0.5) / 0.5, as `transform_input` does), 13x13 average pools, flattened, through a
     fixed matrix, so a crop or resize done differently moves the features."""
+    from echovideo.inception_export import TRANSFORM_SCALE, TRANSFORM_SHIFT
+
     weights = np.random.default_rng(1).normal(size=(3 * 23 * 23, 2048)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[13, 13], strides=[13, 13]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["features"])],
-        "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 299, 299])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2048])], [numpy_helper.from_array(weights, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    nodes, tensors = [], [numpy_helper.from_array(weights, "w")]
+    if transform_input:
+        nodes.append(helper.make_node("Split", ["x"], ["c0", "c1", "c2"], axis=1, num_outputs=3))
+        for channel, (scale, shift) in enumerate(zip(TRANSFORM_SCALE, TRANSFORM_SHIFT)):
+            nodes += [helper.make_node("Constant", [], [f"s{channel}"], value=numpy_helper.from_array(
+                          np.array(scale, np.float32), f"s{channel}v")),
+                      helper.make_node("Constant", [], [f"b{channel}"], value=numpy_helper.from_array(
+                          np.array(shift, np.float32), f"b{channel}v")),
+                      helper.make_node("Mul", [f"c{channel}", f"s{channel}"], [f"m{channel}"]),
+                      helper.make_node("Add", [f"m{channel}", f"b{channel}"], [f"t{channel}"])]
+        nodes.append(helper.make_node("Concat", ["t0", "t1", "t2"], ["transformed"], axis=1))
+    nodes += [helper.make_node("AveragePool", ["transformed" if transform_input else "x"], ["pooled"],
+                               kernel_shape=[13, 13], strides=[13, 13]),
+              helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["features"])]
+    graph = helper.make_graph(nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 299, 299])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2048])], tensors)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
 def synthetic_clip(photo: np.ndarray, count: int = 37) -> np.ndarray:
@@ -181,6 +195,21 @@ def test_consisid_protocol_matches_its_published_evaluation_on_synthetic_frames(
     assert json.loads((clips / "eval-consisid.json").read_text())["protocol"] == "consisid"
 
 
+def test_an_inception_without_torchvisions_input_transform_is_refused_for_consisids_protocol(tmp_path, capsys,
+                                                                                              tiny_root, monkeypatch):
+    """A bare `inception_v3()` with the weights loaded has transform_input off: other features than ConsisID's."""
+    monkeypatch.setenv("ECHOVIDEO_CACHE", str(tiny_root.parent))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_mp4(np.zeros((5, 32, 32, 3), np.uint8), clips / "a.mp4", fps=8)
+    (clips / "a.json").write_text(json.dumps({"scores": {"identity_average": 0.5}, "options": {}}))
+    spatial_inception(tmp_path / "bare.onnx", transform_input=False)
+    assert main(["eval", str(clips), "--preset", "tiny", "--protocol", "consisid", "--inception",
+                 str(tmp_path / "bare.onnx"), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "--inception" in err and "transform_input" in err and "echovideo.inception_export" in err
+
+
 def test_consisid_protocol_needs_a_face_stage(tmp_path, capsys):
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -188,3 +217,16 @@ def test_consisid_protocol_needs_a_face_stage(tmp_path, capsys):
     (clips / "a.json").write_text(json.dumps({"scores": {"identity_average": 0.5}, "options": {}}))
     assert main(["eval", str(clips), "--protocol", "consisid"]) == 2
     assert "--protocol: needs the face stage" in capsys.readouterr().err
+
+
+def test_the_inception_export_needs_the_users_torchvision_and_says_so(tmp_path, capsys, monkeypatch):
+    """It exports from torchvision (never installed here: it would replace the CPU torch) and checks its ONNX
+    against it; without torchvision it is one line, exit 2, nothing written."""
+    import sys
+
+    from echovideo.inception_export import main as export_main
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as where it is not installed
+    assert export_main([str(tmp_path / "inception.onnx")]) == 2
+    assert "torchvision is not installed here" in capsys.readouterr().err
+    assert not (tmp_path / "inception.onnx").exists()
