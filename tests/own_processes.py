@@ -75,14 +75,22 @@ def tcp_listeners(pids: list[int]) -> list[tuple[str, int]]:
     return found
 
 
+# multiprocessing's fork server and resource tracker (tests/distributed.py) serve this process to its end and
+# leave with it (each watches a pipe from it): not left behind
+PROCESS_HELPERS = (b"from multiprocessing.forkserver import", b"from multiprocessing.resource_tracker import")
+
+
 def session_processes() -> list[int]:
-    """Live processes marked with this session's SESSION_VARIABLE (never this process)."""
+    """Live processes marked with this session's SESSION_VARIABLE (never this process or its helpers)."""
     mark = f"{SESSION_VARIABLE}={os.environ[SESSION_VARIABLE]}".encode()
     found = []
     for entry in _others():
         try:
-            if mark in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
-                found.append(int(entry.name))
+            if mark not in (entry / "environ").read_bytes().split(b"\0") or not _alive(int(entry.name)):
+                continue
+            if any(helper in (entry / "cmdline").read_bytes() for helper in PROCESS_HELPERS):
+                continue
+            found.append(int(entry.name))
         except OSError:
             continue
     return found
