@@ -97,7 +97,9 @@ def test_replicas_follow_the_cluster_a_joining_node_adds_one_and_a_lost_node_cha
     assert report.summary["replicas_started"] >= 2 and "replica 1 added" in caplog.text
     rows = assert_exactly_once(out, 20)
     assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text
-    assert "ActorUnavailableError" in caplog.text  # the verdict was awaited, not given by Ray at once  # it was busy there
+    # Ray reports the ranks unreachable first (the verdict is then awaited) or, when its health check is quicker
+    # than our next call, dead with their node: free of charge either way
+    assert "became unreachable (ActorUnavailableError)" in caplog.text or "node was lost (ActorDiedError)" in caplog.text  # it was busy there
     assert all(row["attempts"] == 1 for row in rows)  # a lost node is not the sample's fault
 
 
@@ -133,8 +135,8 @@ def test_a_node_being_drained_takes_no_new_sample_and_finishes_its_own(two_nodes
 def test_a_node_whose_raylet_is_killed_mid_clip_charges_neither_the_sample_nor_the_slot(two_nodes, face_path,
                                                                                        tmp_path, caplog):
     """A busy replica's node dies half-way through a clip (its raylet and the ranks killed by pid, as a machine
-    that goes away): the ranks are first only unreachable (ActorUnavailableError), and Ray declares the node
-    dead after its health check. The driver waits for that word: the clip renders on the other node with
+    that goes away): the ranks are usually first only unreachable (ActorUnavailableError), and Ray declares the
+    node dead after its health check. The driver waits for that word: the clip renders on the other node with
     attempts 1, and no rebuild is counted."""
     dataset = write_jsonl(tmp_path / "prompts.jsonl",
                           [{"prompt": f"person {i} waves", "identity": str(face_path)} for i in range(24)])
@@ -153,7 +155,9 @@ def test_a_node_whose_raylet_is_killed_mid_clip_charges_neither_the_sample_nor_t
         report = run_job(job(dataset, out), progress=False, on_result=kill_raylet_mid_clip, worker=SlowWorker)
     assert killed and report.exit_code == 0
     assert "node was lost; it renders elsewhere (no attempt charged)" in caplog.text
-    assert "ActorUnavailableError" in caplog.text  # the verdict was awaited, not given by Ray at once
+    # Ray reports the ranks unreachable first (the verdict is then awaited) or, when its health check is quicker
+    # than our next call, dead with their node: free of charge either way
+    assert "became unreachable (ActorUnavailableError)" in caplog.text or "node was lost (ActorDiedError)" in caplog.text
     rows = assert_exactly_once(out, 24)
     assert all(row["attempts"] == 1 for row in rows)
     assert report.rebuilds == 0 and report.summary["replica_rebuilds"] == 0
