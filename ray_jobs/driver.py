@@ -551,6 +551,7 @@ def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     try:
         request_resources(bundles=[bundle] * (spec.ranks_per_replica * replicas))
+        run_log.info("asked the autoscaler for %d replica(s) of %d x %s", replicas, spec.ranks_per_replica, bundle)
     except Exception as exc:  # a cluster without an autoscaler endpoint: nothing to ask
         logger.debug("no autoscaler request: %s", exc)
 
