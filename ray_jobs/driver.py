@@ -103,7 +103,7 @@ class JobDriver:
         self.grown_at, self.given_up = 0.0, set()  # slots dropped for failing max_rebuilds times in a row
         self.draining, self.drain_checked_at = set(), 0.0  # node ids Ray is draining, as last asked
         self.gate = QualityGate()  # the job's, read as the run starts
-        self.asked_replicas = 0  # what the autoscaler was last asked for
+        self.asked_replicas, self.asked_at = 0, 0.0  # what the autoscaler was last asked for, and when
         self.can_grow, self.empty_since = False, None  # a joined cluster; since when no replica is left
         self.checks = NodeChecks(spec, progress)  # which nodes may hold replicas
         self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's (`_settle`)
@@ -435,9 +435,12 @@ class JobDriver:
         if self.feed.exhausted:
             busy = sum(r.state is State.BUSY for r in self.replicas.values())
             wanted = min(wanted, busy + len(self.retry) + len(self.awaiting_verdict) + (self.waiting_sample is not None))
-        if wanted != self.asked_replicas:
-            ask_autoscaler(self.spec, self.accelerator, wanted)
-            self.asked_replicas = wanted
+        now = self.clock.tick()
+        # Ray keeps one request per cluster, the last one written: another workload's (Ray Data asks for its
+        # own) replaces ours, so it is said again every GROW_EVERY_S, not only when it changes
+        if wanted != self.asked_replicas or now - self.asked_at >= GROW_EVERY_S:
+            ask_autoscaler(self.spec, self.accelerator, wanted, say=wanted != self.asked_replicas)
+            self.asked_replicas, self.asked_at = wanted, now
 
     def _no_work_left(self) -> bool:
         return self.feed.exhausted and not self.retry and self.waiting_sample is None and not self.awaiting_verdict
@@ -543,7 +546,7 @@ def _due(deadlines: dict[str, int], nodes: set[str]) -> bool:
     return bool(soonest) and soonest / 1000 - time.time() < HAND_BACK_S
 
 
-def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:
+def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int, say: bool = True) -> None:
     """Tell an autoscaling cluster how many replicas' bundles the job wants now (0 clears the request, which
     Ray otherwise keeps after the driver exits); a fixed cluster ignores it."""
     from ray.autoscaler.sdk import request_resources
@@ -551,7 +554,8 @@ def ask_autoscaler(spec: JobSpec, accelerator: str, replicas: int) -> None:
     bundle = rank_bundle(accelerator, spec.resources["cpus_per_rank"])
     try:
         request_resources(bundles=[bundle] * (spec.ranks_per_replica * replicas))
-        run_log.info("asked the autoscaler for %d replica(s) of %d x %s", replicas, spec.ranks_per_replica, bundle)
+        if say:
+            run_log.info("asked the autoscaler for %d replica(s) of %d x %s", replicas, spec.ranks_per_replica, bundle)
     except Exception as exc:  # a cluster without an autoscaler endpoint: nothing to ask
         logger.debug("no autoscaler request: %s", exc)
 

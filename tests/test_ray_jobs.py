@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,21 +209,24 @@ def test_the_autoscaler_request_shrinks_with_the_work_and_is_cleared_however_the
                                                                                         face_path):
     """Two replicas' bundles while the dataset has work for both; as the last clips are in flight no more than
     they need; nothing once the job ends, whether it finished or its loop raised (a request left behind keeps a
-    cloud cluster's nodes up after the driver exited)."""
+    cloud cluster's nodes up after the driver exited). Read from the driver's log: Ray keeps one request per
+    cluster, and another workload on it (Ray Data's requester, from earlier tests) rewrites it at will."""
     dataset = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"person {i} waves", "identity": str(face_path)}
                                                  for i in range(6)])
-    seen = []
     settings = {"parallel.ulysses": 1, "parallel.replicas": 2}
-    report = run_job(job(dataset, tmp_path / "out", **settings), progress=False,
-                     on_result=lambda sample, replica: seen.append(len(_autoscaler_request())))
-    assert report.rendered == 6 and seen[0] == 2 and seen[-1] <= 1, seen
-    assert _autoscaler_request() == []
+
+    def asked(out) -> list[int]:
+        return [int(n) for n in re.findall(r"asked the autoscaler for (\d+) replica", (out / "logs" / "driver.log").read_text())]
+
+    report = run_job(job(dataset, tmp_path / "out", **settings), progress=False)
+    assert report.rendered == 6
+    said = asked(tmp_path / "out")
+    assert said[0] == 2 and said[-1] == 0 and 1 in said and said == sorted(said, reverse=True), said
 
     def crash(sample, replica):
         raise RuntimeError("the driver's loop broke")
 
     with pytest.raises(RuntimeError, match="loop broke"):
         run_job(job(dataset, tmp_path / "crashed", **settings), progress=False, on_result=crash)
-    asked = (tmp_path / "crashed" / "logs" / "driver.log").read_text()
-    assert "asked the autoscaler for 2 replica(s)" in asked and "asked the autoscaler for 0 replica(s)" in asked
-    assert _autoscaler_request() == []
+    said = asked(tmp_path / "crashed")
+    assert said[0] == 2 and said[-1] == 0, said
