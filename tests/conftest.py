@@ -16,7 +16,7 @@ FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astron
 os.environ["RAY_worker_niceness"] = "0"
 # Everything the suite starts inherits this mark: what is still running with it at the end, a test left behind.
 os.environ.setdefault(own_processes.SESSION_VARIABLE, uuid.uuid4().hex)
-LEFT_BEHIND_GRACE_S = 15.0  # processes a test stopped may take a moment to go
+LEFT_BEHIND_GRACE_S = 30.0  # processes a test stopped may take a moment to go (longer on a busy CI host)
 
 
 def pytest_sessionfinish(session):
