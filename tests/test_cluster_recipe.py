@@ -86,7 +86,7 @@ def test_the_readme_submit_recipe_writes_where_the_readme_says(head, tmp_path, f
 
     run = submit(address, env, project, "--set", f"job.output={durable}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert f"2 ok, 0 failed" in run.stdout and f"outputs in {durable}" in run.stdout
+    assert "2 ok, 0 failed" in run.stdout and f"outputs in {durable}" in run.stdout
     rows = manifest(durable)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(read_frames(durable / r["path"]) == 5 for r in rows)

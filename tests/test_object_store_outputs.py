@@ -22,7 +22,7 @@ from ray import cloudpickle
 import ray_jobs.destination as destination_module
 from echovideo.errors import EchoVideoInputError
 from jobs import job, read_frames, start_run, write_jsonl
-from object_store import ACCESS_KEY, BUCKET, HANDED_KEY, HANDED_SECRET, SECRET_KEY
+from object_store import BUCKET, HANDED_KEY, HANDED_SECRET, SECRET_KEY
 from ray_jobs.destination import Destination, UploadError
 from ray_jobs.driver import run_job
 from ray_jobs.worker import RankWorker
