@@ -51,10 +51,29 @@ def _holds_file_under(process: Path, folder: str) -> bool:
     return False
 
 
+def descendants(root: int) -> set[int]:
+    """`root` and every process under it, by their parent ids in /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    ours, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return ours
+
+
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # as /proc shows
 
 
-def tcp_listeners(pids: list[int]) -> list[tuple[str, int]]:
+def tcp_listeners(pids) -> list[tuple[str, int]]:
     """(address as /proc/net shows it, port) of every TCP socket these processes listen on."""
     inodes = set()
     for pid in pids:

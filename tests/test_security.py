@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import own_processes
 from echovideo.errors import CheckpointError
 from echovideo.face.bisenet import BiSeNet
 from echovideo.face.released_stage import load_weights
@@ -25,39 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # or any process under it listens on is read from /proc (no ss/psutil needed).
 LISTENERS = r'''
 import json, os, sys
+sys.path.insert(0, sys.argv[3])  # tests/: own_processes reads the tree and its sockets
+import own_processes
 from ray_jobs.driver import run_job
 from ray_jobs.job import parse_job
 
 def listening_sockets():
-    parents = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            pass
-    ours, grew = {os.getpid()}, True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in ours and pid not in ours:
-                ours.add(pid)
-                grew = True
-    inodes = set()
-    for pid in ours:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            pass
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                listening.append(fields[1])
-    return {"listening": listening, "processes": len(ours)}
+    ours = own_processes.descendants(os.getpid())
+    return {"listening": own_processes.tcp_listeners(ours), "processes": len(ours)}
 
 face, out = sys.argv[1], sys.argv[2]
 with open(f"{out}.jsonl", "w") as rows:
@@ -69,7 +45,6 @@ seen = []
 run_job(spec, None, progress=False, on_result=lambda sample, replica: seen.append(listening_sockets()))
 print(json.dumps(seen[0]))
 '''
-LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::1
 
 
 def test_embedded_cluster_and_a_replicas_group_listen_on_loopback_only_with_no_dashboard(tmp_path, face_path,
@@ -81,15 +56,16 @@ def test_embedded_cluster_and_a_replicas_group_listen_on_loopback_only_with_no_d
                                                             "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     home = tmp_path / "home"
     home.mkdir()
-    result = subprocess.run([sys.executable, "-c", LISTENERS, str(face_path), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-c", LISTENERS, str(face_path), str(tmp_path / "out"),
+                             str(Path(__file__).parent)],
                             capture_output=True, text=True, timeout=300,
                             env={**env, "ECHOVIDEO_CACHE": str(tiny_root.parent), "HOME": str(home)})
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    addresses = [a.split(":") for a in report["listening"]]
+    addresses = report["listening"]
     assert len(addresses) >= 5  # GCS, raylet, workers, the store, gloo: the scan sees them
-    assert [f"{ip}:{int(port, 16)}" for ip, port in addresses if ip not in LOOPBACK] == []
-    assert 8265 not in {int(port, 16) for _, port in addresses}  # no dashboard
+    assert [f"{ip}:{port}" for ip, port in addresses if ip not in own_processes.LOOPBACK] == []
+    assert 8265 not in {port for _, port in addresses}  # no dashboard
     assert not (home / ".ray" / "auth_token").exists()
 
 
