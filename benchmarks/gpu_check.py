@@ -195,7 +195,6 @@ def dit_inputs(model, frames: int, ctx: dict):
 def dit(ctx: dict) -> dict:
     """One CFG forward and one denoising step at 480x848x49, the kernel the profiler saw, diffusers' forward."""
     from diffusers import CogVideoXDPMScheduler
-
     from reference_models import diffusers_dit
 
     device, sizes = ctx["device"], ctx["sizes"]

@@ -22,8 +22,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from echovideo.models import EchoVideoTransformer3DModel  # noqa: E402
 from reference_models import diffusers_dit  # noqa: E402
+
+from echovideo.models import EchoVideoTransformer3DModel  # noqa: E402
 
 FULL = {"frames": 13, "height": 60, "width": 106, "vae_latent": (1, 16, 13, 60, 106)}
 SMOKE = {"frames": 3, "height": 8, "width": 12, "vae_latent": (1, 16, 3, 8, 12)}

@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import object_store as server  # noqa: E402  (the tests' real SeaweedFS)
-from ray_jobs.driver import JobDriver  # noqa: E402
-from ray_jobs.job import parse_job  # noqa: E402
-from ray_jobs.object_outputs import FOLDED  # noqa: E402
-from ray_jobs.outputs import open_outputs  # noqa: E402
-from ray_jobs.worker import RankWorker  # noqa: E402
+
+from ray_jobs.data.job import parse_job  # noqa: E402
+from ray_jobs.runtime.engine import JobDriver  # noqa: E402
+from ray_jobs.runtime.worker import RankWorker  # noqa: E402
+from ray_jobs.store import open_outputs  # noqa: E402
+from ray_jobs.store.object_store import FOLDED  # noqa: E402
 
 FACE = ROOT / "echovideo" / "assets" / "astronaut.jpg"
 GENERATION = {"height": 64, "width": 96, "frames": 9, "steps": 2}

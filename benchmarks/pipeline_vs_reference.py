@@ -31,12 +31,13 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from reference_models import diffusers_dit  # noqa: E402
+
 from echovideo.face import load_face_stage  # noqa: E402
 from echovideo.loading import load_vae  # noqa: E402
 from echovideo.pipeline import EchoVideoPipeline  # noqa: E402
 from echovideo.presets.tiny import tiny_checkpoint  # noqa: E402
 from echovideo.sampling import GenerationOptions  # noqa: E402
-from reference_models import diffusers_dit  # noqa: E402
 
 FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
 PROMPTS = ["a woman smiles at the camera", "a woman walks on a beach", "a woman reads a book",

@@ -35,14 +35,13 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_jobs.dataset import IdentityReader, build_sample, iter_samples  # noqa: E402
-from ray_jobs.request_identity import id_basis, parse_request, request_key  # noqa: E402
-from ray_jobs.driver import JobDriver  # noqa: E402
-from ray_jobs.feed import SampleFeed  # noqa: E402
-from ray_jobs.job import parse_job  # noqa: E402
-from ray_jobs.outputs import OutputStore  # noqa: E402
-from ray_jobs.replica import Replica  # noqa: E402
-from ray_jobs.worker import RankWorker  # noqa: E402
+from ray_jobs.data.job import parse_job  # noqa: E402
+from ray_jobs.data.request_identity import id_basis, parse_request, request_key  # noqa: E402
+from ray_jobs.data.samples import IdentityReader, build_sample, iter_samples  # noqa: E402
+from ray_jobs.runtime.engine import JobDriver  # noqa: E402
+from ray_jobs.runtime.feed import SampleFeed  # noqa: E402
+from ray_jobs.runtime.worker import RankWorker  # noqa: E402
+from ray_jobs.store import LocalOutputs  # noqa: E402
 
 FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
 
@@ -100,13 +99,9 @@ def scheduling(work: Path, replicas: int, per_replica: int, mean_s: float) -> di
 
 def startup(work: Path, reference_s: float) -> str:
     spec = job_spec(write_prompts(work / "startup.jsonl", 1), work / "out-startup", 1, ulysses=2)
-    started = time.perf_counter()
-    replica = Replica(0, spec, "cpu", time.monotonic())
-    replica.wait_started()
-    ready = time.perf_counter()
-    replica.teardown()
-    return (f"replica start-up (u2, tiny, CPU): placed, grouped and loaded in {ready - started:.2f} s; "
-            f"in-process load {reference_s:.2f} s; ratio {(ready - started) / reference_s:.2f}")
+    ready = JobDriver(spec, progress=False).run().summary["startup_seconds"]
+    return (f"replica start-up (u2, tiny, CPU): placed, grouped and loaded in {ready:.2f} s; "
+            f"in-process load {reference_s:.2f} s; ratio {ready / reference_s:.2f}")
 
 
 def parallel_startup(work: Path, replicas: int, load_s: float) -> float:
@@ -121,11 +116,11 @@ def resume_cost(work: Path, rows: int) -> tuple[float, float, float]:
     """(us per finished row now, ms per finished row the earlier way, driver RSS growth in MB while resuming)."""
     path = write_prompts(work / f"resume-{rows}.jsonl", rows)
     spec = job_spec(path, work / f"out-resume-{rows}", 1)
-    store = OutputStore(spec.output)
+    store = LocalOutputs(spec.output)
     with open(store.state / "completed.jsonl", "w") as journal:  # as if every row had been rendered
         for sample in iter_samples(spec, "cpu"):
             journal.write(json.dumps({"sample_id": sample.sample_id, "row_key": sample.row_key}) + "\n")
-            store.video_path(sample.sample_id).touch()
+            (store.folder / store.video_name(sample.sample_id)).touch()
     before = rss_mb()
     started = time.perf_counter()
     done, finished_rows = store.resume_index()

@@ -23,9 +23,8 @@ import tempfile
 import time
 from dataclasses import replace
 
-import torch
-
 import numpy as np
+import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

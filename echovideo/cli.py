@@ -185,13 +185,13 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
 
 def _plan_job(args: argparse.Namespace) -> int:
     """Without --address, the plan is for this machine, read without starting a cluster."""
-    from ray_jobs.dataset import validate_dataset
-    from ray_jobs.job import load_job
-    from ray_jobs.plan import connect, local_nodes, make_plan
+    from ray_jobs.data.job import load_job
+    from ray_jobs.data.samples import validate_dataset
+    from ray_jobs.runtime.placement import connect, local_nodes, make_plan
 
     spec = load_job(args.job, args.set)
     if args.nodes:
-        from ray_jobs.layout_costs import describe, parse_nodes
+        from ray_jobs.runtime.layout_costs import describe, parse_nodes
 
         text, fits = describe(spec, parse_nodes(args.nodes))
         print(text)
@@ -208,8 +208,10 @@ def _plan_job(args: argparse.Namespace) -> int:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from ray_jobs.driver import EXIT_FAILED_JOB, JobFailure, run_job
-    from ray_jobs.job import load_job
+    from ray_jobs.data.job import load_job
+    from ray_jobs.runtime.engine import run_job
+    from ray_jobs.runtime.recorder import EXIT_FAILED_JOB
+    from ray_jobs.store.errors import JobFailure
 
     spec = load_job(args.job, args.set)
     try:
@@ -247,8 +249,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from echovideo.locations import check_location
-    from ray_jobs.export import export
-    from ray_jobs.redact import redact
+    from ray_jobs.data.redact import redact
+    from ray_jobs.tools.export import export
 
     check_location(args.output, "OUTPUT")
     check_location(args.to, "--to")
@@ -298,8 +300,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from echovideo.locations import check_location
-    from ray_jobs.evaluate import evaluate
-    from ray_jobs.redact import redact
+    from ray_jobs.data.redact import redact
+    from ray_jobs.tools.evaluate import evaluate
 
     check_location(args.output, "OUTPUT")
 
@@ -319,7 +321,11 @@ def _eval(args: argparse.Namespace) -> int:
         import torch
 
         from echovideo.checkpoint_cache import checkpoint_folder
-        from echovideo.face.analysis_pack import DEFAULT_PACK, AnalysisPack, resolve_pack
+        from echovideo.face.analysis_pack import (
+            DEFAULT_PACK,
+            AnalysisPack,
+            resolve_pack,
+        )
 
         folder = checkpoint_folder(args.ckpt) / "face_encoder"
         return AnalysisPack(resolve_pack(folder, args.face_pack or DEFAULT_PACK), torch.device(args.device))

@@ -5,9 +5,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+)
 from safetensors.torch import load_file
-from transformers import SiglipVisionConfig, SiglipVisionModel, T5EncoderModel, T5Tokenizer
+from transformers import (
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from echovideo.errors import CheckpointError
 from echovideo.face import FaceStage, load_face_stage
@@ -21,7 +30,9 @@ SCHEDULERS = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}
 def siglip_processor(folder: Path):
     """SigLIP's image processor; the PIL implementation when torchvision is absent (transformers 5)."""
     try:
-        from transformers import SiglipImageProcessorPil as processor_class  # transformers >= 5
+        from transformers import (
+            SiglipImageProcessorPil as processor_class,  # transformers >= 5
+        )
     except ImportError:
         from transformers import SiglipImageProcessor as processor_class
     return processor_class.from_pretrained(str(folder))

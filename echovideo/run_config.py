@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 from echovideo.errors import EchoVideoInputError
 from echovideo.sampling import GenerationOptions
 from echovideo.yaml_files import read_yaml_file

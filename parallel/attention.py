@@ -9,7 +9,12 @@ ring rank for its heads and gathered over Ulysses; padded video tokens never act
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from parallel.comm import RingExchange, all_gather_cat, heads_to_sequence, sequence_to_heads
+from parallel.comm import (
+    RingExchange,
+    all_gather_cat,
+    heads_to_sequence,
+    sequence_to_heads,
+)
 from parallel.kernels import AttentionKernel
 from parallel.mesh import ParallelMesh
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import ray
 
 from echovideo.yaml_files import read_yaml_file
-from ray_jobs.destination import Destination
-from ray_jobs.driver import run_job
-from ray_jobs.job import IN_PROCESS, apply_override, parse_job
-from ray_jobs.tables import RayDataTable
+from ray_jobs.data.job import IN_PROCESS, apply_override, parse_job
+from ray_jobs.data.tables import RayDataTable
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.store.destination import Destination
 
 logger = logging.getLogger("ray_jobs")
 
@@ -30,7 +30,7 @@ def render_dataset(rows: "ray.data.Dataset", job: str | Path | dict, overrides: 
     `columns` apply: its tables, and with them `mode` (cross, sampled: how to combine those tables), are
     replaced by the rows, which are the requests as given.
     The Dataset is executed once (up to the job's `limit` rows), streamed through a spill on the driver's disk
-    (`ray_jobs.spill`), so its UDFs run once per row whatever the driver asks of it, and the first clips render
+    (`ray_jobs.data.spill`), so its UDFs run once per row whatever the driver asks of it, and the first clips render
     while later rows are still computed."""
     raw = dict(job) if isinstance(job, dict) else read_yaml_file(job, "job", "configs/jobs/demo.yaml")
     for assignment in overrides:

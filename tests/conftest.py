@@ -3,9 +3,8 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 import own_processes
+import pytest
 import shared_ray
 
 from echovideo.presets.tiny import tiny_checkpoint

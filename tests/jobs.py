@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import pyarrow.parquet as pq
 
-from ray_jobs.job import parse_job
+from ray_jobs.data.job import parse_job
 
 FRAMES = 5
 

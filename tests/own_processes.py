@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 SESSION_VARIABLE = "ECHOVIDEO_TEST_SESSION"
 
 

@@ -18,10 +18,16 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from echovideo.face.bisenet import BiSeNet
-from echovideo.face.retinaface import RetinaFace
 from echovideo.face.antelope import ARCFACE_DST, DET_SIZE, STRIDES
-from echovideo.face.released_stage import ANTELOPE, BISENET, DETECTOR, RECOGNIZER, RETINAFACE
+from echovideo.face.bisenet import BiSeNet
+from echovideo.face.released_stage import (
+    ANTELOPE,
+    BISENET,
+    DETECTOR,
+    RECOGNIZER,
+    RETINAFACE,
+)
+from echovideo.face.retinaface import RetinaFace
 
 OPSET = [helper.make_opsetid("", 17)]
 

@@ -7,10 +7,10 @@ The cluster lives in a temp folder of its own, by which a watchdog stops exactly
 
 import shutil
 import tempfile
-
-import ray
+import time
 
 import own_processes
+import ray
 
 _running: dict = {}
 
@@ -36,3 +36,20 @@ def release() -> None:
     own_processes.dismiss(_running["keeper"])
     shutil.rmtree(_running["temp"], ignore_errors=True)
     _running.clear()
+
+
+def wait_started(replica):
+    """Advance one replica alone, outside a driver's loop, until it is IDLE or FAILED (on the real clock)."""
+    from ray_jobs.runtime.replica import State
+
+    while replica.state in (State.PLACING, State.STARTING):
+        ready, _ = ray.wait(replica.refs(), num_returns=1, timeout=0.5)
+        for ref in ready:
+            replica.on_ready(ref, time.monotonic())
+        replica.check(time.monotonic())
+    return replica.state
+
+
+def placements(replica) -> list[dict]:
+    """Where each rank of a started replica runs (node, pid, devices), as its actors report it."""
+    return ray.get([actor.placement.remote() for actor in replica.actors], timeout=replica.timeout)

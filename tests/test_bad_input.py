@@ -14,11 +14,11 @@ import zlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from jobs import FRAMES, job, manifest, read_frames
 from PIL import Image
 
-from jobs import FRAMES, job, manifest, read_frames
-from ray_jobs.driver import run_job
-from ray_jobs.outputs import safe_name
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.store.outputs import safe_name
 
 SECRET = "s3cr3tV4lue"
 HOSTILE_IDS = ["../../escape", "/etc/absolute", "nul\x00byte", "x" * 300]

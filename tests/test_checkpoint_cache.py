@@ -4,21 +4,27 @@ download), a half download is never used, and a job with two replicas on one nod
 import os
 import signal
 import subprocess
-import time
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.fs as pfs
-
 import pytest
-
-from echovideo.checkpoint_cache import DOWNLOADS_LOG, LISTING, PARTIAL, cache_root, loaded_weights, local_checkpoint
-from echovideo.checkpoint_identity import check_pinned
-from echovideo.errors import CheckpointError
 from jobs import job, manifest, write_jsonl
 from object_store import SECRET_KEY
-from ray_jobs.driver import run_job
+
+from echovideo.checkpoint_cache import (
+    DOWNLOADS_LOG,
+    LISTING,
+    PARTIAL,
+    cache_root,
+    loaded_weights,
+    local_checkpoint,
+)
+from echovideo.checkpoint_identity import check_pinned
+from echovideo.errors import CheckpointError
+from ray_jobs.runtime.engine import run_job
 
 LOAD = textwrap.dedent("""
     import sys
@@ -91,7 +97,7 @@ STALL = textwrap.dedent("""
 
 def test_replaced_weights_are_fetched_again_and_change_the_ids_and_a_killed_download_leaves_nothing(
         object_store, tiny_root, tmp_path, monkeypatch, face_path):
-    from ray_jobs.dataset import iter_samples
+    from ray_jobs.data.samples import iter_samples
 
     uri = upload(object_store, tiny_root, "ckpts/replaced")
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tmp_path)}

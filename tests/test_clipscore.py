@@ -27,7 +27,13 @@ def byte_characters() -> list[str]:
 
 def tiny_clip(folder):
     """A CLIP of two layers a side, its tokenizer a byte-level BPE without merges (every character a token)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     folder.mkdir()
     vocab = {token: i for i, token in enumerate(
@@ -85,7 +91,9 @@ def test_clip_score_is_the_published_scripts_bgr_frames_and_all(tmp_path, capsys
     assert row["clip_score"] == pytest.approx(expected, rel=1e-5)
     assert set(saved["models"]["clip"]) >= {"config.json", "model.safetensors"}
 
-    from echovideo.clipscore import ClipScore  # the quirk is not a detail: frames fed as RGB give another number
+    from echovideo.clipscore import (
+        ClipScore,  # the quirk is not a detail: frames fed as RGB give another number
+    )
 
     as_rgb = ClipScore(clip)(np.stack(bgr), PROMPT)  # it flips what it is given: the processor then gets RGB
     assert as_rgb != pytest.approx(expected, rel=1e-3)

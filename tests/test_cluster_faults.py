@@ -10,13 +10,14 @@ import uuid
 
 import pytest
 import ray
-from ray import cloudpickle
-from ray.cluster_utils import Cluster
-
 import shared_ray
 from jobs import assert_exactly_once, job, write_jsonl
-from ray_jobs.driver import run_job
-from ray_jobs.worker import RankWorker
+from ray import cloudpickle
+from ray.cluster_utils import Cluster
+from shared_ray import placements
+
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.runtime.worker import RankWorker
 
 pytestmark = pytest.mark.slow  # multi-node clusters of their own (CI runs them: -m slow)
 
@@ -57,7 +58,7 @@ def test_losing_a_node_mid_job_leaves_the_work_to_the_other_replica(two_nodes, f
 
     def lose_node(sample, replica):  # the node that just finished a sample goes away
         if not lost:
-            node_id = replica.placements()[0]["node"]
+            node_id = placements(replica)[0]["node"]
             lost.append(next(n for n in two_nodes.worker_nodes if n.node_id == node_id))
             two_nodes.remove_node(lost[0])
 
@@ -116,7 +117,7 @@ def test_a_node_being_drained_takes_no_new_sample_and_finishes_its_own(two_nodes
         if drained:
             after.append(replica.index)
             return
-        node = replica.placements()[0]["node"]
+        node = placements(replica)[0]["node"]
         accepted, why = ray._raylet.GcsClient(address=two_nodes.address).drain_node(
             node, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "spot notice",
             int((time.time() + 600) * 1000))
@@ -145,7 +146,7 @@ def test_a_node_whose_raylet_is_killed_mid_clip_charges_neither_the_sample_nor_t
     def kill_raylet_mid_clip(sample, replica):
         if killed:
             return
-        ranks = replica.placements()
+        ranks = placements(replica)
         node = next(n for n in two_nodes.worker_nodes if n.node_id == ranks[0]["node"])
         killed.extend([node.all_processes["raylet"][0].process.pid, *(rank["pid"] for rank in ranks)])
         threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in killed]).start()  # mid next clip
@@ -169,7 +170,8 @@ def test_a_joining_node_is_checked_before_it_gets_a_replica_and_one_that_fails_g
     joins mid-job with a wrong secret fails its check, is named once and never gets a replica; one that joins
     with the right one passes and gets a replica while the job runs."""
     from object_store import ACCESS_KEY, BUCKET, SECRET_KEY
-    from ray_jobs.outputs import read_manifest
+
+    from ray_jobs.store.outputs import read_manifest
 
     good = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     for name, value in good.items():

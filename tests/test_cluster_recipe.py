@@ -14,9 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 import own_processes
+import pytest
 from jobs import manifest, read_frames, write_jsonl
 
 pytestmark = pytest.mark.slow  # `ray start` heads of their own (CI runs them: -m slow)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from test_transformer import cached_iitf_forward, tiny_model
 
 

@@ -13,13 +13,13 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from released_face import glintr
 from skimage.transform import SimilarityTransform
 
 from echovideo.cli import main
 from echovideo.face.geometry import align_face
 from echovideo.images import load_identity_image
 from echovideo.video_io import write_mp4
-from released_face import glintr
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],

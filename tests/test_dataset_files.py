@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from jobs import job, write_jsonl
 
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
-from jobs import job, write_jsonl
-from ray_jobs import dataset
-from ray_jobs.feed import SampleFeed
-from ray_jobs.outputs import safe_name
+from ray_jobs.data import samples as dataset
+from ray_jobs.runtime.feed import SampleFeed
+from ray_jobs.store.outputs import safe_name
 
 GOOD_JOB = """model: {preset: tiny, dtype: fp32}
 parallel: {replicas: 1}

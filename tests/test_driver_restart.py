@@ -10,7 +10,6 @@ import time
 
 import pytest
 import yaml
-
 from jobs import manifest, read_frames, start_run, write_jsonl
 
 pytestmark = pytest.mark.slow  # three `echovideo run` processes, each with its own cluster (CI: -m slow)

@@ -13,7 +13,8 @@ from PIL import Image
 from echovideo.cli import main
 from echovideo.images import load_identity_image
 from echovideo.video_io import write_mp4
-from ray_jobs.outputs import OutputStore
+from ray_jobs.data.records import Rendered
+from ray_jobs.store import LocalOutputs
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 OTHER = "configs/jobs/demo/astronaut-mirrored.jpg"
@@ -21,15 +22,15 @@ OTHER = "configs/jobs/demo/astronaut-mirrored.jpg"
 
 def scored_job(folder, clips: list[tuple[float, float, bool]]) -> None:
     """A finished job whose clip i ran with cache = clips[i][0] and scored identity clips[i][1]."""
-    store = OutputStore(folder)
+    store = LocalOutputs(folder)
     for i, (cache, identity, dynamic) in enumerate(clips):
         sid = f"{i:024x}"
-        write_mp4(np.zeros((5, 16, 16, 3), np.uint8), store.video_path(sid), fps=8)
-        store.record_success({"sample_id": sid, "prompt": "p", "identity": "x.jpg", "seed": i, "attempts": 1,
+        write_mp4(np.zeros((5, 16, 16, 3), np.uint8), (store.folder / store.video_name(sid)), fps=8)
+        store.record(Rendered(**{"sample_id": sid, "prompt": "p", "identity": "x.jpg", "seed": i, "attempts": 1,
                               "options": {"cache": cache, "steps": 2}, "seconds": 1.0, "replica": "0",
                               "path": f"videos/{sid}.mp4",
                               "scores": {"identity_average": identity, "identity_variation": identity / 10,
-                                         "face_share": 1.0, "motion": 5.0 if dynamic else 0.5, "dynamic": dynamic}})
+                                         "face_share": 1.0, "motion": 5.0 if dynamic else 0.5, "dynamic": dynamic}}))
     store.finalize({})
 
 
@@ -131,7 +132,7 @@ def test_eval_works_after_the_quickstart_install_without_matplotlib(tmp_path, ca
 def test_a_plot_of_a_hundred_groups_shows_the_best_apart_and_pools_the_rest(tmp_path, capsys):
     """100 prompts: the legend holds the 7 best groups by Identity Average and one pooled "93 other groups"
     series (every clip still counted), not 100 overlaid histograms."""
-    from ray_jobs.evaluate import PLOTTED_GROUPS, grouped, plotted_series
+    from ray_jobs.tools.evaluate import PLOTTED_GROUPS, grouped, plotted_series
 
     scored_job(tmp_path / "out", [(i / 1000, i / 100, i % 2 == 0) for i in range(100)])  # cache i/1000: 100 groups
     assert main(["eval", str(tmp_path / "out"), "--by", "cache"]) == 0

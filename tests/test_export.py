@@ -13,15 +13,17 @@ from PIL import Image
 
 from echovideo.cli import main
 from echovideo.video_io import write_mp4
-from ray_jobs.export import sample_key
-from ray_jobs.outputs import OutputStore, photo_name
-from ray_jobs.quality_gate import QualityGate
+from ray_jobs.data.quality_gate import QualityGate
+from ray_jobs.data.records import Failed, Rendered
+from ray_jobs.store import LocalOutputs
+from ray_jobs.store.outputs import photo_name
+from ray_jobs.tools.export import sample_key
 
 
 def finished_job(folder, count: int, failed: int = 1, scores=None, gate=QualityGate()):
     """An output folder as a job leaves it: real mp4s, journal records (clip i with `scores[i]`), manifest (no
     cluster needed)."""
-    store = OutputStore(folder)
+    store = LocalOutputs(folder)
     rng = np.random.default_rng(0)
     photos = []  # two identity photos as the job keeps them: photos/<sha256>.<ext>, bytes as given
     for colour, ext in (((200, 80, 60), "JPEG"), ((60, 80, 200), "PNG")):
@@ -31,15 +33,15 @@ def finished_job(folder, count: int, failed: int = 1, scores=None, gate=QualityG
         (store.folder / photos[-1][1]).write_bytes(photos[-1][0])
     for i in range(count):
         sid = f"clip.{i:03d}" if i == 0 else f"{i:024x}"  # one id with a dot: WebDataset keys must not have one
-        write_mp4(rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), store.video_path(sid), fps=8)
+        write_mp4(rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), (store.folder / store.video_name(sid)), fps=8)
         data, photo = photos[i % 2]
-        store.record_success({"sample_id": sid, "prompt": f"a person\nwaves {i}", "identity": f"faces/{i % 2}.jpg",
+        store.record(Rendered(**{"sample_id": sid, "prompt": f"a person\nwaves {i}", "identity": f"faces/{i % 2}.jpg",
                               "identity_sha256": hashlib.sha256(data).hexdigest(), "photo": photo,
                               "seed": i, "options": {"steps": 2, "height": 32}, "attempts": 1, "seconds": 1.0,
-                              "path": str(store.video_path(sid).relative_to(store.folder)), "replica": "0",
-                              "scores": scores[i] if scores else None})
+                              "path": store.video_name(sid), "replica": "0",
+                              "scores": scores[i] if scores else None}))
     for i in range(failed):
-        store.record_failure({"sample_id": f"bad-{i}", "prompt": "x", "identity": "y", "error": "no face"})
+        store.record(Failed(**{"sample_id": f"bad-{i}", "prompt": "x", "identity": "y", "error": "no face"}))
     store.finalize({}, gate)
     return store
 
@@ -235,7 +237,7 @@ def test_a_reviewers_marks_outrank_the_gate_in_exports_and_in_a_rerun_manifest(t
     job's `quality.review` agree, and the manifest records each mark and note."""
     import pyarrow.parquet as pq
 
-    from ray_jobs.job import parse_job
+    from ray_jobs.data.job import parse_job
 
     scores = [scored(0.6, 1.0), scored(0.2, 1.0), scored(0.7, 1.0), scored(0.5, 1.0)]
     ids = ["clip.000", *(f"{i:024x}" for i in range(1, 4))]
@@ -286,7 +288,7 @@ def test_a_review_file_that_is_not_one_is_one_line_naming_the_flag(tmp_path, cap
 
 def _rerecord(store, sid: str, **changes) -> None:
     record = {r["sample_id"]: r for r in map(json.loads, (store.state / "completed.jsonl").read_text().splitlines())}[sid]
-    store.record_success({**record, **changes})
+    store.record(Rendered(**{**record, **changes}))
     store.finalize({})
 
 

@@ -10,6 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from released_face import (
+    glintr,
+    identity_model,
+    scrfd,
+    template_face,
+    write_face_encoder,
+)
 
 from echovideo.cli import main
 from echovideo.consisid_eval import consisid_scores, decode_photo
@@ -17,7 +24,6 @@ from echovideo.errors import CheckpointError
 from echovideo.face.analysis_pack import AnalysisPack, resolve_pack
 from echovideo.images import load_identity_image
 from echovideo.video_io import read_mp4, write_mp4
-from released_face import glintr, identity_model, scrfd, template_face, write_face_encoder
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 EVAL_CANVAS = (320, 320)  # ConsisID's det_size

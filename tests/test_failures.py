@@ -8,11 +8,23 @@ import pytest
 import ray.exceptions
 import torch
 
-from echovideo.errors import (CheckpointError, EchoVideoInputError, NoFaceFoundError, ParallelGroupError,
-                              PeerFailedError)
-from ray_jobs.destination import UploadError
-from ray_jobs.failures import (Failure, JobFailure, Kind, OutputError, SampleFailure, classify, decide,
-                               root_cause)
+from echovideo.errors import (
+    CheckpointError,
+    EchoVideoInputError,
+    NoFaceFoundError,
+    ParallelGroupError,
+    PeerFailedError,
+)
+from ray_jobs.data.records import Kind
+from ray_jobs.runtime.failures import (
+    Failure,
+    SampleFailure,
+    classify,
+    decide,
+    root_cause,
+)
+from ray_jobs.store.destination import UploadError
+from ray_jobs.store.errors import JobFailure, OutputError
 
 
 @pytest.mark.parametrize("exc, kind, secondary", [

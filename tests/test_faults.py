@@ -12,12 +12,14 @@ import time
 
 import pytest
 import ray
+from jobs import assert_exactly_once, job, manifest, write_jsonl
 from ray import cloudpickle
+from shared_ray import placements
 
 from echovideo.errors import EchoVideoInputError
-from jobs import assert_exactly_once, job, manifest, write_jsonl
-from ray_jobs.driver import OutputError, run_job
-from ray_jobs.worker import RankWorker
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.runtime.worker import RankWorker
+from ray_jobs.store.errors import OutputError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injecting workers travel by value
 
@@ -82,7 +84,7 @@ def test_ranks_sigkilled_at_random_points_lose_and_duplicate_nothing(local_ray, 
         results.append(sample.sample_id)
         if len(results) % 2 == 1 and len(results) < 7:
             try:
-                victim = rng.choice(replica.placements())["pid"]
+                victim = rng.choice(placements(replica))["pid"]
             except ray.exceptions.RayActorError:  # an earlier kill already took this replica down
                 return
             threading.Timer(rng.uniform(0.0, 1.0), sigkill, (victim,)).start()

@@ -4,8 +4,8 @@ seconds and reviewed with the keyboard (Playwright driving the system's Chromium
 review.json download), whose marks `export --review` honours. The view is driven through the address's
 #fragment, which is where the page's controls keep it."""
 
-import re
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
-
 from jobs import gallery_data
-from ray_jobs.destination import Destination
-from ray_jobs.gallery import PAGE_CARDS, write_gallery
+
+from ray_jobs.store.destination import Destination
+from ray_jobs.store.gallery import PAGE_CARDS, write_gallery
 
 IDENTITIES = 5
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
@@ -168,9 +168,12 @@ def test_a_reviewer_steps_through_100k_clips_with_the_keyboard_marks_them_and_do
     """Keys: j/k step (across a page boundary), space plays and pauses the real mp4, x/a mark, n asks for a note;
     marks survive a reload (the browser keeps them), filter the view, and download as the review.json that
     `export --review` reads."""
-    from playwright import sync_api as playwright  # a test dependency: missing is a failure, never a skip
+    from playwright import (
+        sync_api as playwright,  # a test dependency: missing is a failure, never a skip
+    )
+
     from echovideo.video_io import write_mp4
-    from ray_jobs.review import read_review
+    from ray_jobs.data.review import read_review
 
     done = records(100_000)
     write_gallery(Destination(tmp_path), done, [])

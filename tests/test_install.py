@@ -5,10 +5,10 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.slow  # pip resolves each extra (CI runs them: -m slow)
 

@@ -6,10 +6,11 @@ import shutil
 from itertools import islice
 
 import pytest
-
-import ray_jobs.dataset as dataset
 from jobs import job, write_jsonl
-from ray_jobs.outputs import OutputStore
+
+import ray_jobs.data.samples as dataset
+from ray_jobs.data.records import Rendered
+from ray_jobs.store import LocalOutputs
 
 
 @pytest.fixture()
@@ -66,18 +67,18 @@ def test_a_replaced_local_photo_is_a_new_row(rows, tmp_path, face_path):
 
 
 def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_record(tmp_path):
-    store = OutputStore(tmp_path / "out")
+    store = LocalOutputs(tmp_path / "out")
     for sid in ("a", "b"):
         (store.videos / f"{sid}.mp4").write_bytes(b"\0")
-    store.record_success({"sample_id": "a", "row_key": "ka"})
+    store.record(Rendered(**{"sample_id": "a", "row_key": "ka"}))
     with open(store.state / "completed.jsonl", "a") as journal:
         journal.write('{"sample_id": "torn", "row_ke')  # the driver died mid-append
-    store.record_success({"sample_id": "b", "row_key": "kb"})
+    store.record(Rendered(**{"sample_id": "b", "row_key": "kb"}))
     assert store.resume_index() == ({"a": None, "b": None}, {"ka": "a", "kb": "b"})
 
 
 def test_the_driver_clock_counts_only_time_it_was_watching():
-    from ray_jobs.driver import LookClock
+    from ray_jobs.runtime.clock import LookClock
 
     clock = LookClock()
     start = clock.tick()

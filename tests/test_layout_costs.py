@@ -10,8 +10,8 @@ from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig as Layout
 from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, layout_cost, load_devices
-from ray_jobs.job import load_job
-from ray_jobs.plan import make_plan
+from ray_jobs.data.job import load_job
+from ray_jobs.runtime.placement import make_plan
 
 FULL = ["--set", "model.dtype=bf16", "--set", "generation.steps=50", "--set", "generation.guidance=6"]
 H100 = load_devices()["devices"]["H100"]

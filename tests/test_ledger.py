@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from echovideo.errors import EchoVideoInputError
-from ray_jobs.create_only import create_only
-from ray_jobs.destination import Destination
-from ray_jobs.ledger import JOURNAL, LEASE_S, Ledger, LeaseLost, entry_name
-from ray_jobs.object_outputs import ObjectStoreOutputs
+from ray_jobs.data.records import Failed, Rendered
+from ray_jobs.store.create_only import create_only
+from ray_jobs.store.destination import Destination
+from ray_jobs.store.ledger import JOURNAL, LEASE_S, LeaseLost, Ledger, entry_name
+from ray_jobs.store.object_store import ObjectStoreOutputs
 
 
 @pytest.fixture(params=["seaweedfs", "file"])
@@ -63,16 +64,16 @@ def test_resume_trusts_a_clip_only_with_its_record_and_reads_the_fold(new_prefix
             if video:
                 outputs.destination.put(outputs.video_name(sample_id), b"mp4")
             if recorded:
-                outputs.record_success(record(sample_id))
-        outputs.record_failure({"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"})
-        outputs.record_failure({"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"})
+                outputs.record(Rendered(**record(sample_id)))
+        outputs.record(Failed(**{"sample_id": "bad", "row_key": "k-bad", "kind": "bad input", "error": "no face"}))
+        outputs.record(Failed(**{"sample_id": "flaky", "row_key": "k-flaky", "kind": "group lost", "error": "gone"}))
         outputs.finalize({})  # folds the ledger
     outputs.destination.put(f"{JOURNAL}/{entry_name(10**9)}", b'{"kind": "done", "epoch": 1, "record": {"sample')
     rerun = ObjectStoreOutputs(outputs.destination.location)
     assert rerun.resume_index() == ({"both": "c-both"}, {"k-both": "both", "k-bad": "bad"})
     with rerun.locked():
         rerun.destination.put(rerun.video_name("late"), b"mp4")
-        rerun.record_success(record("late"))  # after the fold: read as an entry
+        rerun.record(Rendered(**record("late")))  # after the fold: read as an entry
     assert ObjectStoreOutputs(outputs.destination.location).resume_index()[0] == {"both": "c-both", "late": "c-late"}
 
 
@@ -86,7 +87,7 @@ def test_one_job_per_prefix_and_a_dead_holder_on_this_host_is_stale_at_once(new_
     with second.locked():  # released at the end of the first
         pass
     taken = subprocess.run([sys.executable, "-c", (  # a driver that took the prefix and was killed
-        "import sys; from ray_jobs.object_outputs import ObjectStoreOutputs\n"
+        "import sys; from ray_jobs.store.object_store import ObjectStoreOutputs\n"
         "ObjectStoreOutputs(sys.argv[1]).ledger.take('x')"), location], capture_output=True, text=True)
     assert taken.returncode == 0, taken.stderr
     with second.locked():  # its holder's process is gone from this host: stale at once

@@ -10,11 +10,11 @@ import sys
 import time
 
 import torch
+from jobs import assert_exactly_once, job, manifest, write_jsonl
 from ray import cloudpickle
 
-from jobs import assert_exactly_once, job, manifest, write_jsonl
-from ray_jobs.driver import run_job
-from ray_jobs.worker import RankWorker
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.runtime.worker import RankWorker
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injecting workers travel by value
 SLOW_START_S = 20

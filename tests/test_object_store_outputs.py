@@ -14,18 +14,17 @@ from pathlib import Path
 import pyarrow.fs as pfs
 import pyarrow.parquet as pq
 import pytest
-
-from ray_jobs.ledger import Ledger
 import yaml
-from ray import cloudpickle
-
-import ray_jobs.destination as destination_module
-from echovideo.errors import EchoVideoInputError
 from jobs import job, read_frames, start_run, write_jsonl
 from object_store import BUCKET, HANDED_KEY, HANDED_SECRET, SECRET_KEY
-from ray_jobs.destination import Destination, UploadError
-from ray_jobs.driver import run_job
-from ray_jobs.worker import RankWorker
+from ray import cloudpickle
+
+import ray_jobs.store.destination as destination_module
+from echovideo.errors import EchoVideoInputError
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.runtime.worker import RankWorker
+from ray_jobs.store.destination import Destination, UploadError
+from ray_jobs.store.ledger import Ledger
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # DroppedUploadWorker travels by value
 
@@ -112,7 +111,9 @@ def test_a_job_into_an_object_store_killed_mid_job_resumes_exactly_once(tmp_path
         assert SECRET_KEY.encode() not in read(fs, "jobs/run", name), name
     assert b"sample " in read(fs, "jobs/run", "logs/replica-0-rank-0.log")  # the ranks' logs came back
 
-    from echovideo.cli import main  # `eval` on the store: the table from the manifest, its files uploaded
+    from echovideo.cli import (
+        main,  # `eval` on the store: the table from the manifest, its files uploaded
+    )
 
     assert main(["eval", object_store.uri("jobs/run"), "--by", "seed"]) == 0
     evaluated = json.loads(read(fs, "jobs/run", "eval-by-seed.json"))

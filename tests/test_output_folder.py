@@ -8,18 +8,18 @@ import sys
 import textwrap
 
 import pytest
+from jobs import job, manifest, read_frames, write_jsonl
 
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
-from jobs import job, manifest, read_frames, write_jsonl
-from ray_jobs.driver import run_job
-from ray_jobs.outputs import OutputStore
-from ray_jobs.redact import redact
+from ray_jobs.data.redact import redact
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.store import LocalOutputs
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from ray_jobs.outputs import OutputStore
-    with OutputStore(sys.argv[1]).locked():
+    from ray_jobs.store import LocalOutputs
+    with LocalOutputs(sys.argv[1]).locked():
         print("held", flush=True)
         time.sleep(600)
 """)
@@ -32,7 +32,7 @@ def test_a_second_job_into_a_held_folder_stops_naming_the_holder_and_a_dead_hold
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(EchoVideoInputError, match=rf"another job is writing into .*pid {holder.pid} since"):
-            with OutputStore(out).locked():
+            with LocalOutputs(out).locked():
                 pass
         prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "identity": str(face_path)}])
         job_file = tmp_path / "job.yaml"
@@ -42,7 +42,7 @@ def test_a_second_job_into_a_held_folder_stops_naming_the_holder_and_a_dead_hold
     finally:
         holder.kill()  # killed, not stopped: it never releases the lock itself
         holder.wait()
-    with OutputStore(out).locked():  # the kernel dropped the dead holder's lock
+    with LocalOutputs(out).locked():  # the kernel dropped the dead holder's lock
         assert f"pid {os.getpid()}" in (out / "state" / "job.lock").read_text()
 
 
@@ -54,7 +54,7 @@ def test_links_planted_in_the_output_folder_are_never_written_through(local_ray,
     unrelated = outside / ".x.tmp.bak"
     unrelated.write_bytes(b"keep me")
     out = tmp_path / "out"
-    store = OutputStore(out)
+    store = LocalOutputs(out)
     (out / "videos" / "mine.mp4").symlink_to(victim)  # the final name of the sample below
     (out / "videos" / ".x.tmp.bak").symlink_to(unrelated)  # a temp-looking name that is not ours
     (out / "posters" / ".y.tmp.jpg").write_bytes(b"not ours either")

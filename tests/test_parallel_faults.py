@@ -6,8 +6,8 @@ import time
 from datetime import timedelta
 
 import torch
-
 from distributed import run_ranks_outcomes
+
 from echovideo.sampling import GenerationOptions
 
 OPTS = GenerationOptions(height=32, width=32, frames=5, steps=4, guidance=6.0)

@@ -5,7 +5,6 @@ Real processes, real gloo collectives; fp32; token counts that do and do not div
 
 import pytest
 import torch
-
 from distributed import run_ranks
 from test_transformer import dit_inputs, tiny_model
 

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import torch
 import torch.distributed as dist
-
 from distributed import run_ranks
 from test_pipeline import device_scalar_reads
+
 from echovideo.sampling import GenerationOptions
 from echovideo.step_cache import IDENTITY
 

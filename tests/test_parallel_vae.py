@@ -2,7 +2,6 @@
 
 import torch
 from diffusers import AutoencoderKLCogVideoX
-
 from distributed import run_ranks
 
 TOLERANCE = 1e-5

@@ -84,6 +84,7 @@ def test_dynamic_needs_round_4n_over_16_moving_pairs(moving_pairs, dynamic):
 ])
 def test_a_quality_gate_that_cannot_work_is_refused_naming_its_key(tmp_path, quality, field, message):
     from jobs import job
+
     from echovideo.errors import EchoVideoInputError
 
     with pytest.raises(EchoVideoInputError, match=message) as err:

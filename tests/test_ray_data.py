@@ -49,10 +49,10 @@ def test_the_users_dataset_is_executed_once_whatever_the_driver_asks(local_ray, 
     """Columns, count, the first-row check and the rows: 20 rows, the UDF runs 20 times (a file line a call:
     Ray Data runs it in other processes)."""
     import ray
-
     from jobs import job
-    from ray_jobs.dataset import iter_samples, validate_dataset
-    from ray_jobs.tables import RayDataTable
+
+    from ray_jobs.data.samples import iter_samples, validate_dataset
+    from ray_jobs.data.tables import RayDataTable
 
     calls = tmp_path / "calls"
 
@@ -79,7 +79,7 @@ def test_the_first_rows_arrive_while_later_ones_are_still_computed(local_ray, tm
     first row is handed on would never let it."""
     import ray
 
-    from ray_jobs.tables import RayDataTable
+    from ray_jobs.data.tables import RayDataTable
 
     release, gave_up = tmp_path / "release", tmp_path / "gave-up"
 
@@ -110,7 +110,7 @@ def test_a_dataset_that_fails_part_way_is_the_jobs_error_after_the_rows_before_i
     import ray
 
     from echovideo.errors import EchoVideoInputError
-    from ray_jobs.tables import RayDataTable
+    from ray_jobs.data.tables import RayDataTable
 
     def rows_of(batch):
         if batch["id"].max() >= 30_000:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from jobs import FRAMES, gallery_data, job, manifest, read_frames, write_jsonl
 from PIL import Image
 
 from echovideo.errors import EchoVideoInputError
-from ray_jobs.driver import run_job
-from jobs import FRAMES, gallery_data, job, manifest, read_frames, write_jsonl
+from ray_jobs.runtime.engine import run_job
 
 
 @pytest.fixture()

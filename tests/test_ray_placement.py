@@ -12,15 +12,16 @@ import time
 
 import pytest
 import ray
+import shared_ray
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
+from shared_ray import placements, wait_started
 
-import shared_ray
 from echovideo.errors import EchoVideoInputError
-from ray_jobs.job import parse_job
-from ray_jobs.plan import make_plan
-from ray_jobs.replica import Replica, State
-from ray_jobs.worker import RankWorker
+from ray_jobs.data.job import parse_job
+from ray_jobs.runtime.placement import make_plan
+from ray_jobs.runtime.replica import Replica, State
+from ray_jobs.runtime.worker import RankWorker
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # PlacedOnly travels by value
 
@@ -55,7 +56,7 @@ def spec(accelerator: str, output, ulysses: int = 2, replicas="auto"):
 
 def placed(job, accelerator: str, count: int) -> list[Replica]:
     replicas = [Replica(i, job, accelerator, time.monotonic(), PlacedOnly) for i in range(count)]
-    assert [replica.wait_started() for replica in replicas] == [State.IDLE] * count
+    assert [wait_started(replica) for replica in replicas] == [State.IDLE] * count
     return replicas
 
 
@@ -68,14 +69,14 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
     try:
         by_node: dict[str, list[Replica]] = {}
         for replica in replicas:
-            ranks = replica.placements()
+            ranks = placements(replica)
             assert len({r["node"] for r in ranks}) == 1  # STRICT_PACK: a replica never spans nodes
             for rank in ranks:
                 assert rank["accelerators"]["GPU"] == [rank["CUDA_VISIBLE_DEVICES"]]  # exactly its own GPU
                 assert rank["ASCEND_RT_VISIBLE_DEVICES"] is None
             by_node.setdefault(ranks[0]["node"], []).append(replica)
         shared = next(group for group in by_node.values() if len(group) == 2)
-        gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in replica.placements()]
+        gpus = [rank["CUDA_VISIBLE_DEVICES"] for replica in shared for rank in placements(replica)]
         assert sorted(gpus) == ["0", "1", "2", "3"]  # replicas sharing a node never share a GPU
         ports = {ray.get(replica.address)[1] for replica in shared}
         assert len(ports) == 2  # nor a group port
@@ -85,7 +86,7 @@ def test_gpu_replicas_fill_the_gpu_nodes_one_device_per_rank(cluster, tmp_path):
         full = spec("gpu", tmp_path)
         full.resources["group_timeout_s"] = 2
         late = Replica(3, full, "gpu", time.monotonic(), PlacedOnly)
-        assert late.wait_started() is State.FAILED  # the GPUs are taken
+        assert wait_started(late) is State.FAILED  # the GPUs are taken
         assert "placement group not placed within 2 s" in late.failure.message
     finally:
         for replica in replicas:
@@ -108,7 +109,7 @@ def test_npu_replica_ranks_see_one_ascend_device_each(cluster, tmp_path):
     assert (plan.accelerator, plan.replicas, plan.bundle) == ("npu", 1, {"CPU": 1, "NPU": 1})
     (replica,) = placed(job, "npu", 1)
     try:
-        ranks = replica.placements()
+        ranks = placements(replica)
         assert len({r["node"] for r in ranks}) == 1
         assert sorted(r["ASCEND_RT_VISIBLE_DEVICES"] for r in ranks) == ["0", "1"]
         assert all(r["accelerators"]["NPU"] == [r["ASCEND_RT_VISIBLE_DEVICES"]] for r in ranks)

@@ -12,13 +12,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import own_processes
+import pytest
+import tomllib
 
 from echovideo.cli import build_parser
 

@@ -14,15 +14,22 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from released_face import det_scale, template_face, write_face_encoder
 from safetensors.torch import load_file
 
 from echovideo.errors import CheckpointError, NoFaceFoundError
 from echovideo.face import load_face_stage
 from echovideo.face.antelope import ARCFACE_DST
 from echovideo.face.geometry import align_face
-from echovideo.face.released_stage import ANTELOPE, BISENET, DETECTOR, RECOGNIZER, RETINAFACE, onnx_providers
+from echovideo.face.released_stage import (
+    ANTELOPE,
+    BISENET,
+    DETECTOR,
+    RECOGNIZER,
+    RETINAFACE,
+    onnx_providers,
+)
 from echovideo.images import load_identity_image
-from released_face import det_scale, template_face, write_face_encoder
 
 WIDTH = 64  # the tiny transformer's face_features_embed_dim
 CPU = torch.device("cpu")
@@ -140,8 +147,8 @@ def test_facexlib_networks_give_facexlib_outputs_on_the_same_weights(tmp_path):
     detection = pytest.importorskip("facexlib.detection")
     parsing = pytest.importorskip("facexlib.parsing")
     folder = write_face_encoder(tmp_path, [], WIDTH)
-    from echovideo.face.released_stage import load_weights
     from echovideo.face.bisenet import BiSeNet
+    from echovideo.face.released_stage import load_weights
     from echovideo.face.retinaface import RetinaFace
 
     theirs = detection.init_detection_model("retinaface_resnet50", device="cpu", model_rootpath=str(folder))
@@ -168,13 +175,13 @@ def released_checkpoint(tiny_root, tmp_path_factory, face_path):
 
 def test_cli_ray_job_and_python_api_give_the_same_identity_and_clip(released_checkpoint, face_path, tmp_path,
                                                                     local_ray):
+    import av
+    from jobs import job, manifest, read_frames, write_jsonl
+
     from echovideo.cli import main
     from echovideo.pipeline import EchoVideoPipeline
     from echovideo.sampling import GenerationOptions
-    from jobs import job, manifest, read_frames, write_jsonl
-    from ray_jobs.driver import run_job
-
-    import av
+    from ray_jobs.runtime.engine import run_job
 
     settings = {"height": 32, "width": 32, "frames": 5, "steps": 2, "seed": 42}
     flags = [a for k, v in settings.items() for a in (f"--{k}", str(v))]

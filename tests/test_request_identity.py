@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
-
-import ray_jobs.dataset as dataset
-import ray_jobs.identities as identities
 from jobs import job, write_jsonl
-from ray_jobs.failures import Kind
-from ray_jobs.outputs import OutputStore
+
+import ray_jobs.data.identities as identities
+import ray_jobs.data.samples as dataset
+from ray_jobs.data.records import Failed, Kind
+from ray_jobs.store import LocalOutputs
 
 
 @pytest.fixture()
@@ -127,8 +127,8 @@ def test_a_missing_photo_is_unavailable_retried_and_renders_once_it_is_there(tmp
     monkeypatch.setattr(identities, "_read_local", lambda *a: attempts.append(a) or real(*a))
     missing = one(spec)
     assert missing.error and missing.error_kind == Kind.UNAVAILABLE.value and len(attempts) == identities.READ_ATTEMPTS
-    store = OutputStore(tmp_path / "out")
-    store.record_failure({"sample_id": missing.sample_id, "row_key": missing.row_key, "kind": missing.error_kind})
+    store = LocalOutputs(tmp_path / "out")
+    store.record(Failed(**{"sample_id": missing.sample_id, "row_key": missing.row_key, "kind": missing.error_kind}))
     done, rows = store.resume_index()
     assert missing.row_key not in rows and missing.sample_id not in done  # not settled: a rerun reads it again
     shutil.copy(photo, late)
@@ -223,7 +223,7 @@ def _replace(tree: dict, path: tuple, new) -> dict:
 
 @pytest.mark.parametrize("row", [{}, {"sample_id": "take-1"}, {"seed": 5}])
 def test_every_field_of_the_description_changes_the_id_and_the_resume_key(tmp_path, photo, row):
-    from ray_jobs.request_identity import SETTINGS, request_key
+    from ray_jobs.data.request_identity import SETTINGS, request_key
 
     sample = one(job(rows_file(tmp_path, prompt="a person smiles", identity=str(photo), **row), tmp_path))
     spec = job(rows_file(tmp_path, prompt="a person smiles", identity=str(photo), **row), tmp_path)

@@ -11,10 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import own_processes
 import pytest
 import torch
 
-import own_processes
 from echovideo.errors import CheckpointError
 from echovideo.face.bisenet import BiSeNet
 from echovideo.face.released_stage import load_weights
@@ -28,8 +28,8 @@ LISTENERS = r'''
 import json, os, sys
 sys.path.insert(0, sys.argv[3])  # tests/: own_processes reads the tree and its sockets
 import own_processes
-from ray_jobs.driver import run_job
-from ray_jobs.job import parse_job
+from ray_jobs.runtime.engine import run_job
+from ray_jobs.data.job import parse_job
 
 def listening_sockets():
     ours = own_processes.descendants(os.getpid())

@@ -11,8 +11,13 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from echovideo.cli import main
 from echovideo.models.rope import RIFLEX_K, ROPE_THETA, released_grid, riflex_axis
 from echovideo.sampling import GenerationOptions
-from echovideo.step_cache import COGVIDEOX_COEFFICIENTS, IDENTITY, ResidualCache, skipped_steps
-from ray_jobs.request_identity import describe_request, request_key, typed_settings
+from echovideo.step_cache import (
+    COGVIDEOX_COEFFICIENTS,
+    IDENTITY,
+    ResidualCache,
+    skipped_steps,
+)
+from ray_jobs.data.request_identity import describe_request, request_key, typed_settings
 
 OPTS = GenerationOptions(height=32, width=48, frames=9, steps=8, guidance=6.0, seed=3)
 
@@ -116,7 +121,8 @@ def test_options_that_are_off_are_the_same_request_as_options_left_out():
 
 def test_a_job_sets_them_per_job_and_per_row(tmp_path, face_path):
     from jobs import job, write_jsonl
-    from ray_jobs.dataset import iter_samples
+
+    from ray_jobs.data.samples import iter_samples
 
     rows = [{"prompt": "plain", "identity": str(face_path)},
             {"prompt": "cached", "identity": str(face_path), "cache": 0.15},

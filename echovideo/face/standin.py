@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from echovideo.face.geometry import ARCFACE_TEMPLATE_96x112, ALIGNED_FACE_SIZE
+from echovideo.face.geometry import ALIGNED_FACE_SIZE, ARCFACE_TEMPLATE_96x112
 from echovideo.face.stage import DetectedFace, FaceStage
 
 MARKER = "standin.json"

@@ -16,7 +16,9 @@ import math
 
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import (
+    get_resize_crop_region_for_grid,
+)
 
 ROPE_THETA = 10000.0
 RIFLEX_K, RIFLEX_N_K = 2, 20  # CogVideoX-5B's intrinsic temporal component (1-based) and its period, latent frames
