@@ -268,17 +268,18 @@ def vae(ctx: dict) -> dict:
 
 def teacache(ctx: dict) -> dict:
     """A computed and a skipped (cached residual) step's cost, and 50 steps with TEACACHE_COMPUTED computed."""
-    from echovideo.step_cache import ResidualCache
+    from echovideo.speedups.step_cache import cached_steps
 
     model, device = ctx["model"], ctx["device"]
     latents, timestep, fused, rotary = ctx["inputs"]
-    cache = ResidualCache()
-    with torch.no_grad():
-        computed = seconds_per_call(lambda: model(latents, timestep, fused_text=fused, image_rotary_emb=rotary,
-                                                  cache=cache), device, 1)
-        cache.skip = True
-        skipped = seconds_per_call(lambda: model(latents, timestep, fused_text=fused, image_rotary_emb=rotary,
-                                                 cache=cache), device, 2)
+
+    def one_step(cache, step: int):  # the step the hooks take it for: computed (0) or skipped (1)
+        cache.step = step
+        return model(latents, timestep, fused_text=fused, image_rotary_emb=rotary)
+
+    with torch.no_grad(), cached_steps(model, [False, True]) as cache:
+        computed = seconds_per_call(lambda: one_step(cache, 0), device, 1)
+        skipped = seconds_per_call(lambda: one_step(cache, 1), device, 2)
     projected = TEACACHE_COMPUTED * computed + (50 - TEACACHE_COMPUTED) * skipped
     return {"computed_s": round(computed, 4), "skipped_s": round(skipped, 4), "fifty_steps_uncached_s":
             round(50 * computed, 2), "fifty_steps_cached_s": round(projected, 2),

@@ -71,9 +71,9 @@ def naive_video(pipe: EchoVideoPipeline, root: Path, prompt: str, opts: Generati
         (identity.id_embeds[1:], identity.id_vit_tokens[1:])
     stages.mark("conditioning")
 
-    def predict_with_iitf(model_in, t, fused_text, rotary, cache=None):
+    def predict_with_iitf(model_in, t, fused_text, rotary):
         return pipe.transformer(model_in, t, image_rotary_emb=rotary, text_embeds=text, id_embeds=ids,
-                                id_vit_tokens=vit, cache=cache)
+                                id_vit_tokens=vit)
 
     latents = pipe.denoise(state, opts, predict=predict_with_iitf, progress=False)
     stages.mark("denoise")

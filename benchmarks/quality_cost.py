@@ -19,8 +19,8 @@ import torch
 
 from echovideo.face import load_face_stage
 from echovideo.images import load_identity_image
+from echovideo.metrics.quality import frame_stride, identity_similarities, motion_scores
 from echovideo.presets.tiny import tiny_checkpoint
-from echovideo.quality import frame_stride, identity_similarities, motion_scores
 from echovideo.video_io import write_mp4
 
 PHOTO = Path(__file__).resolve().parents[1] / "echovideo" / "assets" / "astronaut.jpg"

@@ -35,9 +35,10 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ray_jobs.data.identities import IdentityReader  # noqa: E402
 from ray_jobs.data.job import parse_job  # noqa: E402
 from ray_jobs.data.request_identity import id_basis, parse_request, request_key  # noqa: E402
-from ray_jobs.data.samples import IdentityReader, build_sample, iter_samples  # noqa: E402
+from ray_jobs.data.samples import build_sample, iter_samples  # noqa: E402
 from ray_jobs.runtime.engine import JobDriver  # noqa: E402
 from ray_jobs.runtime.feed import SampleFeed  # noqa: E402
 from ray_jobs.runtime.worker import RankWorker  # noqa: E402

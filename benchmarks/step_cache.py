@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from echovideo.pipeline import EchoVideoPipeline  # noqa: E402
 from echovideo.presets.tiny import tiny_checkpoint  # noqa: E402
 from echovideo.sampling import GenerationOptions  # noqa: E402
-from echovideo.step_cache import IDENTITY  # noqa: E402
+from echovideo.speedups.step_cache import IDENTITY  # noqa: E402
 
 FACE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "echovideo", "assets",
                     "astronaut.jpg")

@@ -126,8 +126,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     from echovideo.checkpoint_cache import checkpoint_folder
     from echovideo.images import load_identity_image
+    from echovideo.metrics.quality import describe_scores
     from echovideo.presets.tiny import tiny_checkpoint
-    from echovideo.quality import describe_scores
     from echovideo.video_io import atomic_output, write_mp4
 
     if not args.out.lower().endswith(".mp4"):
@@ -186,7 +186,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
 def _plan_job(args: argparse.Namespace) -> int:
     """Without --address, the plan is for this machine, read without starting a cluster."""
     from ray_jobs.data.job import load_job
-    from ray_jobs.data.samples import validate_dataset
+    from ray_jobs.data.validation import validate_dataset
     from ray_jobs.runtime.placement import connect, local_nodes, make_plan
 
     spec = load_job(args.job, args.set)

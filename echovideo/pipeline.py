@@ -23,9 +23,10 @@ from echovideo.encoders import FaceImageEncoder, PromptEncoder
 from echovideo.face.geometry import face_latent_image
 from echovideo.images import decode_identity_image, load_identity_image
 from echovideo.loading import Components, decoder_dtype, load_components
-from echovideo.quality import ClipScores, score_clip
+from echovideo.metrics.quality import ClipScores, score_clip
 from echovideo.sampling import GenerationOptions, dynamic_cfg_scales
-from echovideo.step_cache import COGVIDEOX_COEFFICIENTS, ResidualCache, skipped_steps
+from echovideo.speedups import Denoising, applied
+from echovideo.speedups.step_cache import COGVIDEOX_COEFFICIENTS
 
 logger = logging.getLogger(__name__)
 CACHED_IDENTITIES = 64  # features of recent photos kept per pipeline (a few MB each on the device)
@@ -61,11 +62,11 @@ class GenerationResult:
     latents: torch.Tensor  # (1, F_lat, 16, H/8, W/8) final latents, fp32, CPU
     fps: int
     skipped_steps: int = 0  # steps TeaCache skipped (GenerationOptions.cache)
-    scores: ClipScores | None = None  # identity and motion (`echovideo.quality`), unless turned off
+    scores: ClipScores | None = None  # identity and motion (`echovideo.metrics.quality`), unless turned off
 
 
 class EchoVideoPipeline:
-    teacache_coefficients = COGVIDEOX_COEFFICIENTS  # TeaCache's fit for this model (`echovideo.step_cache`)
+    teacache_coefficients = COGVIDEOX_COEFFICIENTS  # TeaCache's fit for this model (`speedups.step_cache`)
 
     def __init__(self, components: Components, device: torch.device, dtype: torch.dtype) -> None:
         self.components = components
@@ -207,12 +208,12 @@ class EchoVideoPipeline:
         """The released loop: v-prediction, (dynamic) CFG combined in fp32, scheduler steps on fp32 latents.
 
         `predict(model_in, t, fused_text, rotary)` is the DiT forward: the transformer itself by default, a
-        sequence-parallel engine with the same signature under parallelism; with step caching on it also
-        gets `cache=` (predictors written before caching keep working without it). `on_step(i)` runs after
-        each step (a job's worker uses it as its no-progress clock).
+        sequence-parallel engine with the same signature under parallelism. `on_step(i)` runs after each step
+        (a job's worker uses it as its no-progress clock).
 
-        With `opts.cache`, the steps TeaCache skips are fixed here, before the loop, from the timesteps alone:
-        every rank of a parallel group computes the same list (see `echovideo.step_cache`).
+        Speedups (`echovideo.speedups`: TeaCache with `opts.cache`) are hooks on the transformer for this
+        video; the steps TeaCache skips are fixed before the loop from the timesteps alone, so every rank of
+        a parallel group skips the same ones.
         """
         predict = predict or self.transformer
         rotary = self.transformer.rotary_embedding(opts.latent_frames, opts.height // 8, opts.width // 8, self.device,
@@ -222,20 +223,24 @@ class EchoVideoPipeline:
         host_timesteps = timesteps.tolist()  # one device-to-host copy, before the loop
         scales = (dynamic_cfg_scales(opts.guidance, host_timesteps, opts.steps) if opts.dynamic_cfg
                   else [opts.guidance] * opts.steps)
-        skips = skipped_steps(self.transformer, host_timesteps, opts.cache, self.device, self.dtype,
+        denoising = Denoising(self.transformer, opts, host_timesteps, self.device, self.dtype,
                               self.teacache_coefficients)
-        cache = ResidualCache() if opts.cache else None
-        cached = {"cache": cache} if cache is not None else {}
-        state.skipped_steps = sum(skips)
-        if opts.cache:
-            logger.info("TeaCache %g: %d of %d steps reuse the cached residual", opts.cache, sum(skips), opts.steps)
+        with applied(denoising) as report:
+            state.skipped_steps = report.get("skipped_steps", 0)
+            if opts.cache:
+                logger.info("TeaCache %g: %d of %d steps reuse the cached residual", opts.cache,
+                            state.skipped_steps, opts.steps)
+            return self._loop(state, opts, predict, rotary, (timesteps, host_timesteps), scales, progress, on_step)
+
+    def _loop(self, state: SamplingState, opts: GenerationOptions, predict, rotary, steps: tuple, scales: list[float],
+              progress: bool, on_step: Callable[[int], None] | None) -> torch.Tensor:
+        """The steps themselves; `steps`: the scheduler's timesteps on the device and as host ints."""
+        timesteps, host_timesteps = steps
         latents, batch, old_pred = state.latents, state.fused_text.shape[0], None
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             model_in = torch.cat([latents, state.face_latents], dim=2).expand(batch, -1, -1, -1, -1).to(self.dtype)
-            if cache is not None:
-                cache.skip = skips[i]
             with torch.no_grad():
-                pred = predict(model_in, t.expand(batch), state.fused_text, rotary, **cached).float()
+                pred = predict(model_in, t.expand(batch), state.fused_text, rotary).float()
             if opts.use_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scales[i] * (cond - uncond)
@@ -258,7 +263,7 @@ class EchoVideoPipeline:
         decode: bool = True,
         scores: bool = True,
     ) -> GenerationResult:
-        """`scores=False` skips the quality scores (`echovideo.quality`; they need the decoded frames)."""
+        """`scores=False` skips the quality scores (`echovideo.metrics.quality`; they need the decoded frames)."""
         opts = (options or GenerationOptions()).validate()
         identity = identity if identity is not None else self.encode_identity(image)
         state = self.prepare(prompt, image, opts, identity, text_embeds)

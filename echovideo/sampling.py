@@ -40,7 +40,7 @@ class GenerationOptions:
     negative_prompt: str = ""
     seed: int = 42
     fps: int = 16
-    cache: float = 0.0  # TeaCache threshold (echovideo.step_cache); 0 runs every step. 0.1-0.2 published
+    cache: float = 0.0  # TeaCache threshold (echovideo.speedups.step_cache); 0 runs every step. 0.1-0.2 published
     riflex: bool = False  # RIFLEx temporal RoPE for clips longer than the trained 49 frames (models.rope)
 
     def validate(self) -> "GenerationOptions":
@@ -78,11 +78,16 @@ class GenerationOptions:
 
     @property
     def latent_frames(self) -> int:
-        return (self.frames - 1) // 4 + 1
+        return latent_frames(self.frames)
 
     @property
     def use_cfg(self) -> bool:
         return self.guidance > 1.0
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frames of a clip: the VAE keeps the first frame alone and folds every 4 after it into one."""
+    return (frames - 1) // 4 + 1
 
 
 @functools.cache

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 
+from echovideo.sampling import latent_frames
 from parallel.config import ParallelConfig
 
 # The released transformer (echovideo-model.md; `EchoVideoTransformer3DModel()` counted on the meta device).
@@ -52,12 +53,8 @@ class Clip:
     cfg: bool = True  # guidance > 1: two branches a step
 
     @property
-    def latent_frames(self) -> int:
-        return (self.frames - 1) // 4 + 1
-
-    @property
     def video_tokens(self) -> int:
-        return self.latent_frames * (self.height // 16) * (self.width // 16)
+        return latent_frames(self.frames) * (self.height // 16) * (self.width // 16)
 
     def describe(self) -> str:
         return f"{self.height}x{self.width}x{self.frames}, {self.steps} steps"

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from echovideo.models.transformer import DiTTokens, EchoVideoTransformer3DModel
-from echovideo.step_cache import ResidualCache
 from parallel.attention import USPAttnProcessor
 from parallel.comm import all_gather_cat
 from parallel.kernels import AttentionKernel, kernel_for
@@ -52,12 +51,12 @@ class SequenceParallelDiT:
         return self._rotary[1]
 
     @torch.no_grad()
-    def __call__(self, latents, timestep, fused_text, image_rotary_emb, cache: ResidualCache | None = None):
+    def __call__(self, latents, timestep, fused_text, image_rotary_emb):
         """Same inputs and output as `model(...)` (batch 2 = [uncond; cond] under CFG), on every rank.
 
         Under CFG parallelism each CFG group runs one branch at batch 1. A sample without CFG (guidance
         <= 1, batch 1) runs its single branch on both groups: identical work, no exchange, same result.
-        A step cache holds this rank's own slice of the residual (its tokens, its CFG branch).
+        A step cache's hooks on the blocks keep this rank's own slice of the residual (its tokens, its branch).
         """
         mesh = self.mesh
         cfg = mesh.config.cfg if latents.shape[0] > 1 else 1
@@ -70,7 +69,7 @@ class SequenceParallelDiT:
         video = local_slice(tokens.video, 1, rank, ranks)
         rotary = self.local_rotary(image_rotary_emb)
         self.processor.valid_video_tokens = count
-        patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary, cache)
+        patches = self.model.run_blocks(DiTTokens(video, tokens.text, tokens.temb), rotary)
         patches = all_gather_cat(patches, mesh.sequence_group, ranks, dim=1, kind="gather")[:, :count]
         out = self.model.unpatchify(patches, frames, height, width)
         return all_gather_cat(out, mesh.cfg_group, cfg, dim=0, kind="cfg")

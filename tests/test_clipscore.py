@@ -91,7 +91,7 @@ def test_clip_score_is_the_published_scripts_bgr_frames_and_all(tmp_path, capsys
     assert row["clip_score"] == pytest.approx(expected, rel=1e-5)
     assert set(saved["models"]["clip"]) >= {"config.json", "model.safetensors"}
 
-    from echovideo.clipscore import (
+    from echovideo.metrics.clipscore import (
         ClipScore,  # the quirk is not a detail: frames fed as RGB give another number
     )
 

@@ -30,7 +30,7 @@ def spatial_inception(path, transform_input: bool = True) -> None:
     """Inception's interface (1x3x299x299 -> 2048) that sees layout: torchvision's input transform (per channel
     x * std / 0.5 + (mean - 0.5) / 0.5, as `transform_input` does), 13x13 average pools, flattened, through a
     fixed matrix, so a crop or resize done differently moves the features."""
-    from echovideo.inception_export import TRANSFORM_SCALE, TRANSFORM_SHIFT
+    from echovideo.metrics.inception_export import TRANSFORM_SCALE, TRANSFORM_SHIFT
 
     weights = np.random.default_rng(1).normal(size=(3 * 23 * 23, 2048)).astype(np.float32)
     nodes, tensors = [], [numpy_helper.from_array(weights, "w")]
@@ -207,7 +207,7 @@ def test_an_inception_without_torchvisions_input_transform_is_refused_for_consis
     assert main(["eval", str(clips), "--preset", "tiny", "--protocol", "consisid", "--inception",
                  str(tmp_path / "bare.onnx"), "--no-plot"]) == 2
     err = capsys.readouterr().err
-    assert "--inception" in err and "transform_input" in err and "echovideo.inception_export" in err
+    assert "--inception" in err and "transform_input" in err and "echovideo.metrics.inception_export" in err
 
 
 def test_consisid_protocol_needs_a_face_stage(tmp_path, capsys):
@@ -224,7 +224,7 @@ def test_the_inception_export_needs_the_users_torchvision_and_says_so(tmp_path, 
     against it; without torchvision it is one line, exit 2, nothing written."""
     import sys
 
-    from echovideo.inception_export import main as export_main
+    from echovideo.metrics.inception_export import main as export_main
 
     monkeypatch.setitem(sys.modules, "torchvision", None)  # as where it is not installed
     assert export_main([str(tmp_path / "inception.onnx")]) == 2

@@ -18,6 +18,7 @@ from jobs import job, write_jsonl
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
 from ray_jobs.data import samples as dataset
+from ray_jobs.data import validation
 from ray_jobs.runtime.feed import SampleFeed
 from ray_jobs.store.outputs import safe_name
 
@@ -129,7 +130,7 @@ def test_dataset_mistakes_stop_the_job_before_any_cluster_with_their_line(tmp_pa
     table, settings = _table(tmp_path, face_path, kind)
     spec = job(table, tmp_path / "out", **settings)
     with pytest.raises(EchoVideoInputError) as error:
-        dataset.validate_dataset(spec)
+        validation.validate_dataset(spec)
     assert message in str(error.value)
     path = tmp_path / "job.yaml"
     path.write_text(GOOD_JOB.replace("PROMPTS", str(table)).replace("OUT", str(tmp_path / "out")))
@@ -143,7 +144,7 @@ def test_dataset_mistakes_stop_the_job_before_any_cluster_with_their_line(tmp_pa
 def test_a_limit_reads_only_the_rows_it_needs(tmp_path, face_path):
     table = _jsonl_with_bad_line_at(tmp_path / "p.jsonl", 40005, str(face_path), "{not json")
     spec = job(table, tmp_path / "out", **{"dataset.limit": 20})
-    assert dataset.validate_dataset(spec) == 20
+    assert validation.validate_dataset(spec) == 20
     assert len(list(dataset.iter_samples(spec, "cpu"))) == 20
 
 
@@ -176,7 +177,7 @@ def test_a_type_change_deep_in_a_file_fails_that_row_alone_with_its_line(tmp_pat
     rows = [{"prompt": f"a person waves {i}", "identity": str(face_path), "steps": 2} for i in range(2010)]
     rows[2004]["steps"] = "two"
     spec = job(write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "out")
-    assert dataset.validate_dataset(spec) == 2010
+    assert validation.validate_dataset(spec) == 2010
     samples = list(dataset.iter_samples(spec, "cpu"))
     failed = [s for s in samples if s.error]
     assert len(samples) == 2010 and len(failed) == 1
@@ -236,4 +237,4 @@ def test_repeated_rows_come_off_the_progress_total(tmp_path, face_path):
     while not feed.exhausted:
         if (sample := feed.take(timeout=5)) is not None:
             taken.append(sample)
-    assert len(taken) == 2 and dataset.validate_dataset(spec) - feed.duplicates == 2  # the bar's total
+    assert len(taken) == 2 and validation.validate_dataset(spec) - feed.duplicates == 2  # the bar's total

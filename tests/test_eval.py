@@ -88,7 +88,7 @@ def test_inception_distance_is_zero_for_the_photo_itself_and_positive_for_anothe
     import torch
 
     from echovideo.face import load_face_stage
-    from echovideo.inception import InceptionFeatures, inception_distance
+    from echovideo.metrics.inception import InceptionFeatures, inception_distance
     from echovideo.presets.tiny import tiny_checkpoint
 
     inception_model(tmp_path / "inception.onnx")
@@ -132,7 +132,7 @@ def test_eval_works_after_the_quickstart_install_without_matplotlib(tmp_path, ca
 def test_a_plot_of_a_hundred_groups_shows_the_best_apart_and_pools_the_rest(tmp_path, capsys):
     """100 prompts: the legend holds the 7 best groups by Identity Average and one pooled "93 other groups"
     series (every clip still counted), not 100 overlaid histograms."""
-    from ray_jobs.tools.evaluate import PLOTTED_GROUPS, grouped, plotted_series
+    from ray_jobs.tools.eval_table import PLOTTED_GROUPS, grouped, plotted_series
 
     scored_job(tmp_path / "out", [(i / 1000, i / 100, i % 2 == 0) for i in range(100)])  # cache i/1000: 100 groups
     assert main(["eval", str(tmp_path / "out"), "--by", "cache"]) == 0

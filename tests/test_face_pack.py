@@ -19,10 +19,10 @@ from released_face import (
 )
 
 from echovideo.cli import main
-from echovideo.consisid_eval import consisid_scores, decode_photo
 from echovideo.errors import CheckpointError
 from echovideo.face.analysis_pack import AnalysisPack, resolve_pack
 from echovideo.images import load_identity_image
+from echovideo.metrics.consisid_eval import consisid_scores, decode_photo
 from echovideo.video_io import read_mp4, write_mp4
 
 PHOTO = "echovideo/assets/astronaut.jpg"

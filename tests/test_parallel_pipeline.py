@@ -10,7 +10,7 @@ from distributed import run_ranks
 from test_pipeline import device_scalar_reads
 
 from echovideo.sampling import GenerationOptions
-from echovideo.step_cache import IDENTITY
+from echovideo.speedups.step_cache import IDENTITY
 
 OPTS = GenerationOptions(height=32, width=48, frames=9, steps=3, guidance=6.0, seed=11)
 CACHED = replace(OPTS, steps=8, cache=1.0)  # with IDENTITY: computed, skipped, computed, ... (~0.9 a step)

@@ -9,8 +9,8 @@ import torch
 
 from echovideo.face import load_face_stage
 from echovideo.images import load_identity_image
+from echovideo.metrics.quality import frame_stride, motion_threshold, score_clip
 from echovideo.presets.tiny import tiny_checkpoint
-from echovideo.quality import frame_stride, motion_threshold, score_clip
 
 PHOTO = "echovideo/assets/astronaut.jpg"
 
@@ -93,7 +93,7 @@ def test_a_quality_gate_that_cannot_work_is_refused_naming_its_key(tmp_path, qua
 
 
 def test_flow_pairs_on_threads_give_the_sequential_result():
-    from echovideo.quality import motion_scores, pair_motion
+    from echovideo.metrics.quality import motion_scores, pair_motion
 
     clip = panning([1, 5, 2, 7, 3, 0, 4, 6])
     sequential = [pair_motion(a, b) for a, b in zip(clip[:-1], clip[1:])]

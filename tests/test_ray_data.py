@@ -51,8 +51,9 @@ def test_the_users_dataset_is_executed_once_whatever_the_driver_asks(local_ray, 
     import ray
     from jobs import job
 
-    from ray_jobs.data.samples import iter_samples, validate_dataset
+    from ray_jobs.data.samples import iter_samples
     from ray_jobs.data.tables import RayDataTable
+    from ray_jobs.data.validation import validate_dataset
 
     calls = tmp_path / "calls"
 

@@ -173,7 +173,7 @@ def test_a_null_or_nul_prompt_is_the_rows_error(tmp_path, photo, prompt, says):
 def test_outputs_name_a_uri_photo_without_its_query_or_credentials(tmp_path):
     uri = "s3://KEY:SECRET@bucket/faces/a.jpg?endpoint_override=127.0.0.1:1&scheme=http"
     assert dataset.shown_reference(uri) == "s3://bucket/faces/a.jpg"
-    reader = dataset.IdentityReader()
+    reader = identities.IdentityReader()
     assert reader.reference(uri)["reference"] == "s3://bucket/faces/a.jpg"
 
 

@@ -11,10 +11,10 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from echovideo.cli import main
 from echovideo.models.rope import RIFLEX_K, ROPE_THETA, released_grid, riflex_axis
 from echovideo.sampling import GenerationOptions
-from echovideo.step_cache import (
+from echovideo.speedups.step_cache import (
     COGVIDEOX_COEFFICIENTS,
     IDENTITY,
-    ResidualCache,
+    cached_steps,
     skipped_steps,
 )
 from ray_jobs.data.request_identity import describe_request, request_key, typed_settings
@@ -52,20 +52,40 @@ def test_the_skip_schedule_follows_the_published_rule(tiny_pipe, coefficients, t
 
 
 def test_a_skipped_step_adds_the_residual_of_the_last_computed_step(tiny_pipe):
+    """The hooks on the blocks: a computed step runs every block (attention counted), a skipped one none, and
+    the model is its plain self again once the video ends."""
     transformer = tiny_pipe.transformer
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn((2, 3, 32, 4, 6), generator=generator)
     text = torch.randn((2, transformer.config.max_text_seq_length, transformer.config.text_embed_dim),
                        generator=generator)
     t = torch.tensor([500, 500])
-    with torch.no_grad():
-        plain = transformer(latents, t, text)
-        cache = ResidualCache()
-        computed = transformer(latents, t, text, cache=cache)
-        cache.skip = True
-        reused = transformer(latents, t, text, cache=cache)
+    attention_calls = []
+    handles = [block.attn1.register_forward_pre_hook(lambda *_: attention_calls.append(1))
+               for block in transformer.transformer_blocks]
+    try:
+        with torch.no_grad():
+            plain = transformer(latents, t, text)
+            with cached_steps(transformer, [False, True]) as cache:
+                computed = transformer(latents, t, text)
+                ran = len(attention_calls)
+                reused = transformer(latents, t, text)
+            after = transformer(latents, t, text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    blocks = len(transformer.transformer_blocks)
+    assert ran == 2 * blocks and len(attention_calls) == 3 * blocks  # plain, computed, none skipped, after
+    assert cache.step == 2
     assert torch.equal(computed, plain)  # storing the residual changes nothing
     assert torch.allclose(reused, plain, rtol=0, atol=1e-5)  # x + (f(x) - x): the blocks' output again
+    assert torch.equal(after, plain) and not any(hasattr(b, "_diffusers_hook") and b._diffusers_hook.hooks
+                                                 for b in transformer.transformer_blocks)
+
+
+def test_no_skipped_step_registers_no_hook(tiny_pipe):
+    with cached_steps(tiny_pipe.transformer, [False] * 4) as cache:
+        assert cache is None
 
 
 def test_computed_steps_are_bitwise_the_uncached_ones(tiny_pipe, face_path, monkeypatch):

@@ -27,7 +27,6 @@ from echovideo.attention_choice import sdpa_backend
 from echovideo.models.checkpoint import StrictCheckpointMixin
 from echovideo.models.iitf import FaceResampler
 from echovideo.models.rope import rotary_table
-from echovideo.step_cache import ResidualCache
 
 
 def _on_token_axis(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
@@ -218,26 +217,16 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
             if type(attn.processor) is FusedCogVideoXAttnProcessor2_0:
                 attn.set_processor(CogVideoXAttnProcessor2_0())
 
-    def run_blocks(
-        self, tokens: DiTTokens, image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
-        cache: ResidualCache | None = None,
-    ) -> torch.Tensor:
+    def run_blocks(self, tokens: DiTTokens, image_rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The transformer blocks and the output head; returns projected video tokens (B,N,p*p*C).
 
-        With a step cache (`echovideo.step_cache`), a step it marks `skip` adds the blocks' last residual
-        instead of running them; any other step runs them and stores their residual."""
+        Blocks are called by keyword: speedups hook them (`echovideo.speedups`) and read their inputs by name."""
         video, text = tokens.video, tokens.text
-        if cache is not None and cache.skip:
-            video = video + cache.video
-        else:
-            start = video
-            for block in self.transformer_blocks:
-                video, text = block(
-                    hidden_states=video, encoder_hidden_states=text, temb=tokens.temb,
-                    image_rotary_emb=image_rotary_emb,
-                )
-            if cache is not None:
-                cache.video = video - start
+        for block in self.transformer_blocks:
+            video, text = block(
+                hidden_states=video, encoder_hidden_states=text, temb=tokens.temb,
+                image_rotary_emb=image_rotary_emb,
+            )
         video = self.norm_final(video)
         video = self.norm_out(video, temb=tokens.temb)
         return self.proj_out(video)
@@ -257,7 +246,6 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
         text_embeds: torch.Tensor | None = None,
         id_embeds: torch.Tensor | None = None,
         id_vit_tokens: torch.Tensor | None = None,
-        cache: ResidualCache | None = None,
     ) -> torch.Tensor:
         """Predict v for latents (B,F,C_in,H,W). Pass `fused_text` (cached IITF) or the three IITF inputs."""
         if fused_text is None:
@@ -269,5 +257,5 @@ class EchoVideoTransformer3DModel(StrictCheckpointMixin, ModelMixin, AttentionMi
             image_rotary_emb = self.rotary_embedding(frames, height, width, hidden_states.device)
         tokens = self.embed(hidden_states, fused_text, timestep)
         with sdpa_backend(hidden_states.device, self.dtype):  # the kernel measured fastest here (CUDA only)
-            out = self.run_blocks(tokens, image_rotary_emb, cache)
+            out = self.run_blocks(tokens, image_rotary_emb)
         return self.unpatchify(out, frames, height, width)

@@ -9,17 +9,21 @@ is the header check's) settles the row, while anything that could pass on a retr
 a 5xx, a timeout, permission) raises `IdentityUnavailable`: retried a few times now, and again by a rerun.
 """
 
+import hashlib
 import os
 import re
 import stat
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, TypeVar
 
 import pyarrow.fs as pfs
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.images import check_identity_header
 from echovideo.locations import open_uri
+from echovideo.locations import shown_location as shown_reference
 from ray_jobs.data.redact import redact
 
 MAX_IDENTITY_BYTES = 64 * 2**20  # far above any phone photo (a 48 MP HEIC-to-JPEG is ~20 MB)
@@ -166,3 +170,60 @@ def _kind(mode: int) -> str:
         if test(mode):
             return kind
     return "not a plain file"
+
+
+class IdentityReader:
+    """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job).
+
+    Each new photo's header is checked here (format, size, structure; no pixel decoded), so an unreadable,
+    empty or oversized photo fails its rows in the driver instead of occupying a replica, at a cost the
+    driver can afford for any photo. The filesystem's word on each reference (`identity_version`) is
+    memoised the same way: a rerun asks it once per distinct photo, not once per row.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self.versions: OrderedDict[str, object] = OrderedDict()
+        self.unavailable: OrderedDict[str, IdentityUnavailable] = OrderedDict()
+        self.capacity = capacity
+
+    def get(self, value) -> tuple[bytes, str, str]:
+        """-> (bytes, sha256, display name); raises EchoVideoInputError naming the identity."""
+        if isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+            key = hashlib.sha256(data).hexdigest()
+            name = f"<bytes {key[:12]}>"
+        elif isinstance(value, str) and value.strip():
+            data, key, name = None, value, shown_reference(value)
+        else:
+            raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
+        if key in self.unavailable:  # one deadline per reference and run, not one per row naming it
+            raise self.unavailable[key]
+        if key not in self.cache:
+            if data is None:
+                try:
+                    data = read_identity(value, name)
+                except IdentityUnavailable as exc:
+                    _remember(self.unavailable, key, exc, self.capacity)
+                    raise
+            check_identity_header(data, name, "identity")
+            _remember(self.cache, key, (data, hashlib.sha256(data).hexdigest()), self.capacity)
+        self.cache.move_to_end(key)
+        return (*self.cache[key], name)
+
+    def reference(self, value) -> dict:
+        """The photo as a reference: its public name and what its filesystem says of it now (a photo given as
+        bytes is its content). Cheap: no photo is read."""
+        if isinstance(value, (bytes, bytearray)):
+            return {"bytes": hashlib.sha256(value).hexdigest()}
+        if not isinstance(value, str) or not value.strip():
+            return {"value": repr(value)}
+        if value not in self.versions:
+            _remember(self.versions, value, identity_version(value, shown_reference(value)), self.capacity)
+        return {"reference": shown_reference(value), "version": self.versions[value]}
+
+
+def _remember(cache: OrderedDict, key, value, capacity: int) -> None:
+    cache[key] = value
+    if len(cache) > capacity:
+        cache.popitem(last=False)

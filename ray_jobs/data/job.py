@@ -26,7 +26,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
     "generation": {f.name: ((type(f.default),) if not isinstance(f.default, float) else (int, float), f.default)
                    for f in fields(GenerationOptions) if f.name != "seed"},
     "job": {"output": ((str,), None), "retries": ((int,), 3), "seed": ((int,), 0), "max_rebuilds": ((int,), 4)},
-    # Per-clip scores (echovideo.quality) and the gate that marks clips below it `rejected`.
+    # Per-clip scores (echovideo.metrics.quality) and the gate that marks clips below it `rejected`.
     "quality": {"scores": ((bool,), True), "min_identity": ((int, float), None),
                 "min_face_share": ((int, float), None), "review": ((str,), None)},
 }

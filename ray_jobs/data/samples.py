@@ -4,8 +4,6 @@ The driver never holds a table: rows arrive in record batches, and a sample carr
 bytes only while it is queued or in flight.
 """
 
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Iterator
@@ -13,20 +11,17 @@ from typing import Iterator
 import numpy as np
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.images import check_identity_header
 from echovideo.locations import shown_location as shown_reference
 from ray_jobs.data.identities import (
+    IdentityReader,
     IdentityUnavailable,
-    identity_version,
     printable,
-    read_identity,
 )
 from ray_jobs.data.job import JobSpec
 from ray_jobs.data.records import Kind
 from ray_jobs.data.redact import redact
 from ray_jobs.data.request_identity import (
     ID_LENGTH,
-    SETTINGS,
     Request,
     id_basis,
     parse_request,
@@ -59,63 +54,6 @@ class Sample:
     where: str = ""  # the row's place in the dataset ("prompts.jsonl line 7")
     duplicate: bool = False  # a repeat of an earlier row (same id, same content): counted, never rendered
     settled: bool = False  # known from the journal by its row key: counted as done, never rendered
-
-
-class IdentityReader:
-    """Image bytes and their content hash by reference; recent ones memoised (identities repeat in a job).
-
-    Each new photo's header is checked here (format, size, structure; no pixel decoded), so an unreadable,
-    empty or oversized photo fails its rows in the driver instead of occupying a replica, at a cost the
-    driver can afford for any photo. The filesystem's word on each reference (`identity_version`) is
-    memoised the same way: a rerun asks it once per distinct photo, not once per row.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        self.cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self.versions: OrderedDict[str, object] = OrderedDict()
-        self.unavailable: OrderedDict[str, IdentityUnavailable] = OrderedDict()
-        self.capacity = capacity
-
-    def get(self, value) -> tuple[bytes, str, str]:
-        """-> (bytes, sha256, display name); raises EchoVideoInputError naming the identity."""
-        if isinstance(value, (bytes, bytearray)):
-            data = bytes(value)
-            key = hashlib.sha256(data).hexdigest()
-            name = f"<bytes {key[:12]}>"
-        elif isinstance(value, str) and value.strip():
-            data, key, name = None, value, shown_reference(value)
-        else:
-            raise EchoVideoInputError("identity", f"{value!r} is not an image path, URI or bytes", "fill the column")
-        if key in self.unavailable:  # one deadline per reference and run, not one per row naming it
-            raise self.unavailable[key]
-        if key not in self.cache:
-            if data is None:
-                try:
-                    data = read_identity(value, name)
-                except IdentityUnavailable as exc:
-                    _remember(self.unavailable, key, exc, self.capacity)
-                    raise
-            check_identity_header(data, name, "identity")
-            _remember(self.cache, key, (data, hashlib.sha256(data).hexdigest()), self.capacity)
-        self.cache.move_to_end(key)
-        return (*self.cache[key], name)
-
-    def reference(self, value) -> dict:
-        """The photo as a reference: its public name and what its filesystem says of it now (a photo given as
-        bytes is its content). Cheap: no photo is read."""
-        if isinstance(value, (bytes, bytearray)):
-            return {"bytes": hashlib.sha256(value).hexdigest()}
-        if not isinstance(value, str) or not value.strip():
-            return {"value": repr(value)}
-        if value not in self.versions:
-            _remember(self.versions, value, identity_version(value, shown_reference(value)), self.capacity)
-        return {"reference": shown_reference(value), "version": self.versions[value]}
-
-
-def _remember(cache: OrderedDict, key, value, capacity: int) -> None:
-    cache[key] = value
-    if len(cache) > capacity:
-        cache.popitem(last=False)
 
 
 def tables(spec: JobSpec) -> tuple[Table, Table | None]:
@@ -179,13 +117,6 @@ def build_sample(spec: JobSpec, request: Request, identity_value, reader: Identi
                   row_key=row_key, content_key=content_key, identity_sha=digest, where=where)
 
 
-def unused_columns(spec: JobSpec) -> list[str]:
-    """Columns the job will not read (a misspelt override such as `hieght` would otherwise pass silently)."""
-    columns = spec.columns()
-    known = {columns[k] for k in ID_COLUMNS} | set(SETTINGS)
-    return sorted({name for table in tables(spec) if table is not None for name in table.columns()} - known)
-
-
 def iter_samples(spec: JobSpec, accelerator: str, finished_rows: dict[str, str] | None = None) -> Iterator[Sample]:
     """Every requested sample once, in dataset order; a repeated row comes back marked `duplicate` (counted,
     not rendered), and a dataset id reused for different content fails that row under `id@where`.
@@ -223,56 +154,3 @@ def _reused(sample: Sample, first_where: str) -> Sample:
               f"{first_where}); give each row its own sample_id")
     return Sample(f"{sample.sample_id}@{sample.where}", sample.prompt, sample.identity, sample.options,
                   error=reason, row_key=sample.row_key, where=sample.where)
-
-
-def validate_dataset(spec: JobSpec) -> int | None:
-    """What can be known about the dataset before any replica starts; -> samples requested (rows before
-    de-duplication), None for a streamed table (counted as it is read). A text table is read through here (in
-    rows mode only up to `limit`), so a malformed line stops the job now, naming its line, not hours into a run."""
-    d = spec.dataset
-    prompts, identities = tables(spec)
-    _check_columns(spec, prompts, ("prompt",) if identities else ("prompt", "identity"))
-    if prompts.streamed:  # the first row shows it is not empty; reading on would wait for the whole stream
-        _has_rows(prompts, prompts.count(1))
-        return None
-    if identities is not None:
-        _check_columns(spec, identities, ("identity",))
-    n_prompts = prompts.count(d["limit"] if identities is None else None)
-    if identities is None:
-        return _has_rows(prompts, n_prompts)
-    pairs = _has_rows(prompts, n_prompts) * _has_rows(identities, identities.count())
-    if d["mode"] == "sampled" and d["count"] > pairs:
-        raise EchoVideoInputError("dataset.count", f"{d['count']} is more than the {pairs} distinct prompt x "
-                                  "identity pairs", f"use at most {pairs}, or mode: cross for all of them")
-    total = d["count"] if d["mode"] == "sampled" else pairs
-    return min(total, d["limit"]) if d["limit"] is not None else total
-
-
-def _has_rows(table: Table, count: int) -> int:
-    if count == 0:
-        raise EchoVideoInputError(table.key, f"{table.name} has no rows", "add rows, or point at another table")
-    return count
-
-
-def _check_columns(spec: JobSpec, table: Table, roles: tuple[str, ...]) -> None:
-    """The columns the job reads exist (an identity may come from its path column or its image column), and
-    the prompt column holds text: a wrong mapping is one job error, not a failure per row."""
-    names, columns, mapped = table.columns(), spec.columns(), spec.dataset["columns"]
-    if not names:
-        return  # an empty table: `_has_rows` says so
-    for role in roles:
-        wanted = (role, "image") if role == "identity" else (role,)
-        if any(columns[r] in names for r in wanted):
-            continue
-        shown = f"it has {names[:12]}"
-        if role in mapped:
-            raise EchoVideoInputError(f"dataset.columns.{role}", f"column {columns[role]!r} is not in {table.name} "
-                                      f"({shown})", "map it to one of those")
-        raise EchoVideoInputError(table.key, f"{table.name} has no {' or '.join(repr(columns[r]) for r in wanted)} "
-                                  f"column ({shown})", f"rename one, or map yours with dataset.columns.{role}")
-    if "prompt" in roles:
-        first = next(table.rows(), None)
-        value = None if first is None else first.values.get(columns["prompt"])
-        if value is not None and not isinstance(value, (str, bytes)):
-            raise EchoVideoInputError("dataset.columns.prompt", f"column {columns['prompt']!r} of {table.name} holds "
-                                      f"{type(value).__name__} values, not text", "map the prompt column to text")

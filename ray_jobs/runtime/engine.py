@@ -19,7 +19,8 @@ from echovideo.errors import EchoVideoInputError
 from ray_jobs.data.job import JobSpec
 from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.request_identity import pin_weights
-from ray_jobs.data.samples import iter_samples, unused_columns, validate_dataset
+from ray_jobs.data.samples import iter_samples
+from ray_jobs.data.validation import unused_columns, validate_dataset
 from ray_jobs.runtime.clock import LookClock
 from ray_jobs.runtime.cluster import RayCluster
 from ray_jobs.runtime.elasticity import Elasticity

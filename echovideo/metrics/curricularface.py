@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.user_onnx import user_onnx_session
+from echovideo.metrics.user_onnx import user_onnx_session
 
 SIDE = 112
 

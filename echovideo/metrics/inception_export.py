@@ -2,7 +2,7 @@
 (nothing here downloads; torchvision fetches its weights as it always does), and check the export against
 torchvision before keeping it:
 
-    python -m echovideo.inception_export inception.onnx
+    python -m echovideo.metrics.inception_export inception.onnx
 
 The model is `torchvision.models.inception_v3(weights=Inception_V3_Weights.DEFAULT)` with `fc = Identity`, as
 ConsisID's `eval/get_facesim_fid.py` builds it. Those weights turn `transform_input` on: the first layers map
@@ -70,7 +70,7 @@ def export(destination: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m echovideo.inception_export OUT.onnx", file=sys.stderr)
+        print("usage: python -m echovideo.metrics.inception_export OUT.onnx", file=sys.stderr)
         return 2
     try:
         import torchvision  # noqa: F401  (yours: installing it here would replace the CPU torch)

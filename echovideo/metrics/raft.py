@@ -1,5 +1,5 @@
 """VBench's Dynamic Degree with its own flow model, RAFT, from the user's weights as ONNX (nothing is
-downloaded; `eval --raft MODEL.onnx`). Without them motion uses OpenCV's Farneback (echovideo/quality.py).
+downloaded; `eval --raft MODEL.onnx`). Without them motion uses OpenCV's Farneback (echovideo/metrics/quality.py).
 
 The model is princeton-vl's RAFT as VBench runs it (`raft-things.pth`, 20 iterations, test mode) exported by
 the user with `torch.onnx.export`: inputs two (1, 3, H, W) float RGB frames in [0, 255] (RAFT normalises
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.quality import top_flow
-from echovideo.user_onnx import user_onnx_session
+from echovideo.metrics.quality import top_flow
+from echovideo.metrics.user_onnx import user_onnx_session
 
 MULTIPLE = 8
 

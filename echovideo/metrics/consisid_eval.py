@@ -15,7 +15,7 @@ ConsisID's): FaceSim-Arc and the per-frame Inception Distance ("FID" there) comp
   clip's: the mean over the frames with a face, 0.0 if none had one (sic: ConsisID's fallback, which
   scores a face-less clip as perfect; `frames_with_face` says when that happened).
 
-Our default (echovideo/quality.py, echovideo/inception.py) differs on purpose where it is stricter; README
+Our default (echovideo/metrics/quality.py, echovideo/metrics/inception.py) differs on purpose where it is stricter; README
 "Quality scores" lists each difference.
 """
 
@@ -28,8 +28,8 @@ from PIL import Image
 
 from echovideo.face.antelope import norm_crop
 from echovideo.face.stage import DetectedFace, FaceStage
-from echovideo.inception import INCEPTION_SIDE
-from echovideo.quality import cosine
+from echovideo.metrics.inception import INCEPTION_SIDE
+from echovideo.metrics.quality import cosine
 
 FRAMES = 16
 DET_SIZE = 320

@@ -15,8 +15,8 @@ import numpy as np
 
 from echovideo.errors import EchoVideoInputError
 from echovideo.face.stage import FaceStage
-from echovideo.quality import frame_stride
-from echovideo.user_onnx import user_onnx_session
+from echovideo.metrics.quality import frame_stride
+from echovideo.metrics.user_onnx import user_onnx_session
 
 INCEPTION_SIDE, FEATURE_WIDTH = 299, 2048
 
@@ -32,13 +32,13 @@ class InceptionFeatures:
                                       "use an InceptionV3 with a 1x3x299x299 input and the 2048-d pool output")
         self.input = inputs[0].name
         if transform_input:
-            from echovideo.inception_export import has_input_transform
+            from echovideo.metrics.inception_export import has_input_transform
 
             if not has_input_transform(path):
                 raise EchoVideoInputError("--inception", f"{path} has no input transform (torchvision's "
                                           "transform_input, on in ConsisID's inception_v3 DEFAULT weights): its "
                                           "features are not ConsisID's", "export it with `python -m "
-                                          "echovideo.inception_export inception.onnx` where torchvision is installed")
+                                          "echovideo.metrics.inception_export inception.onnx` where torchvision is installed")
 
     def __call__(self, face: np.ndarray) -> np.ndarray:
         """The 2048-d feature of one aligned face (uint8 RGB)."""

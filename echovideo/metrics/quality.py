@@ -75,7 +75,7 @@ def top_flow(u: np.ndarray, v: np.ndarray) -> float:
 
 def pair_motion(first: np.ndarray, second: np.ndarray) -> float:
     """Top-5% flow between two RGB frames by OpenCV's Farneback (VBench uses RAFT, which needs weights:
-    echovideo/raft.py takes them as ONNX)."""
+    echovideo/metrics/raft.py takes them as ONNX)."""
     flow = cv2.calcOpticalFlowFarneback(cv2.cvtColor(first, cv2.COLOR_RGB2GRAY),
                                         cv2.cvtColor(second, cv2.COLOR_RGB2GRAY), None, *FARNEBACK)
     return top_flow(flow[..., 0], flow[..., 1])
