@@ -11,7 +11,7 @@ from echovideo.presets.tiny import tiny_checkpoint
 
 FACE = Path(__file__).resolve().parent.parent / "echovideo" / "assets" / "astronaut.jpg"
 # Every Ray cluster the suite starts (in-process, `ray start`, `echovideo run` subprocesses) runs its workers at
-# niceness 0, as the embedded cluster does (ray_jobs/plan.py): at Ray's default 15 a busy CI host starves them.
+# niceness 0, as the embedded cluster does (ray_jobs/runtime/placement.py): at Ray's default 15 a busy CI host starves them.
 os.environ["RAY_worker_niceness"] = "0"
 # Everything the suite starts inherits this mark: what is still running with it at the end, a test left behind.
 os.environ.setdefault(own_processes.SESSION_VARIABLE, uuid.uuid4().hex)

@@ -1,5 +1,5 @@
 """The job's quality gate: finished clips whose scores fall below `quality.min_*` are `rejected`, unless a
-reviewer's marks (`quality.review`, ray_jobs/review.py) say otherwise.
+reviewer's marks (`quality.review`, ray_jobs/data/review.py) say otherwise.
 
 Applied when the manifest is written, not when a clip is rendered: a rejected clip stays on disk and
 settled (a rerun does not render it again), and a rerun with another gate re-sorts every clip without

@@ -1,7 +1,7 @@
 """The job's gallery: one page to review a synthesis run by: every clip with its prompt and identity
 thumbnail, sorted and filtered by its scores or by text, stepped through with the keyboard, and marked
 keep/reject with a note (marks kept in the browser, downloaded as `review.json` for `export --review` and
-`quality.review`; ray_jobs/review.py).
+`quality.review`; ray_jobs/data/review.py).
 
 `index.html` is static; `gallery-data.js` holds one compact entry per clip (read with a script tag, so the
 page opens from a laptop's disk as well as from a bucket or any static server: browsers refuse `fetch`

@@ -214,7 +214,7 @@ class Exporter:
 
 
 def export(output: str, destination: str, fmt: str, shard_size: int = 1000, review: str | None = None) -> dict:
-    """`review`: a gallery review.json whose marks outrank the quality gate (see ray_jobs/review.py)."""
+    """`review`: a gallery review.json whose marks outrank the quality gate (see ray_jobs/data/review.py)."""
     if fmt not in FORMATS:
         raise EchoVideoInputError("--format", f"{fmt!r} is unknown", f"use one of {FORMATS}")
     exporter = Exporter(output, destination, read_review(review, "--review") if review else None)
