@@ -8,6 +8,7 @@ from itertools import islice
 import pytest
 from jobs import job, write_jsonl
 
+import ray_jobs.data.identities as identities
 import ray_jobs.data.samples as dataset
 from ray_jobs.data.records import Rendered
 from ray_jobs.store import LocalOutputs
@@ -53,7 +54,7 @@ def test_a_rerun_knows_finished_rows_without_reading_their_photos(rows, tmp_path
     def no_photo_reads(*args):
         raise AssertionError("a finished row's photo was read")
 
-    monkeypatch.setattr(dataset, "read_identity", no_photo_reads)
+    monkeypatch.setattr(identities, "read_identity", no_photo_reads)
     again = list(islice(dataset.iter_samples(spec, "cpu", finished), 3))  # the 4th row is new: it is read
     assert [s.sample_id for s in again] == [s.sample_id for s in first[:3]]
 
