@@ -30,6 +30,18 @@ SMALL_MODELS_GIB = 1.0  # SigLIP, the face stage on the device, the scheduler's 
 ACTIVATION_FACTOR = 14.0
 RESERVE_GIB = 1.5  # CUDA context and allocator slack: never planned for tensors
 GIB = 2**30
+# Per-clip work outside the steps and the decode, on rank 0 while the other ranks wait (`fixed_clip_seconds`).
+# Host figures are measured on the 2-core CI machine (benchmarks/RESULTS.md: "Quality scores", "Object-store
+# job outputs"); device figures are estimates until a GPU check measures them.
+MP4_ENCODE_S_PER_MPIXEL = 0.561 / (49 * 480 * 848 / 1e6)  # libx264 of the clip, measured (49x480x848: 561 ms)
+MP4_CHECK_S_PER_MPIXEL = 1.0 / (49 * 720 * 480 / 1e6)  # decoding it back to count frames, measured (1.0 s)
+MOTION_S_PER_PAIR = 0.115  # Farneback at 480x848 on one core, measured; scaled by pixels, spread over HOST_CORES
+HOST_CORES = 8  # a GPU node's cores the flow pairs spread over (the measurement's pool caps at 8)
+FACE_S_PER_FRAME = 0.008  # SCRFD + ArcFace on the device per scored frame, estimate
+FACE_STAGE_S = 0.3  # a new photo's detection, parsing, ArcFace and SigLIP on the device, estimate (memoised)
+OUTPUT_S = 0.09  # poster, thumbnail, json, completion record of one clip, measured (local folder, tiny clip)
+UPLOAD_BYTES_PER_S = 100e6  # rank 0 to an object store, estimate; clips are written at ~MP4_BYTES_PER_PIXEL
+MP4_BYTES_PER_PIXEL = 0.05  # libx264's default CRF on generated video, estimate (~1 MB for 49x480x848)
 
 
 def comm_bytes_per_forward(c: int, u: int, r: int, layers: int, video_tokens: int, text_tokens: int,
@@ -124,9 +136,29 @@ def layout_cost(clip: Clip, layout: ParallelConfig, device: dict, weight_bytes: 
     step = compute + (sent["ulysses"] + sent["gather"] + sent["cfg"]) / link + exposed_ring
     scale = clip.height * clip.width * clip.frames / (480 * 848 * 49)
     decode = device["vae_seconds_480x848x49"] * scale / min(layout.world, vae_tiles(clip))
-    cost = Cost(layout, tokens, {k: round(v, 2) for k, v in memory.items()}, step, clip.steps * step + decode)
+    fixed = sum(fixed_clip_seconds(clip, device).values())
+    cost = Cost(layout, tokens, {k: round(v, 2) for k, v in memory.items()}, step, clip.steps * step + decode + fixed)
     usable = device["memory_gib"] - RESERVE_GIB
     if memory["peak"] > usable:
         cost.problem = (f"peak {memory['peak']:.1f} GiB per rank ({peak_phase}) > {usable:.1f} GiB usable on "
                         f"{device['name']}")
     return cost
+
+
+def fixed_clip_seconds(clip: Clip, device: dict) -> dict[str, float]:
+    """What every clip pays besides its steps and its decode, by term: the prompt's T5 forward(s) (prompt and
+    negative under CFG), the face stage for a new photo (counted for every clip: the worst case, a photo per
+    clip), the mp4's encode and the check that decodes it back, the scores (faces on scored frames, motion on
+    the host), the output's small files and record, and the upload. They set a floor under the clip time, so
+    a tiny clip is not planned at millions an hour."""
+    megapixels = clip.frames * clip.height * clip.width / 1e6
+    scored = (clip.frames + 1) // 2  # every second frame at 16 fps (`metrics.quality.frame_stride`)
+    matmul = device["matmul_tflops"] * 1e12 * device["dense_efficiency"]
+    return {"prompt encode": (2 if clip.cfg else 1) * 2 * T5_PARAMS * TEXT_TOKENS / matmul,
+            "face stage": FACE_STAGE_S,
+            "mp4 encode": MP4_ENCODE_S_PER_MPIXEL * megapixels,
+            "mp4 check": MP4_CHECK_S_PER_MPIXEL * megapixels,
+            "scores": scored * FACE_S_PER_FRAME + (scored - 1) * MOTION_S_PER_PAIR * clip.height * clip.width /
+            (480 * 848) / HOST_CORES,
+            "output files": OUTPUT_S,
+            "upload": megapixels * 1e6 * MP4_BYTES_PER_PIXEL / UPLOAD_BYTES_PER_S}

@@ -9,7 +9,7 @@ import pytest
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig as Layout
-from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, layout_cost, load_devices
+from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, fixed_clip_seconds, layout_cost, load_devices
 from ray_jobs.data.job import load_job
 from ray_jobs.runtime.placement import make_plan
 
@@ -42,6 +42,18 @@ def test_one_device_peak_memory_is_within_the_specs_prediction():
     whole = layout_cost(Clip(480, 848, 97, 50), Layout(), H100)
     assert split.tokens_per_rank == -(-39_750 // 4) + 226 and split.memory_gib["activations"] < whole.memory_gib["activations"] / 7
     assert split.step_s < whole.step_s / 6  # 8 ranks, little communication over NVLink
+
+
+def test_a_tiny_clip_pays_the_fixed_per_clip_work_and_a_long_one_pays_more_of_it():
+    """The clip time has a floor (prompt encode, face stage, output files, ...): a 2-step 32x32 clip is not
+    planned at a million clips an hour, and the pixel-bound terms grow with the clip."""
+    h100 = load_devices()["devices"]["H100"]
+    tiny, full = Clip(32, 32, 9, 2), Clip(480, 848, 49, 50)
+    tiny_cost = layout_cost(tiny, Layout(), h100)
+    assert tiny_cost.clip_s >= sum(fixed_clip_seconds(tiny, h100).values()) >= 0.3
+    assert 3600 / tiny_cost.clip_s < 20_000  # clips an hour on one GPU
+    small, large = fixed_clip_seconds(tiny, h100), fixed_clip_seconds(full, h100)
+    assert large["mp4 encode"] > 100 * small["mp4 encode"] and large["face stage"] == small["face stage"]
 
 
 def test_plan_answers_for_three_clusters_with_the_numbers_it_used(capsys):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from echovideo.devices import DTYPE_BYTES, dtype_name
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig
-from parallel.costs import Clip, Cost, layout_cost, layouts, load_devices
+from parallel.costs import Clip, Cost, fixed_clip_seconds, layout_cost, layouts, load_devices
 from ray_jobs.data.job import JobSpec
 
 NODES = re.compile(r"(\d+)x(\d+):([A-Za-z0-9]+)")
@@ -98,8 +98,14 @@ def describe(spec: JobSpec, cluster: Cluster) -> tuple[str, bool]:
                      f"{'yes' if cost.fits else 'no: ' + cost.problem}")
     lines.append("* the job's layout. Peak = the largest of encode (rank 0: DiT + T5), denoise (DiT + activations) and "
                  "decode (DiT + a VAE tile + the clip), with 1.5 GiB kept for the CUDA context; times are the model's "
-                 "(parallel/costs.py), to be checked against a measured run")
+                 "(parallel/costs.py), to be checked against a measured run. Clip s = steps x step + decode + "
+                 f"fixed per-clip work on rank 0 ({fixed_terms(clip, device)})")
     return "\n".join(lines), rows[0].fits
+
+
+def fixed_terms(clip: Clip, device: dict) -> str:
+    """The fixed per-clip terms, named, with their seconds for this clip."""
+    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in fixed_clip_seconds(clip, device).items())
 
 
 def refuse_unfit(spec: JobSpec, device_name: str, gpus_per_node: int) -> None:
