@@ -176,6 +176,9 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="Ray cluster address (auto, ray://...); default: an embedded local cluster")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a job-file value, e.g. --set parallel.replicas=4 (repeatable)")
+        if name == "run":
+            p.add_argument("--review", metavar="FILE", help="a gallery's review.json: clips it rejects are rendered "
+                           "again as their row's next attempt (with fresh seeds; quality.review for this run)")
         if name == "plan":
             p.add_argument("--nodes", metavar="NxG:DEVICE", help="a cluster to plan for, no cluster needed (e.g. "
                            "4x8:H100): per-rank tokens, peak memory and step/clip time of every layout of the "
@@ -213,7 +216,7 @@ def _run_job(args: argparse.Namespace) -> int:
     from ray_jobs.runtime.recorder import EXIT_FAILED_JOB
     from ray_jobs.store.errors import JobFailure
 
-    spec = load_job(args.job, args.set)
+    spec = load_job(args.job, [*args.set, *([f"quality.review={json.dumps(args.review)}"] if args.review else [])])
     try:
         report = run_job(spec, args.address)
     except JobFailure as exc:

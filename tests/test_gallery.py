@@ -68,7 +68,7 @@ def identity_scores(dom: str) -> list[float]:
 @needs_browser
 def test_cards_show_posters_thumbnails_and_scores_and_sections_split_rejected_and_failed(tmp_path):
     done = records(12)
-    rejected = [{**r, "sample_id": f"r{r['sample_id']}"[:24], "error": "identity_average 0.010 < quality.min_identity 0.3"}
+    rejected = [{**r, "sample_id": f"r{r['sample_id'][1:]}", "error": "identity_average 0.010 < quality.min_identity 0.3"}
                 for r in records(2)]
     failed = [{"sample_id": "bad<script>", "error": "identity: no face found <b>"}]
     with_thumbnails(tmp_path, done)

@@ -85,3 +85,14 @@ def test_the_driver_clock_counts_only_time_it_was_watching():
     start = clock.tick()
     clock.last -= 120  # the loop was held for two minutes (a suspended process, a stuck disk)
     assert clock.tick() - start <= LookClock.MAX_GAP_S + 0.5  # no replica's deadline moved by those two minutes
+
+
+def test_every_manifest_column_comes_from_a_typed_record_a_score_or_the_final_verdict():
+    """One schema: a manifest column nobody records would be null in every row."""
+    from dataclasses import fields
+
+    from ray_jobs.data.quality_gate import SCORE_COLUMNS
+    from ray_jobs.data.records import FINAL_COLUMNS, MANIFEST_TYPES, Failed, Rendered
+
+    recorded = {f.name for record in (Rendered, Failed) for f in fields(record)}
+    assert set(MANIFEST_TYPES) - recorded - set(SCORE_COLUMNS) - set(FINAL_COLUMNS) == set()

@@ -9,7 +9,15 @@ import pytest
 from echovideo.cli import main
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig as Layout
-from parallel.costs import DIT_PARAMS, HIDDEN, LAYERS, Clip, fixed_clip_seconds, layout_cost, load_devices
+from parallel.costs import (
+    DIT_PARAMS,
+    HIDDEN,
+    LAYERS,
+    Clip,
+    fixed_clip_seconds,
+    layout_cost,
+    load_devices,
+)
 from ray_jobs.data.job import load_job
 from ray_jobs.runtime.placement import make_plan
 

@@ -22,13 +22,16 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
                   "start_timeout_s": ((int, float), 1800),
                   "env": ((list,), None)},  # variables the ranks get from the driver (see ray_jobs.store.access)
     "dataset": {"prompts": ((str,), None), "identities": ((str,), None), "mode": ((str,), "rows"),
-                "count": ((int,), None), "seed": ((int,), 0), "columns": ((dict,), {}), "limit": ((int,), None)},
+                "count": ((int,), None), "seed": ((int,), 0), "columns": ((dict,), {}), "limit": ((int,), None),
+                "target": ((int,), None)},  # stop taking new rows once this many clips passed the gate
     "generation": {f.name: ((type(f.default),) if not isinstance(f.default, float) else (int, float), f.default)
                    for f in fields(GenerationOptions) if f.name != "seed"},
     "job": {"output": ((str,), None), "retries": ((int,), 3), "seed": ((int,), 0), "max_rebuilds": ((int,), 4)},
-    # Per-clip scores (echovideo.metrics.quality) and the gate that marks clips below it `rejected`.
+    # Per-clip scores (echovideo.metrics.quality) and the gate that marks clips below it `rejected`; a rejected
+    # clip rendered again with fresh seeds up to `retries` more times, the first or the best kept (data.attempts).
     "quality": {"scores": ((bool,), True), "min_identity": ((int, float), None),
-                "min_face_share": ((int, float), None), "review": ((str,), None)},
+                "min_face_share": ((int, float), None), "review": ((str,), None),
+                "retries": ((int,), 0), "keep": ((str,), "first")},
 }
 MODES = ("rows", "cross", "sampled")
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
@@ -170,6 +173,8 @@ def _check_meaning(spec: JobSpec) -> None:
                                       "name for a known role", f"map {sorted(DEFAULT_COLUMNS)} to column names")
     if d["limit"] is not None and d["limit"] < 1:
         raise EchoVideoInputError("dataset.limit", f"{d['limit']} must be >= 1", "leave it out to render every row")
+    if d["target"] is not None and d["target"] < 1:
+        raise EchoVideoInputError("dataset.target", f"{d['target']} must be >= 1", "leave it out to render every row")
     if d["mode"] == "sampled" and (d["count"] is None or d["count"] < 1):
         raise EchoVideoInputError("dataset.count", "sampled mode needs a positive count", "e.g. count: 1000")
     if spec.job["output"] is None:
@@ -182,6 +187,16 @@ def _check_meaning(spec: JobSpec) -> None:
 
 
 def _check_quality(quality: dict) -> None:
+    if quality["retries"] < 0:
+        raise EchoVideoInputError("quality.retries", f"{quality['retries']} is negative",
+                                  "0 keeps every first render; e.g. 2 renders a rejected clip up to twice more")
+    if quality["keep"] not in ("first", "best"):
+        raise EchoVideoInputError("quality.keep", f"{quality['keep']!r} is not first or best",
+                                  "first: the first attempt that passes; best: the best of all attempts")
+    gated = quality["min_identity"] is not None or quality["min_face_share"] is not None or quality["review"]
+    if quality["retries"] and not gated:
+        raise EchoVideoInputError("quality.retries", "retries without a gate: every clip passes, none is retried",
+                                  "set quality.min_identity or quality.min_face_share (or a review)")
     for key in ("min_identity", "min_face_share"):
         value = quality[key]
         if value is not None and not 0 <= value <= 1:

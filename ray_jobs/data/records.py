@@ -44,7 +44,9 @@ class SampleRecord:
     identity_sha256: str | None = None
     seed: int | None = None
     options: dict | None = None  # the effective generation settings
-    attempts: int = 1
+    attempts: int = 1  # tries of this sample (failures retried: `job.retries`)
+    attempt: int = 0  # which render of its row (quality retries: `quality.retries`)
+    row_id: str | None = None  # the row's first sample id (None for attempt 0: its own)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -75,12 +77,14 @@ MANIFEST_TYPES = {"sample_id": pa.string(), "status": pa.string(), "prompt": pa.
                   "identity_sha256": pa.string(), "photo": pa.string(),
                   "seed": pa.int64(), "options": pa.string(), "path": pa.string(), "video_sha256": pa.string(),
                   "error": pa.string(),
-                  "attempts": pa.int64(), "seconds": pa.float64(), "replica": pa.string(),
+                  "attempts": pa.int64(), "attempt": pa.int64(), "row_id": pa.string(), "kept": pa.bool_(),
+                  "seconds": pa.float64(), "replica": pa.string(),
                   "lease": pa.string(),  # the job that recorded it, on an object store (see store.object_store)
                   "review": pa.string(), "review_note": pa.string(),  # a reviewer's keep/reject (quality.review)
                   **{c: pa.bool_() if c == "dynamic" else pa.float64() for c in SCORE_COLUMNS}, "scores": pa.string()}
-# Set when the manifest is written, not by a record: the gate's verdict, the review, the ledger entry's holder.
-FINAL_COLUMNS = ("status", "review", "review_note", "lease")
+# Set when the manifest is written, not by a record: the gate's verdict, the review, which attempt of its row
+# is kept, the ledger entry's holder.
+FINAL_COLUMNS = ("status", "review", "review_note", "kept", "lease")
 
 
 def manifest_table(rows: list[dict]) -> pa.Table:

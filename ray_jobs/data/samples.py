@@ -54,6 +54,8 @@ class Sample:
     where: str = ""  # the row's place in the dataset ("prompts.jsonl line 7")
     duplicate: bool = False  # a repeat of an earlier row (same id, same content): counted, never rendered
     settled: bool = False  # known from the journal by its row key: counted as done, never rendered
+    attempt: int = 0  # quality retries: 0 is the row's own request, k > 0 its k-th re-render (`attempts`)
+    row_id: str | None = None  # an attempt's row: the sample id of its attempt 0 (None: this is attempt 0)
 
 
 def tables(spec: JobSpec) -> tuple[Table, Table | None]:

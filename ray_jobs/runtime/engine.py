@@ -16,6 +16,7 @@ import ray
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from echovideo.errors import EchoVideoInputError
+from ray_jobs.data.attempts import Chains
 from ray_jobs.data.job import JobSpec
 from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.request_identity import pin_weights
@@ -78,11 +79,13 @@ class JobDriver:
         self.store.remove_orphan_temps()
         pin_weights(self.spec)  # the weights every id names and every rank checks before it loads
         done, finished_rows = self.store.resume_index()
-        feed = SampleFeed(iter_samples(self.spec, plan.accelerator, finished_rows), done,
-                          capacity=4 * plan.replicas + 16)
+        chains = self._chains(gate)
+        settled_rows = {key: sid for key, sid in finished_rows.items() if chains.wanted(sid) is None}
+        feed = SampleFeed(iter_samples(self.spec, plan.accelerator, settled_rows), done,
+                          capacity=4 * plan.replicas + 16, follow_up=chains.follow_up)
         elastic = Elasticity(self.spec, plan, RayCluster(self.spec, plan.accelerator), self.checks,
                              self._replica_factory(plan.accelerator), self.report, self.clock, can_grow)
-        scheduler = Scheduler(self.spec, self.store, feed, elastic, self.recorder, self.clock, self.on_result)
+        scheduler = Scheduler(self.spec, self.store, feed, elastic, self.recorder, self.clock, chains, self.on_result)
         self.recorder.open_bar(requested)
         self.requested, begun, ended_by = requested, time.monotonic(), "interrupted"
         try:
@@ -101,8 +104,17 @@ class JobDriver:
             elastic.release()
             if self._holds_output():  # a job whose output another took over touches nothing more there
                 self.store.remove_orphan_temps()  # renders cut short by a teardown
-                self.recorder.finish(self.spec.source, plan, feed, gate, begun, ended_by)
+                self.recorder.finish(self.spec, plan, feed, gate, begun, ended_by, scheduler.rows_not_needed(requested))
         return self.report
+
+    def _chains(self, gate: QualityGate) -> Chains:
+        """The quality chains, with what earlier runs finished (a rerun goes on mid-chain)."""
+        chains = Chains.of(self.spec.quality, gate)
+        if chains.active:
+            for record in self.store.finished().values():
+                chains.record(record.get("row_id") or record["sample_id"], record.get("attempt") or 0,
+                              record["sample_id"], record.get("scores"))
+        return chains
 
     def _say_plan(self, plan: Plan, requested: int | None) -> None:
         run_log.info("plan: %s", plan.describe(requested))

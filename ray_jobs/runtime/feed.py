@@ -7,7 +7,7 @@ every replica's events. The feed only ever touches the dataset; the loop takes w
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ray_jobs.data.samples import Sample
 
@@ -15,13 +15,16 @@ END = object()
 
 
 class SampleFeed:
-    def __init__(self, samples: Iterator[Sample], done: dict[str, str | None], capacity: int) -> None:
+    def __init__(self, samples: Iterator[Sample], done: dict[str, str | None], capacity: int,
+                 follow_up: Callable[[Sample], Sample | None] | None = None) -> None:
         """`samples` in dataset order; those settled before (known by row key, or finished under their id for
         the same content: `done` maps id -> content key) are counted in `skipped`, repeats of an earlier row
-        in `duplicates`; neither is queued. `distinct_ids` collects every id the dataset asked for: the
-        manifest of a completed walk lists exactly those."""
+        in `duplicates`; neither is queued, but a finished row's `follow_up` (the next attempt its quality
+        chain needs on a rerun) is. `distinct_ids` collects every id the dataset asked for: the manifest of
+        a completed walk lists exactly those (and their attempts)."""
         self.queue: queue.Queue = queue.Queue(maxsize=capacity)
         self.done, self.skipped, self.duplicates, self.exhausted = done, 0, 0, False
+        self.follow_up = follow_up
         self.distinct_ids: set[str] = set()
         self.walked = False  # every row was read (the feed was not stopped early)
         self.stopping = threading.Event()
@@ -36,6 +39,9 @@ class SampleFeed:
                     self.duplicates += 1
                 elif sample.settled or self._finished(sample):
                     self.skipped += 1
+                    following = self.follow_up(sample) if self.follow_up and not sample.settled else None
+                    if following is not None and not self._put(following):
+                        return
                 elif not self._put(sample):
                     return
         except BaseException as exc:  # re-raised in the driver by `take`

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from echovideo.devices import DTYPE_BYTES, dtype_name
 from echovideo.errors import EchoVideoInputError
 from parallel.config import ParallelConfig
-from parallel.costs import Clip, Cost, fixed_clip_seconds, layout_cost, layouts, load_devices
+from parallel.costs import (
+    Clip,
+    Cost,
+    fixed_clip_seconds,
+    layout_cost,
+    layouts,
+    load_devices,
+)
 from ray_jobs.data.job import JobSpec
 
 NODES = re.compile(r"(\d+)x(\d+):([A-Za-z0-9]+)")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from ray_jobs.data.job import JobSpec
 from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.records import Failed, Kind, Rendered
 from ray_jobs.data.samples import Sample
@@ -56,7 +57,8 @@ class Recorder:
         self.store.record(Rendered(
             sample_id=sample.sample_id, row_key=sample.row_key, prompt=sample.prompt, identity=sample.identity,
             identity_sha256=sample.identity_sha, seed=sample.options["seed"], options=sample.options,
-            attempts=sample.attempts, content_key=sample.content_key, photo=sample.photo,
+            attempts=sample.attempts, attempt=sample.attempt, row_id=sample.row_id,
+            content_key=sample.content_key, photo=sample.photo,
             path=self.store.video_name(sample.sample_id), seconds=round(timing["seconds"], 3), replica=str(replica),
             scores=timing.get("scores"), video_sha256=timing.get("video_sha256")))
         self.report.rendered += 1
@@ -68,7 +70,7 @@ class Recorder:
         self.store.record(Failed(
             sample_id=sample.sample_id, row_key=sample.row_key, prompt=sample.prompt, identity=sample.identity,
             identity_sha256=sample.identity_sha, seed=sample.options.get("seed"), options=sample.options,
-            attempts=sample.attempts, kind=kind.value, error=reason))
+            attempts=sample.attempts, attempt=sample.attempt, row_id=sample.row_id, kind=kind.value, error=reason))
         self.report.failed += 1
         self.bar.update(1)
 
@@ -91,8 +93,8 @@ class Recorder:
         self.bar.set_postfix(ok=self.report.rendered, failed=self.report.failed, refresh=False,
                              clips_per_min=f"{60 * self.report.rendered / elapsed:.1f}")
 
-    def finish(self, spec_source: str, plan: Plan, feed: SampleFeed, gate: QualityGate, begun: float,
-               ended_by: str) -> None:
+    def finish(self, spec: JobSpec, plan: Plan, feed: SampleFeed, gate: QualityGate, begun: float, ended_by: str,
+               extra: dict) -> None:
         """However the run ended (done, a job error, Ctrl-C), what finished is in the manifest, summary and gallery.
 
         Finalising after a failure is best effort: the disk that stopped the job may refuse this too, and the
@@ -104,17 +106,17 @@ class Recorder:
         ended = time.monotonic()
         first_up = min(self.up_at.values(), default=ended)
         summary = {
-            "job": spec_source, "ended": ended_by, "rendered_this_run": report.rendered,
+            "job": spec.source, "ended": ended_by, "rendered_this_run": report.rendered,
             "skipped_done": report.skipped, "duplicate_rows": feed.duplicates, "replicas": plan.replicas,
             "ranks_per_replica": plan.ranks, "accelerator": plan.accelerator,
             "replicas_started": report.replicas_started, "replica_rebuilds": report.rebuilds,
             "replicas_dropped": report.dropped_replicas,
             "startup_seconds": round(max(self.up_at.values(), default=begun) - begun, 2),
             "render_seconds": round(ended - first_up, 2),
-            "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2)}
+            "replica_seconds": round(sum(ended - up for up in self.up_at.values()), 2), **extra}
         try:
             requested = feed.distinct_ids if feed.walked else None  # the whole job is known
-            report.summary = self.store.finalize(summary, gate, requested)
+            report.summary = self.store.finalize(summary, gate, requested, spec.quality["keep"])
             self.store.publish_logs()
         except OutputError as exc:
             if ended_by == "complete":

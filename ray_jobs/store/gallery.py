@@ -29,9 +29,11 @@ def thumbnail_name(identity_sha: str | None) -> str:
 
 
 def write_gallery(destination: Destination, done: list[dict], failed: list[dict],
-                  rejected: list[dict] = ()) -> None:
+                  rejected: list[dict] = (), superseded: list[dict] = ()) -> None:
     """Write the page and its data to the output's `Destination`. Clips sorted by prompt, then identity,
-    then id (the page's default order, grouped under a heading per prompt)."""
+    then id (the page's default order, grouped under a heading per prompt). A row's attempts (quality
+    retries) share one card: its kept clip's, or, for a row none of whose attempts passed, its last one's,
+    listing the others with their verdict and identity score."""
     prompts: dict[str, int] = {}
     thumbnails = set(destination.names("identities"))  # a sample that failed before rank 0 wrote one has none
 
@@ -54,8 +56,32 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
     def ordered(records) -> list[dict]:
         return sorted(records, key=lambda r: (r["prompt"], r.get("identity") or "", r["sample_id"]))
 
-    data = {"job": destination.name, "clips": [clip(r) for r in ordered(done)],
-            "rejected": [clip(r) for r in ordered(rejected)],
+    rows: dict[str, list[dict]] = {}
+    for record in [*done, *rejected, *superseded]:
+        rows.setdefault(record.get("row_id") or record["sample_id"], []).append(record)
+    kept = {id(r) for r in done}
+
+    def card(record: dict) -> dict:
+        """A row's card: the clip, and its row's other attempts."""
+        others = [r for r in rows[record.get("row_id") or record["sample_id"]] if r is not record]
+        attempts = {"a": record.get("attempt") or 0,
+                    "o": [{"a": r.get("attempt") or 0, "n": clip(r)["n"], "st": r["status"],
+                           "ia": (r.get("scores") or {}).get("identity_average")}
+                          for r in sorted(others, key=lambda r: r.get("attempt") or 0)]} if others else {}
+        return {**clip(record), **attempts}
+
+    def shown(records) -> list[dict]:
+        """One record per row: the kept one, else the row's last attempt."""
+        last = {}
+        for record in records:
+            key = record.get("row_id") or record["sample_id"]
+            if not any(id(r) in kept for r in rows[key]) and \
+                    (key not in last or (record.get("attempt") or 0) > (last[key].get("attempt") or 0)):
+                last[key] = record
+        return list(last.values())
+
+    data = {"job": destination.name, "clips": [card(r) for r in ordered(done)],
+            "rejected": [card(r) for r in ordered(shown(rejected))],
             "failed": [{**about(r), "r": str(r.get("error"))} for r in failed]}
     data["prompts"] = list(prompts)
     with destination.output(DATA, ".js") as tmp:

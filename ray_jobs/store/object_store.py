@@ -62,9 +62,9 @@ class ObjectStoreOutputs(Outputs):
         self.fence()  # handing a sample to rank 0 starts writes into the prefix
         return super().files_for(sample_id, identity_sha, photo)
 
-    def _finalize(self, summary: dict, gate, requested: set[str] | None) -> dict:
+    def _finalize(self, summary: dict, gate, requested: set[str] | None, keep: str) -> dict:
         self.fence()
-        return super()._finalize(summary, gate, requested)
+        return super()._finalize(summary, gate, requested, keep)
 
     def _compact(self, done: dict[str, dict]) -> None:
         self.ledger.fold()

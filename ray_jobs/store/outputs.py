@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from echovideo.errors import EchoVideoInputError
 from echovideo.images import image_suffix
 from echovideo.locations import store_hint
+from ray_jobs.data.attempts import attempt_report, settle_rows
 from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.records import Kind, Rendered, SampleRecord, manifest_table
 from ray_jobs.data.redact import redact
@@ -157,31 +158,37 @@ class Outputs:
                 rows[record["row_key"]] = record["sample_id"]
         return done, rows
 
-    def finalize(self, summary: dict, gate: QualityGate = QualityGate(), requested: set[str] | None = None) -> dict:
-        """manifest.parquet (one row per sample, latest outcome: ok, rejected by the quality gate, or failed),
-        failures.parquet, summary.json, the gallery.
+    def finalize(self, summary: dict, gate: QualityGate = QualityGate(), requested: set[str] | None = None,
+                 keep: str = "first") -> dict:
+        """manifest.parquet (one row per sample, latest outcome: ok, rejected by the quality gate, superseded by
+        another attempt of its row, or failed), failures.parquet, summary.json, the gallery.
 
-        `requested`: every sample id the job asks for, known once its dataset was read to the end. The
-        manifest then lists exactly those: clips of an earlier version of the job (other settings, a photo
-        since replaced, a row since fixed) stay on disk but are not this job's, and are counted apart."""
+        `requested`: every row's sample id the job asks for, known once its dataset was read to the end. The
+        manifest then lists exactly those and their attempts: clips of an earlier version of the job (other
+        settings, a photo since replaced, a row since fixed) stay on disk but are not this job's, and are
+        counted apart. `keep`: which passing attempt is a row's clip (`quality.keep`)."""
         with writing(self.name):
-            return self._finalize(summary, gate, requested)
+            return self._finalize(summary, gate, requested, keep)
 
-    def _finalize(self, summary: dict, gate: QualityGate, requested: set[str] | None) -> dict:
+    def _finalize(self, summary: dict, gate: QualityGate, requested: set[str] | None, keep: str) -> dict:
         done = self.finished()
         self._compact(done)
         failed = {r["sample_id"]: r for r in self._failure_records() if r["sample_id"] not in done}
         if requested is not None:
-            earlier = sum(sid not in requested for sid in done)
-            done = {sid: r for sid, r in done.items() if sid in requested}
-            failed = {sid: r for sid, r in failed.items() if sid in requested}
+            def asked(record: dict) -> bool:
+                return (record.get("row_id") or record["sample_id"]) in requested
+
+            earlier = sum(not asked(r) for r in done.values())
+            done = {sid: r for sid, r in done.items() if asked(r)}
+            failed = {sid: r for sid, r in failed.items() if asked(r)}
             summary = {**summary, "not_requested_now": earlier}
         finished = [{**r, "status": "ok", "error": None} for r in done.values()]
         for row in finished:
             status, reason = gate.verdict(row["sample_id"], row.get("scores"))
             mark = gate.marks.get(row["sample_id"])
             row.update(status=status, error=reason, review=mark and mark.mark, review_note=mark and mark.note)
-        rows = finished + [{**r, "status": "failed", "path": None} for r in failed.values()]
+        settle_rows(finished, keep)
+        rows = finished + [{**r, "status": "failed", "path": None, "kept": False} for r in failed.values()]
         table = manifest_table(rows)
         self._write_parquet(table, "manifest.parquet")
         self._write_parquet(table.filter(pc.equal(table["status"], "failed")), "failures.parquet")
@@ -189,10 +196,12 @@ class Outputs:
         rejected = [r for r in finished if r["status"] == "rejected"]
         in_review = sum((r["error"] or "").startswith("rejected in review") for r in rejected)
         summary = {**summary, "ok": len(passed), "rejected": len(rejected), "rejected_in_review": in_review,
-                   "failed": len(failed)}
+                   "superseded": sum(r["status"] == "superseded" for r in finished), "failed": len(failed),
+                   **attempt_report(finished, summary.get("ranks_per_replica", 1))}
         with self.destination.output("summary.json", ".json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-        write_gallery(self.destination, passed, list(failed.values()), rejected)
+        write_gallery(self.destination, passed, list(failed.values()), rejected,
+                      [r for r in finished if r["status"] == "superseded"])
         return summary
 
     def _write_parquet(self, table: pa.Table, name: str) -> None:

@@ -30,6 +30,7 @@ from echovideo.metrics.inception import InceptionFeatures, inception_distance
 from echovideo.metrics.quality import motion_scores, score_clip
 from echovideo.metrics.raft import RaftFlow
 from echovideo.video_io import file_sha256, read_mp4
+from ray_jobs.data.attempts import attempt_report
 from ray_jobs.data.identities import read_identity
 from ray_jobs.data.redact import redact
 from ray_jobs.store.destination import Destination
@@ -169,11 +170,22 @@ def _read_clips(output: str, source: Destination, stage: Callable[[], FaceStage]
                                   f"{store_hint(str(exc))}",
                                   "check the path or URI and its credentials") from None
     if has_manifest:  # every finished clip, rejected ones too: `eval` measures the model, not the filtered set
-        return read_manifest(output, ("ok", "rejected"))
+        return read_manifest(output, ("ok", "rejected", "superseded"))
     if source.remote or not Path(source.root).is_dir():
         raise EchoVideoInputError("OUTPUT", f"{source.name} holds no manifest.parquet",
                                   "pass a job's output (run the job first) or a folder of mp4s")
     return folder_clips(Path(source.root), stage, Path(references) if references else None)
+
+
+def _retries_report(clips: list[dict], source: Destination) -> dict:
+    """What the quality gate cost a job that re-rendered rejected clips (nothing for a job that did not)."""
+    if not any(clip.get("attempt") for clip in clips):
+        return {}
+    try:
+        ranks = json.loads(source.read("summary.json") or b"{}").get("ranks_per_replica", 1)
+    except (OSError, ValueError):  # no readable summary: device-seconds counted per replica
+        ranks = 1
+    return attempt_report(clips, ranks)
 
 
 def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None, inception: str | None,
@@ -233,12 +245,16 @@ def evaluate(output: str, by: str | None, stage: Callable[[], FaceStage] | None,
                      (f"; {missed['raft']} clip(s) unreadable" if missed["raft"] else ""))
     else:
         notes.append("motion: OpenCV Farneback flow (pass --raft RAFT.onnx for VBench's RAFT)")
+    retries = _retries_report(clips, source)
+    if retries:
+        notes.append(f"quality retries: pass rate by attempt {retries['pass_rate_by_attempt']}; "
+                     f"{retries['gpu_seconds_per_kept_clip']} device-seconds per kept clip")
     columns = CONSISID_COLUMNS if protocol == "consisid" else ECHOVIDEO_COLUMNS
     table = summarise(clips, by, columns)
     table_name, plot_name = output_names(by, protocol)
     with source.output(table_name, ".json") as local:
         local.write_text(json.dumps({"by": by, "protocol": protocol, "table": table, "clips": len(clips),
-                                     "models": models}, indent=1))
+                                     "models": models, **({"retries": retries} if retries else {})}, indent=1))
     written = [table_name]
     if plot and importlib.util.find_spec("matplotlib") is None:  # the plot is optional: the table is the result
         notes.append("plot: not drawn (matplotlib is not installed: pip install 'echovideo[eval]')")
