@@ -106,10 +106,30 @@ def _remove_dead_partials(entry: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def keep_free_bytes() -> int:
+    """Space a download must leave free on the cache's disk (`ECHOVIDEO_CACHE_KEEP_FREE_GB`, default 1)."""
+    return int(float(os.environ.get("ECHOVIDEO_CACHE_KEEP_FREE_GB", "1")) * 2**30)
+
+
+def _make_room(name: str, entry: Path, total: int) -> None:
+    """Refuse a download that cannot fit, before it starts, naming the sizes; a stale copy of this entry is
+    removed first when only its space makes the download fit (it is replaced either way)."""
+    stale = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 0
+    free = shutil.disk_usage(entry.parent).free
+    if free - total < keep_free_bytes() <= free + stale - total:
+        shutil.rmtree(entry, ignore_errors=True)
+    elif free + stale - total < keep_free_bytes():
+        raise CheckpointError("model.checkpoint", f"{name} is {total / 2**30:.2f} GiB, {entry.parent} has "
+                              f"{free / 2**30:.2f} GiB free (and keeps {keep_free_bytes() / 2**30:g} GiB free: "
+                              "ECHOVIDEO_CACHE_KEEP_FREE_GB)",
+                              "free space there, or set ECHOVIDEO_CACHE to a disk with room")
+
+
 def _download(uri: str, name: str, entry: Path, listing: dict[str, list], on_progress) -> None:
     filesystem, root = open_uri(uri)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}{PARTIAL}", dir=entry.parent))
     total = sum(size for size, _ in listing.values())
+    _make_room(name, entry, total)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}{PARTIAL}", dir=entry.parent))
     try:
         started, done = time.monotonic(), 0
         for rel, (size, _) in sorted(listing.items()):  # file by file: progress, and no hidden retry of a whole tree

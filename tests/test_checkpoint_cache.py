@@ -129,3 +129,19 @@ def test_replaced_weights_are_fetched_again_and_change_the_ids_and_a_killed_down
     with pytest.raises(CheckpointError, match="changed while the job ran"):  # ...and refuses them
         check_pinned(weights_now, spec.model["pinned"], "ckpts/replaced")
     check_pinned(weights_now, rerun.model["pinned"], "ckpts/replaced")
+
+
+def test_a_download_that_cannot_fit_is_refused_before_it_starts_naming_the_sizes(object_store, tiny_root, tmp_path,
+                                                                                monkeypatch):
+    """The real disk's free space, with more to keep free than the disk has (other tests write meanwhile: a
+    margin of bytes would race them)."""
+    import shutil
+
+    uri = upload(object_store, tiny_root, "ckpts/too-big")
+    monkeypatch.setenv("ECHOVIDEO_CACHE", str(tmp_path))
+    monkeypatch.setenv("ECHOVIDEO_CACHE_KEEP_FREE_GB", str(shutil.disk_usage(tmp_path).free / 2**30 + 100))
+    with pytest.raises(CheckpointError, match=r"model.checkpoint.*GiB free.*ECHOVIDEO_CACHE_KEEP_FREE_GB"):
+        local_checkpoint(uri)
+    assert not [p for p in cache_root().iterdir() if PARTIAL in p.name] and not downloads(tmp_path, "ckpts/too-big")
+    monkeypatch.setenv("ECHOVIDEO_CACHE_KEEP_FREE_GB", "0")
+    assert (local_checkpoint(uri) / LISTING).is_file()
