@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import object_store as server  # noqa: E402  (the tests' real SeaweedFS)
+import own_processes  # noqa: E402
 
 from echovideo.checkpoint_cache import DOWNLOADS_LOG, PARTIAL  # noqa: E402
 from echovideo.locations import default_cache_dir  # noqa: E402
@@ -147,13 +147,7 @@ def killed_download(uri: str, cache: Path, size: int) -> None:
     for entry in entries:
         shutil.rmtree(entry)
     env = {**os.environ, "ECHOVIDEO_CACHE": str(cache)}
-    victim = subprocess.Popen([sys.executable, "-c", STALL, uri], env=env, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
-        assert victim.stdout.readline().strip() == "stalled"
-    finally:
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
+    own_processes.killed_at([sys.executable, "-c", STALL, uri], "stalled", env)
     left = folder_bytes(cache / "checkpoints")
     rerun = subprocess.run([sys.executable, "-c", "import sys; from echovideo.checkpoint_cache import "
                             "local_checkpoint; local_checkpoint(sys.argv[1])", uri], env=env, check=True)

@@ -150,6 +150,18 @@ def stop_group(pgid: int) -> None:
         pass
 
 
+def killed_at(argv: list[str], line: str, env: dict[str, str] | None = None) -> None:
+    """Run `argv` in a process group of its own until it prints `line`, then SIGKILL the group (a crash at a
+    known point: nothing it would do on a clean exit runs)."""
+    victim = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        said = victim.stdout.readline().strip()
+        assert said == line, f"expected {line!r}, the process said {said!r}"
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

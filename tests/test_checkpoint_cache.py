@@ -2,13 +2,13 @@
 download), a half download is never used, and a job with two replicas on one node renders from it."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import own_processes
 import pyarrow.fs as pfs
 import pytest
 from jobs import job, manifest, write_jsonl
@@ -101,13 +101,7 @@ def test_replaced_weights_are_fetched_again_and_change_the_ids_and_a_killed_down
 
     uri = upload(object_store, tiny_root, "ckpts/replaced")
     env = {**os.environ, "ECHOVIDEO_CACHE": str(tmp_path)}
-    killed = subprocess.Popen([sys.executable, "-c", STALL, uri], env=env, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
-        assert killed.stdout.readline().strip() == "stalled"
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
+    own_processes.killed_at([sys.executable, "-c", STALL, uri], "stalled", env)
     monkeypatch.setenv("ECHOVIDEO_CACHE", str(tmp_path))
     assert [p for p in cache_root().iterdir() if PARTIAL in p.name]  # what a SIGKILLed download leaves
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a person waves", "identity": str(face_path)}])

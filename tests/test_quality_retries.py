@@ -123,10 +123,11 @@ def test_keep_best_renders_every_attempt_and_keeps_the_highest_passing_score(loc
         assert all(r["status"] == "superseded" for r in passing if not r["kept"])
 
 
-def test_a_target_stops_taking_rows_and_says_how_many_were_not_needed(local_ray, rows, tmp_path):
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_target_stops_taking_rows_and_says_how_many_were_not_needed(local_ray, rows, tmp_path, retries):
     out = tmp_path / "out"
-    report = run_job(retry_job(rows, out, **{"dataset.target": 1, "parallel.replicas": 1}), progress=False,
-                     worker=SeedScored)
+    report = run_job(retry_job(rows, out, **{"dataset.target": 1, "parallel.replicas": 1,
+                                             "quality.retries": retries}), progress=False, worker=SeedScored)
     assert report.summary["ok"] >= 1
     taken = len(by_row(manifest(out)))
     assert taken < 6 and report.summary["rows_not_needed"] == 6 - taken

@@ -64,15 +64,22 @@ class Chains:
     retries: int = 0
     keep: str = "first"
     gate: QualityGate = field(default_factory=QualityGate)
+    target: int | None = None  # `dataset.target`: rows to pass the gate (counted here, across reruns)
     rows: dict[str, Row] = field(default_factory=dict)  # row id -> its attempts so far
 
     @classmethod
-    def of(cls, quality: dict, gate: QualityGate) -> "Chains":
-        return cls(quality["retries"], quality["keep"], gate)
+    def of(cls, quality: dict, gate: QualityGate, target: int | None = None) -> "Chains":
+        return cls(quality["retries"], quality["keep"], gate, target)
 
     @property
     def active(self) -> bool:
+        """Rows may get more attempts: retries asked for, or review marks that can reject a clip."""
         return self.retries > 0 or bool(self.gate.marks)
+
+    @property
+    def tracking(self) -> bool:
+        """Verdicts are kept: for further attempts, or to count rows toward a target."""
+        return self.active or self.target is not None
 
     def record(self, row_id: str, attempt: int, sample_id: str, scores: dict | None) -> None:
         """A finished attempt's verdict (this run's, or a record a rerun read back)."""
@@ -98,6 +105,10 @@ class Chains:
 
     def kept_rows(self) -> int:
         return sum(row.passed for row in self.rows.values())
+
+    @property
+    def target_reached(self) -> bool:
+        return self.target is not None and self.kept_rows() >= self.target
 
 
 def kept_attempt(verdicts: dict[int, tuple[bool, float | None]], keep: str) -> int | None:

@@ -109,8 +109,8 @@ class JobDriver:
 
     def _chains(self, gate: QualityGate) -> Chains:
         """The quality chains, with what earlier runs finished (a rerun goes on mid-chain)."""
-        chains = Chains.of(self.spec.quality, gate)
-        if chains.active:
+        chains = Chains.of(self.spec.quality, gate, self.spec.dataset["target"])
+        if chains.tracking:
             for record in self.store.finished().values():
                 chains.record(record.get("row_id") or record["sample_id"], record.get("attempt") or 0,
                               record["sample_id"], record.get("scores"))

@@ -33,12 +33,11 @@ class Scheduler:
         self.retry: deque[Sample] = deque()  # failed samples to try again, then a row's next attempt
         self.waiting: Sample | None = None  # taken from the feed while no replica was idle
         self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's
-        self.target = spec.dataset["target"]  # stop taking new rows once this many passed the gate
         self.rows_taken = 0  # rows begun: handed to a replica (first try of attempt 0) or failed in the feed
 
     @property
     def target_reached(self) -> bool:
-        return self.target is not None and self.chains.kept_rows() >= self.target
+        return self.chains.target_reached
 
     @property
     def feed_done(self) -> bool:
@@ -85,7 +84,7 @@ class Scheduler:
     def rows_not_needed(self, requested: int | None) -> dict:
         """With `dataset.target`: the rows never taken because the target was reached (None: a stream, whose
         length nobody read)."""
-        if self.target is None:
+        if self.chains.target is None:
             return {}
         if not self.target_reached:
             return {"rows_not_needed": 0}
@@ -136,7 +135,7 @@ class Scheduler:
 
     def _follow_up(self, sample: Sample, scores: dict | None) -> None:
         """A row whose quality chain wants another attempt gets it next (before new rows)."""
-        if not self.chains.active:
+        if not self.chains.tracking:
             return
         row = sample.row_id or sample.sample_id
         self.chains.record(row, sample.attempt, sample.sample_id, scores)
