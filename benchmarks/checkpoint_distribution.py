@@ -132,7 +132,9 @@ def main() -> None:
         fetch_checkpoint(spec, nodes, progress=False)
         print(f"rerun's fetch: {time.perf_counter() - started:.1f} s, downloads now "
               f"{[len(downloaded(c)) for c in caches]} (one per node: nothing fetched again)")
-        killed_download(uri, caches[0], size)
+        copies = killed_download(uri, caches[0], size)
+        print(f"headline: copies fetched per node {[round(sum(downloaded(c)) / size, 3) for c in caches[1:]]} "
+              f"(node 0 fetched again after its copy was removed); after a killed download {copies:.3f} copies")
     finally:
         if cluster is not None:
             ray.shutdown()
@@ -141,7 +143,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def killed_download(uri: str, cache: Path, size: int) -> None:
+def killed_download(uri: str, cache: Path, size: int) -> float:
     """A new copy (the old one removed, as after a disk cleaner) SIGKILLed a third of the way, then fetched again."""
     entries = [p for p in (cache / "checkpoints").iterdir() if p.is_dir() and PARTIAL not in p.name]
     for entry in entries:
@@ -153,9 +155,11 @@ def killed_download(uri: str, cache: Path, size: int) -> None:
                             "local_checkpoint; local_checkpoint(sys.argv[1])", uri], env=env, check=True)
     assert rerun.returncode == 0
     partials = [p.name for p in (cache / "checkpoints").iterdir() if PARTIAL in p.name]
-    print(f"killed download: {left / GIB:.2f} GiB left by the kill; after the rerun the cache holds "
-          f"{folder_bytes(cache / 'checkpoints') / size:.3f} copies, staging folders {partials} (restarted, not "
-          "resumed: the half copy is removed before the new download)")
+    copies = folder_bytes(cache / "checkpoints") / size
+    print(f"killed download: {left / GIB:.2f} GiB left by the kill; after the rerun the cache holds {copies:.3f} "
+          f"copies, staging folders {partials} (restarted, not resumed: the half copy is removed before the new "
+          "download)")
+    return copies
 
 
 if __name__ == "__main__":

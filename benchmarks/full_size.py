@@ -262,6 +262,10 @@ def main() -> None:
     report = json.loads(shown.stdout.strip().splitlines()[-1])
     for key, value in report.items():
         print(f"{key}: {value}")
+    forward = "" if args.skip_forward else (f"; bf16 forward at {report['bf16_share_of_matmul_rate']:.2f} of the bf16 "
+                                            f"matmul rate, {report['bf16_vs_fp32_rel_error']:.4f} from fp32")
+    print(f"headline: peak resident memory {report['peak_over_weights']:.3f}x the weights "
+          f"({report['mmapped_gib']} GiB mmapped, {report['copied_gib']} GiB copied){forward}")
 
 
 if __name__ == "__main__":

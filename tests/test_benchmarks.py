@@ -101,3 +101,15 @@ def test_cli_startup_benchmark_compares_help_and_plan_with_the_model_import():
     headline = run("cli_startup.py")[-1]
     help_ratio, plan_ratio = map(float, re.search(r"--help starts in ([0-9.]+) x, plan in ([0-9.]+) x", headline).groups())
     assert help_ratio < plan_ratio < 1.0  # neither imports the model any more
+
+
+def test_full_size_benchmark_loads_mmapped_and_runs_the_forward_in_both_dtypes():
+    lines = run("full_size.py")
+    report = dict(line.split(": ", 1) for line in lines[1:-1] if ": " in line)
+    assert report["copied_gib"] == "0.0" and float(report["bf16_vs_fp32_rel_error"]) < 0.05
+
+
+def test_checkpoint_distribution_benchmark_fetches_one_copy_per_node():
+    headline = run("checkpoint_distribution.py")[-1]
+    assert "copies fetched per node [1.0]" in headline and headline.endswith("1.000 copies")
+
