@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,11 +53,21 @@ def released_shapes(config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtyp
 
 
 def write_weights(folder: Path, config: dict) -> None:
-    """Random bf16 weights in the released layout: two shards split near the middle by bytes, the index,
-    config.json. Written under a temporary name and renamed, so a killed run leaves no half folder."""
+    """The transformer's random weights in the released layout (see `write_random_weights`)."""
+    def save_config(staging: Path) -> None:
+        with torch.device("meta"):
+            EchoVideoTransformer3DModel(**config).save_config(str(staging))
+
+    write_random_weights(folder, released_shapes(config), SHARD, INDEX_NAME, save_config)
+
+
+def write_random_weights(folder: Path, shapes: dict, shard_name: str, index_name: str,
+                         save_config: Callable[[Path], None]) -> None:
+    """Random bf16 tensors of these shapes in two safetensors shards split near the middle by bytes, their
+    index, the model's config. Written under a temporary name and renamed, so a killed run leaves no half
+    folder."""
     from safetensors.torch import save_file
 
-    shapes = released_shapes(config)
     total = sum(torch.Size(shape).numel() * 2 for shape, _ in shapes.values())
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -68,17 +79,16 @@ def write_weights(folder: Path, config: dict) -> None:
             tensor.zero_()
         elif "norm" in key and key.endswith("weight"):
             tensor.fill_(1.0)
-        else:  # the scale of a trained projection: activations stay finite through 42 blocks
+        else:  # the scale of a trained projection: activations stay finite through every block
             tensor.normal_(0.0, 0.02, generator=generator)
-        shard[key], weight_map[key] = tensor, SHARD.format(index)
+        shard[key], weight_map[key] = tensor, shard_name.format(index)
         shard_bytes += tensor.numel() * 2
         if index == 1 and shard_bytes >= total / 2:
-            save_file(shard, str(staging / SHARD.format(index)), metadata={"format": "pt"})
+            save_file(shard, str(staging / shard_name.format(index)), metadata={"format": "pt"})
             shard, index = {}, 2
-    save_file(shard, str(staging / SHARD.format(index)), metadata={"format": "pt"})
-    (staging / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    with torch.device("meta"):
-        EchoVideoTransformer3DModel(**config).save_config(str(staging))
+    save_file(shard, str(staging / shard_name.format(index)), metadata={"format": "pt"})
+    (staging / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    save_config(staging)
     staging.rename(folder)
 
 
@@ -105,8 +115,7 @@ def where_parameters_live(model: torch.nn.Module, folder: Path) -> dict[str, flo
             start, end = (int(x, 16) for x in fields[0].split("-"))
             ranges.append((start, end))
     mapped = copied = 0
-    for tensor in model.state_dict().values():
-        pointer, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    for pointer, size in {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}.items():
         inside = any(start <= pointer < end for start, end in ranges)
         mapped, copied = (mapped + size, copied) if inside else (mapped, copied + size)
     return {"mmapped_gib": round(mapped / GIB, 2), "copied_gib": round(copied / GIB, 2)}

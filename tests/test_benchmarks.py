@@ -113,3 +113,8 @@ def test_checkpoint_distribution_benchmark_fetches_one_copy_per_node():
     headline = run("checkpoint_distribution.py")[-1]
     assert "copies fetched per node [1.0]" in headline and headline.endswith("1.000 copies")
 
+
+def test_t5_benchmark_loads_mmapped_and_encodes_a_prompt():
+    headline = run("full_size_t5.py")[-1]
+    assert "(0.0 GiB copied)" in headline and "226-token prompt" in headline
+
