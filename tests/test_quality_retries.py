@@ -155,6 +155,7 @@ def test_a_rerun_after_an_interrupted_run_goes_on_mid_chain_rendering_each_attem
     assert_first_passing_chains(by_row(manifest(out)), retries=2)
 
 
+@pytest.mark.slow  # `echovideo run` twice; the review budget itself is tested without a cluster (test_attempts)
 def test_a_review_rejection_renders_the_rows_next_attempt(local_ray, rows, tmp_path):
     """`echovideo run JOB --review FILE`: a clip the reviewer rejected gets its row's next attempt, though the
     job asks for no automatic retries; nothing else renders again."""
