@@ -123,8 +123,9 @@ def main() -> None:
         per_node = [downloaded(cache) for cache in caches]
         print(f"fetch onto {len(nodes)} nodes: {fetched:.0f} s; bytes per node {per_node} "
               f"({[round(sum(b) / size, 3) for b in per_node]} copies)")
-        ranks = [load_as_a_rank.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(uri)
-                 for node in nodes for _ in range(REPLICAS_PER_NODE)]
+        pinned = [NodeAffinitySchedulingStrategy(node, soft=False) for node in nodes]
+        ranks = [load_as_a_rank.options(scheduling_strategy=on).remote(uri) for on in pinned
+                 for _ in range(REPLICAS_PER_NODE)]
         loads = ray.get(ranks)
         print(f"{len(loads)} ranks ({REPLICAS_PER_NODE} replicas x 1 rank per node) found and loaded the node's copy: "
               f"{json.dumps(loads)}; downloads now {[downloaded(c) for c in caches]}")

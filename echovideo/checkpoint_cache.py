@@ -115,12 +115,12 @@ def _make_room(name: str, entry: Path, total: int) -> None:
     """Refuse a download that cannot fit, before it starts, naming the sizes; a stale copy of this entry is
     removed first when only its space makes the download fit (it is replaced either way)."""
     stale = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 0
-    free = shutil.disk_usage(entry.parent).free
-    if free - total < keep_free_bytes() <= free + stale - total:
+    free, keep = shutil.disk_usage(entry.parent).free, keep_free_bytes()
+    if free - total < keep <= free + stale - total:
         shutil.rmtree(entry, ignore_errors=True)
-    elif free + stale - total < keep_free_bytes():
+    elif free + stale - total < keep:
         raise CheckpointError("model.checkpoint", f"{name} is {total / 2**30:.2f} GiB, {entry.parent} has "
-                              f"{free / 2**30:.2f} GiB free (and keeps {keep_free_bytes() / 2**30:g} GiB free: "
+                              f"{free / 2**30:.2f} GiB free (and keeps {keep / 2**30:g} GiB free: "
                               "ECHOVIDEO_CACHE_KEEP_FREE_GB)",
                               "free space there, or set ECHOVIDEO_CACHE to a disk with room")
 

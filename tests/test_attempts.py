@@ -4,7 +4,14 @@ test_quality_retries."""
 
 import hashlib
 
-from ray_jobs.data.attempts import Chains, attempt_of, attempt_report, kept_attempt, next_attempt, settle_rows
+from ray_jobs.data.attempts import (
+    Chains,
+    attempt_of,
+    attempt_report,
+    kept_attempt,
+    next_attempt,
+    settle_rows,
+)
 from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.review import Mark
 from ray_jobs.data.samples import Sample
@@ -36,7 +43,7 @@ def test_a_chain_wants_the_next_attempt_until_one_passes_or_the_retries_are_spen
     chains.record("row", 2, "id2", {"identity_average": 0.4})
     assert chains.wanted("row") is None  # 1 + 2 retries spent
     chains.record("other", 0, "o0", {"identity_average": 0.9})
-    assert chains.wanted("other") is None and chains.kept_rows() == 1
+    assert chains.wanted("other") is None and chains.kept_rows == 1
     assert chains.wanted("never seen") is None  # attempt 0 is the feed's to schedule
 
 
@@ -55,7 +62,7 @@ def test_a_target_counts_passing_rows_without_retries():
     for row, score in (("a", 0.9), ("b", 0.1), ("c", 0.7)):
         assert not chains.target_reached
         chains.record(row, 0, row, {"identity_average": score})
-    assert chains.target_reached and chains.kept_rows() == 2
+    assert chains.target_reached and chains.kept_rows == 2
 
 
 def test_a_row_keeps_its_first_or_its_best_passing_attempt_and_the_report_counts_every_attempt():

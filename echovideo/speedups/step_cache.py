@@ -12,9 +12,9 @@ On a skipped step the video tokens get the residual cached at the last computed 
 minus their input) and then the output head runs as usual. That is done by hooks on the transformer's
 blocks (diffusers' `HookRegistry`, as its FirstBlockCache does), registered for one video by `cached_steps`:
 the first block adds the residual and the others pass their input through on a skipped step, the last one
-keeps the residual on a computed one. Neither the model's forward nor the sequence-parallel engine knows. TeaCache also caches the text stream's
-residual; CogVideoX-5B drops the text tokens before its head (its final LayerNorm is token-wise), so that
-residual never reaches the output and is not kept.
+keeps the residual on a computed one. Neither the model's forward nor the sequence-parallel engine knows.
+TeaCache also caches the text stream's residual; CogVideoX-5B drops the text tokens before its head (its final
+LayerNorm is token-wise), so that residual never reaches the output and is not kept.
 """
 
 from contextlib import contextmanager

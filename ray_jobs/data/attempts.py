@@ -21,7 +21,10 @@ from ray_jobs.data.quality_gate import QualityGate
 from ray_jobs.data.request_identity import ID_LENGTH, derived_seed
 from ray_jobs.data.samples import Sample
 
-KEEP = ("first", "best")
+
+def row_of(record: dict) -> str:
+    """A record's row: the sample id of the row's attempt 0 (its own for attempt 0)."""
+    return record.get("row_id") or record["sample_id"]
 
 
 def attempt_key(key: str, attempt: int) -> str:
@@ -66,6 +69,7 @@ class Chains:
     gate: QualityGate = field(default_factory=QualityGate)
     target: int | None = None  # `dataset.target`: rows to pass the gate (counted here, across reruns)
     rows: dict[str, Row] = field(default_factory=dict)  # row id -> its attempts so far
+    kept_rows: int = 0  # rows with a passing attempt: kept as verdicts arrive (the loop asks every tick)
 
     @classmethod
     def of(cls, quality: dict, gate: QualityGate, target: int | None = None) -> "Chains":
@@ -85,8 +89,14 @@ class Chains:
         """A finished attempt's verdict (this run's, or a record a rerun read back)."""
         status, reason = self.gate.verdict(sample_id, scores)
         row = self.rows.setdefault(row_id, Row())
+        passed_before = row.passed
         row.verdicts[attempt] = (status == "ok", (scores or {}).get("identity_average"))
         row.reviewed_out += bool(reason and reason.startswith("rejected in review"))
+        self.kept_rows += row.passed - passed_before
+
+    def record_finished(self, record: dict) -> None:
+        """A completion record a rerun reads back (`Outputs.resume_index`'s visitor)."""
+        self.record(row_of(record), record.get("attempt") or 0, record["sample_id"], record.get("scores"))
 
     def wanted(self, row_id: str) -> int | None:
         """The next attempt the row needs, or None: its chain is complete (or never started: attempt 0 is the
@@ -103,12 +113,9 @@ class Chains:
         wanted = self.wanted(first.sample_id)
         return None if wanted is None else attempt_of(first, wanted)
 
-    def kept_rows(self) -> int:
-        return sum(row.passed for row in self.rows.values())
-
     @property
     def target_reached(self) -> bool:
-        return self.target is not None and self.kept_rows() >= self.target
+        return self.target is not None and self.kept_rows >= self.target
 
 
 def kept_attempt(verdicts: dict[int, tuple[bool, float | None]], keep: str) -> int | None:
@@ -127,7 +134,7 @@ def settle_rows(finished: list[dict], keep: str) -> None:
     row outranks becomes `superseded` (rendered, passed, not the row's clip)."""
     rows: dict[str, list[dict]] = {}
     for clip in finished:
-        rows.setdefault(clip.get("row_id") or clip["sample_id"], []).append(clip)
+        rows.setdefault(row_of(clip), []).append(clip)
     for clips in rows.values():
         verdicts = {c.get("attempt") or 0: (c["status"] == "ok", (c.get("scores") or {}).get("identity_average"))
                     for c in clips}

@@ -34,6 +34,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], object]]] = {
                 "retries": ((int,), 0), "keep": ((str,), "first")},
 }
 MODES = ("rows", "cross", "sampled")
+KEEPS = ("first", "best")  # quality.keep: which passing attempt of a row is its clip (data.attempts)
 ACCELERATORS = ("auto", "gpu", "npu", "cpu")
 DEVICE_KIND = {"gpu": "cuda", "npu": "npu", "cpu": "cpu"}  # an accelerator's torch device type
 IN_PROCESS = "<in-process dataset>"  # dataset.prompts when the rows come from the Python API
@@ -190,7 +191,7 @@ def _check_quality(quality: dict) -> None:
     if quality["retries"] < 0:
         raise EchoVideoInputError("quality.retries", f"{quality['retries']} is negative",
                                   "0 keeps every first render; e.g. 2 renders a rejected clip up to twice more")
-    if quality["keep"] not in ("first", "best"):
+    if quality["keep"] not in KEEPS:
         raise EchoVideoInputError("quality.keep", f"{quality['keep']!r} is not first or best",
                                   "first: the first attempt that passes; best: the best of all attempts")
     gated = quality["min_identity"] is not None or quality["min_face_share"] is not None or quality["review"]

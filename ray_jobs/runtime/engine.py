@@ -78,8 +78,8 @@ class JobDriver:
         self._say_plan(plan, requested)
         self.store.remove_orphan_temps()
         pin_weights(self.spec)  # the weights every id names and every rank checks before it loads
-        done, finished_rows = self.store.resume_index()
-        chains = self._chains(gate)
+        chains = Chains.of(self.spec.quality, gate, self.spec.dataset["target"])
+        done, finished_rows = self.store.resume_index(chains.record_finished if chains.tracking else None)
         settled_rows = {key: sid for key, sid in finished_rows.items() if chains.wanted(sid) is None}
         feed = SampleFeed(iter_samples(self.spec, plan.accelerator, settled_rows), done,
                           capacity=4 * plan.replicas + 16, follow_up=chains.follow_up)
@@ -106,15 +106,6 @@ class JobDriver:
                 self.store.remove_orphan_temps()  # renders cut short by a teardown
                 self.recorder.finish(self.spec, plan, feed, gate, begun, ended_by, scheduler.rows_not_needed(requested))
         return self.report
-
-    def _chains(self, gate: QualityGate) -> Chains:
-        """The quality chains, with what earlier runs finished (a rerun goes on mid-chain)."""
-        chains = Chains.of(self.spec.quality, gate, self.spec.dataset["target"])
-        if chains.tracking:
-            for record in self.store.finished().values():
-                chains.record(record.get("row_id") or record["sample_id"], record.get("attempt") or 0,
-                              record["sample_id"], record.get("scores"))
-        return chains
 
     def _say_plan(self, plan: Plan, requested: int | None) -> None:
         run_log.info("plan: %s", plan.describe(requested))

@@ -33,7 +33,7 @@ class Scheduler:
         self.retry: deque[Sample] = deque()  # failed samples to try again, then a row's next attempt
         self.waiting: Sample | None = None  # taken from the feed while no replica was idle
         self.awaiting_verdict: list[tuple[Replica, Outcome]] = []  # failures that may be their node's
-        self.rows_taken = 0  # rows begun: handed to a replica (first try of attempt 0) or failed in the feed
+        self.rows_taken = 0  # rows begun: handed out from the feed (attempt 0) or failed there
 
     @property
     def target_reached(self) -> bool:
@@ -60,7 +60,6 @@ class Scheduler:
             files = self.store.files_for(sample.sample_id, sample.identity_sha, sample.image)
             sample.photo = files["photo"]  # named once (a header read): the completion record repeats it
             replica.submit(sample, files, self.clock.tick())
-            self.rows_taken += sample.attempt == 0 and sample.attempts == 0
 
     def _next(self) -> Sample | None:
         if self.retry:
@@ -68,6 +67,7 @@ class Scheduler:
         if self.target_reached:
             return None
         sample, self.waiting = self.waiting or self._from_feed(), None
+        self.rows_taken += sample is not None and sample.attempt == 0  # a row's first hand-out (not a retry)
         return sample
 
     def _from_feed(self, timeout: float = 0.0) -> Sample | None:

@@ -14,6 +14,7 @@ failed samples have their own sections. The view (section, sort, filters, page) 
 import json
 from importlib import resources
 
+from ray_jobs.data.attempts import row_of
 from ray_jobs.store.destination import Destination
 
 PAGE_CARDS = 200
@@ -47,9 +48,12 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
         optional = {"r": record.get("error"), "rv": record.get("review"), "rn": record.get("review_note")}
         return {**entry, **{key: value for key, value in optional.items() if value}}
 
+    def video(record: dict) -> str:
+        return record["path"].removeprefix("videos/").removesuffix(".mp4")
+
     def clip(record: dict) -> dict:
         scores = record.get("scores") or {}
-        return {**about(record), "n": record["path"].removeprefix("videos/").removesuffix(".mp4"),
+        return {**about(record), "n": video(record),
                 "s": str(record.get("seed")),  # 64-bit: past a JS number
                 **{short: scores.get(key) for key, short in SCORE_KEYS.items()}}
 
@@ -58,26 +62,23 @@ def write_gallery(destination: Destination, done: list[dict], failed: list[dict]
 
     rows: dict[str, list[dict]] = {}
     for record in [*done, *rejected, *superseded]:
-        rows.setdefault(record.get("row_id") or record["sample_id"], []).append(record)
-    kept = {id(r) for r in done}
+        rows.setdefault(row_of(record), []).append(record)
 
     def card(record: dict) -> dict:
         """A row's card: the clip, and its row's other attempts."""
-        others = [r for r in rows[record.get("row_id") or record["sample_id"]] if r is not record]
+        others = [r for r in rows[row_of(record)] if r is not record]
         attempts = {"a": record.get("attempt") or 0,
-                    "o": [{"a": r.get("attempt") or 0, "n": clip(r)["n"], "st": r["status"],
+                    "o": [{"a": r.get("attempt") or 0, "n": video(r), "st": r["status"],
                            "ia": (r.get("scores") or {}).get("identity_average")}
                           for r in sorted(others, key=lambda r: r.get("attempt") or 0)]} if others else {}
         return {**clip(record), **attempts}
 
     def shown(records) -> list[dict]:
-        """One record per row: the kept one, else the row's last attempt."""
-        last = {}
-        for record in records:
-            key = record.get("row_id") or record["sample_id"]
-            if not any(id(r) in kept for r in rows[key]) and \
-                    (key not in last or (record.get("attempt") or 0) > (last[key].get("attempt") or 0)):
-                last[key] = record
+        """One record per row none of whose attempts is kept: the row's last attempt."""
+        kept, last = {row_of(r) for r in done}, {}
+        for record in sorted(records, key=lambda r: r.get("attempt") or 0):
+            if row_of(record) not in kept:
+                last[row_of(record)] = record
         return list(last.values())
 
     data = {"job": destination.name, "clips": [card(r) for r in ordered(done)],

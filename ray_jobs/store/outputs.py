@@ -17,7 +17,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -139,9 +139,11 @@ class Outputs:
     def _compact(self, done: dict[str, dict]) -> None:
         """Where records are many small objects, fold them into one a rerun reads instead (see subclasses)."""
 
-    def resume_index(self) -> tuple[dict[str, str | None], dict[str, str]]:
+    def resume_index(self, visit: Callable[[dict], None] | None = None
+                     ) -> tuple[dict[str, str | None], dict[str, str]]:
         """What a rerun skips: finished sample id -> its content key, and row key -> sample id for every
-        settled row.
+        settled row. `visit` sees every finished record on the way (quality chains read their verdicts in the
+        same pass, not a second read of the records).
 
         Settled: finished with its video present, or failed as bad input (that row, unchanged, fails the same
         way). A row key is `dataset.request_key` over the whole request (prompt, effective settings, model,
@@ -150,6 +152,8 @@ class Outputs:
         """
         done, rows = {}, {}
         for record in self._finished_records():
+            if visit is not None:
+                visit(record)
             done[record["sample_id"]] = record.get("content_key")
             if record.get("row_key"):
                 rows[record["row_key"]] = record["sample_id"]
